@@ -1,0 +1,3 @@
+"""quantsweep: sweep LLM quantization choices with NVIDIA ModelOpt AutoQuantize."""
+
+__version__ = "0.1.0"

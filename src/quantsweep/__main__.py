@@ -1,0 +1,3 @@
+from quantsweep.cli import main
+
+main()

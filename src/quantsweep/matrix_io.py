@@ -1,0 +1,128 @@
+"""Reading matrix files (YAML or JSON) into a validated `Matrix`, with errors that name file and field.
+
+YAML is read with `yaml.safe_load` (no object construction). Every problem becomes one line
+`<file>: <field path>: <message>`, e.g. `matrices/x.yaml: axes.quant_pairs[2]: unknown quant pair 'wint3'`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .errors import MatrixError
+from .schema import UNION_TAGS, Matrix
+
+
+def format_loc(loc: Sequence[Any]) -> str:
+    """('axes', 'quant_pairs', 2, 'ref') -> 'axes.quant_pairs[2]' (union tags dropped)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in UNION_TAGS:
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the matrix schema)"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        problems.append((format_loc(err["loc"]), msg))
+    return problems
+
+
+def _duplicates(names: list[str], where: str) -> list[tuple[str, str]]:
+    seen: dict[str, int] = {}
+    problems = []
+    for i, n in enumerate(names):
+        key = n.lower()  # paths must not collide on case-insensitive file systems either
+        if key in seen:
+            problems.append((f"{where}[{i}]", f"duplicate entry {n!r} (same as [{seen[key]}])"))
+        else:
+            seen[key] = i
+    return problems
+
+
+def semantic_errors(m: Matrix) -> list[tuple[str, str]]:
+    """Cross-field checks Pydantic cannot express per field."""
+    problems: list[tuple[str, str]] = []
+    pair_names = [p if isinstance(p, str) else p.name for p in m.axes.quant_pairs]
+    gran_names = [g if isinstance(g, str) else g.name for g in m.axes.granularities]
+    size_names = [s if isinstance(s, str) else s.name for s in m.axes.dataset_sizes]
+    problems += _duplicates(pair_names, "axes.quant_pairs")
+    problems += _duplicates(gran_names, "axes.granularities")
+    problems += _duplicates(size_names, "axes.dataset_sizes")
+    for i, s in enumerate(m.axes.dataset_sizes):
+        if isinstance(s, str):
+            if s not in m.dataset.sizes:
+                problems.append(
+                    (
+                        f"axes.dataset_sizes[{i}]",
+                        f"unknown dataset size {s!r}; dataset.sizes defines: {', '.join(m.dataset.sizes)}",
+                    )
+                )
+        elif s.name in m.dataset.sizes and m.dataset.sizes[s.name] != s.samples:
+            problems.append(
+                (
+                    f"axes.dataset_sizes[{i}]",
+                    f"size {s.name!r} is {s.samples} samples here but {m.dataset.sizes[s.name]} in dataset.sizes",
+                )
+            )
+    if isinstance(m.autoquant.calib_size, int) and m.autoquant.calib_size < m.autoquant.batch_size:
+        problems.append(("autoquant.calib_size", "must be at least autoquant.batch_size"))
+    return problems
+
+
+def parse_matrix(data: Any, source: str) -> Matrix:
+    if not isinstance(data, dict):
+        raise MatrixError(source, [("", f"the top level must be a mapping, got {type(data).__name__}")])
+    try:
+        matrix = Matrix.model_validate(data)
+    except ValidationError as exc:
+        raise MatrixError(source, _pydantic_problems(exc)) from None
+    problems = semantic_errors(matrix)
+    if problems:
+        raise MatrixError(source, problems)
+    return matrix
+
+
+def read_matrix_data(path: Path) -> Any:
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MatrixError(source, [("", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MatrixError(source, [("", f"cannot read: {exc}")]) from None
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise MatrixError(source, [("", f"invalid YAML: {where}{problem}")]) from None
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MatrixError(source, [("", f"invalid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}")]) from None
+    raise MatrixError(source, [("", f"unsupported file type {suffix!r}; use .yaml, .yml or .json")])
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    path = Path(path)
+    return parse_matrix(read_matrix_data(path), str(path))

@@ -1,0 +1,372 @@
+"""Planning: expand a validated matrix into cells with stable ids, collision-free paths and effective configs.
+
+Pure (no torch, no file writes). The cell id hashes the axis names together with the fully resolved
+configuration (effective ModelOpt config, budget, model, data and AutoQuantize settings), so it is stable
+across runs and changes whenever anything that could change the result changes; `run` uses it to resume.
+`config_hash` hashes the configuration alone: two cells with equal `config_hash` compute the same thing under
+different names, which the plan reports up front.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from .catalogue import GRANULARITIES, QUANT_PAIRS, compose_config
+from .errors import MatrixError
+from .overlay import apply_overlay, canonical_json, to_jsonable
+from .quant_summary import calibration_method, describe_quantizer, format_bits, quantizer_summary
+from .schema import InlineGranularity, InlinePair, InlineSize, Matrix
+
+PREFIX_CALIBRATION_METHODS = frozenset({"max", None})
+
+
+@dataclass(frozen=True)
+class ResolvedPair:
+    name: str
+    weight: str
+    activation: str
+    config: dict[str, Any]
+    base_builtin: str | None
+    experimental: bool
+    needs_gpu: bool
+    inline: bool
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weight": self.weight,
+            "activation": self.activation,
+            "base_builtin": self.base_builtin,
+            "experimental": self.experimental,
+            "needs_gpu": self.needs_gpu,
+            "inline": self.inline,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
+class ResolvedGranularity:
+    name: str
+    overrides: dict[str, Any]
+    inline: bool
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One AutoQuantize run: a pair x granularity x dataset size (x budget)."""
+
+    id: str
+    config_hash: str
+    pair: ResolvedPair
+    granularity: ResolvedGranularity
+    size_name: str
+    samples: int
+    budget: float
+    path: PurePosixPath
+    config: dict[str, Any]  # effective ModelOpt config (pair (+) overlay)
+    format_bits: float
+    calib_samples: int
+    score_samples: int
+    batch_size: int
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Human-readable address used by `canary.cell` and in messages."""
+        return f"{self.pair.name}/{self.granularity.name}/{self.size_name}" + (
+            f"@{self.budget:g}" if self.path.name.startswith("bits-") else ""
+        )
+
+    @property
+    def calib_steps(self) -> int:
+        return math.ceil(self.calib_samples / self.batch_size)
+
+    @property
+    def score_steps(self) -> int:
+        return math.ceil(self.score_samples / self.batch_size)
+
+    @property
+    def calibration_method(self) -> str | None:
+        return calibration_method(self.config)
+
+    @property
+    def flags(self) -> list[str]:
+        out = []
+        if self.pair.experimental:
+            out.append("experimental")
+        if self.pair.needs_gpu:
+            out.append("needs_gpu")
+        if self.budget < self.format_bits:
+            out.append("budget_below_format_bits")
+        if self.warnings:
+            out.append("overlay_noop")
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        qs = quantizer_summary(self.config)
+        return {
+            "id": self.id,
+            "config_hash": self.config_hash,
+            "key": self.key,
+            "pair": self.pair.name,
+            "weight": self.pair.weight,
+            "activation": self.pair.activation,
+            "granularity": self.granularity.name,
+            "dataset_size": self.size_name,
+            "samples": self.samples,
+            "calib_samples": self.calib_samples,
+            "score_samples": self.score_samples,
+            "effective_bits_target": self.budget,
+            "format_bits": self.format_bits,
+            "weight_quantizer": qs["*weight_quantizer"]["description"],
+            "input_quantizer": qs["*input_quantizer"]["description"],
+            "calibration": self.calibration_method,
+            "path": str(self.path),
+            "flags": self.flags,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass
+class Plan:
+    matrix: Matrix
+    cells: list[Cell]
+    warnings: list[str] = field(default_factory=list)
+    canary_cell: Cell | None = None
+
+    @property
+    def sweep_dir(self) -> PurePosixPath:
+        return PurePosixPath(self.matrix.output_root) / self.matrix.name
+
+    def estimate(self) -> dict[str, Any]:
+        """Work counts for the naive per-cell path and for a shared one (see issue on shared scoring)."""
+        unique_formats = {canonical_json(c.config) for c in self.cells}
+        unique_calibrations: set[tuple[str, int]] = set()
+        for c in self.cells:
+            cfg = canonical_json(c.config)
+            unique_calibrations.add((cfg, c.calib_steps))
+        max_score_steps = max((c.score_steps for c in self.cells), default=0)
+        return {
+            "cells": len(self.cells),
+            "unique_formats": len(unique_formats),
+            "calibration_batches_per_cell_sum": sum(c.calib_steps for c in self.cells),
+            "scoring_batches_per_cell_sum": sum(c.score_steps for c in self.cells),
+            "unique_calibrations": len(unique_calibrations),
+            "shared_forward_backward_batches": max_score_steps,
+            "canary_runs": self.matrix.canary.repeats if self.matrix.canary.enabled else 0,
+            "eval_samples": self.matrix.dataset.eval_samples,
+            "seq_len": self.matrix.dataset.seq_len,
+        }
+
+
+def _detect_needs_gpu(config: dict[str, Any]) -> bool:
+    """ModelOpt fake-quantizes dynamic block formats with a fixed block size (NVFP4, MX) only on CUDA."""
+    for entry in config.get("quant_cfg", []):
+        if entry.get("enable", True) is False or entry.get("cfg") is None:
+            continue
+        cfg = entry["cfg"]
+        for attrs in cfg if isinstance(cfg, list) else [cfg]:
+            block = attrs.get("block_sizes") or {}
+            sized = any(isinstance(k, int) and v is not None for k, v in block.items())
+            if sized and block.get("type") == "dynamic":
+                return True
+    return False
+
+
+def resolve_pair(ref: str | InlinePair) -> ResolvedPair:
+    if isinstance(ref, str):
+        p = QUANT_PAIRS[ref]
+        return ResolvedPair(
+            name=p.name,
+            weight=p.weight,
+            activation=p.activation,
+            config=p.config(),
+            base_builtin=p.base_builtin,
+            experimental=p.experimental,
+            needs_gpu=p.needs_gpu,
+            inline=False,
+            description=p.description,
+        )
+    if ref.base is not None:
+        base = QUANT_PAIRS[ref.base]
+        config = base.config()
+        for entry in config["quant_cfg"]:
+            if entry.get("quantizer_name") == "*weight_quantizer" and ref.weight_quantizer is not None:
+                entry.pop("enable", None)
+                entry["cfg"] = dict(ref.weight_quantizer)
+            if entry.get("quantizer_name") == "*input_quantizer" and ref.input_quantizer is not None:
+                entry.pop("enable", None)
+                entry["cfg"] = dict(ref.input_quantizer)
+        if ref.input_quantizer is not None and not any(
+            e.get("quantizer_name") == "*input_quantizer" for e in config["quant_cfg"]
+        ):
+            config["quant_cfg"].insert(2, {"quantizer_name": "*input_quantizer", "cfg": dict(ref.input_quantizer)})
+        if ref.algorithm is not None:
+            config["algorithm"] = ref.algorithm
+        builtin = None
+    else:
+        config = compose_config(ref.weight_quantizer, ref.input_quantizer, ref.algorithm or "max")
+        builtin = None
+    needs_gpu = ref.needs_gpu if ref.needs_gpu is not None else _detect_needs_gpu(config)
+    return ResolvedPair(
+        name=ref.name,
+        weight=ref.weight,
+        activation=ref.activation,
+        config=config,
+        base_builtin=builtin,
+        experimental=ref.experimental,
+        needs_gpu=needs_gpu,
+        inline=True,
+        description=f"inline pair{' based on ' + ref.base if ref.base else ''}",
+    )
+
+
+def resolve_granularity(ref: str | InlineGranularity) -> ResolvedGranularity:
+    if isinstance(ref, str):
+        g = GRANULARITIES[ref]
+        return ResolvedGranularity(g.name, g.overrides(), inline=False, description=g.description)
+    return ResolvedGranularity(ref.name, dict(ref.overrides), inline=True, description=ref.description)
+
+
+def _sha(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def _shared_context(m: Matrix) -> dict[str, Any]:
+    """Everything outside the axes that can change a cell's result."""
+    d = m.dataset
+    return {
+        "model": m.model.model_dump(mode="json", exclude={"name"}),
+        "dataset": {
+            "source": d.source,
+            "path": d.path,
+            "field": d.field,
+            "hf_name": d.hf_name,
+            "hf_config": d.hf_config,
+            "hf_split": d.hf_split,
+            "seq_len": d.seq_len,
+            "eval_samples": d.eval_samples,
+            "seed": d.seed,
+        },
+        "autoquant": m.autoquant.model_dump(mode="json", exclude={"effective_bits"}),
+    }
+
+
+def expand(m: Matrix, source: str = "<matrix>") -> Plan:
+    """The cartesian product of the axes (x budgets) as cells; raises MatrixError on path collisions."""
+    pairs = [resolve_pair(p) for p in m.axes.quant_pairs]
+    grans = [resolve_granularity(g) for g in m.axes.granularities]
+    sizes: list[tuple[str, int]] = []
+    for s in m.axes.dataset_sizes:
+        if isinstance(s, InlineSize):
+            sizes.append((s.name, s.samples))
+        else:
+            sizes.append((s, m.dataset.sizes[s]))
+    budgets = m.autoquant.effective_bits
+    context = _shared_context(m)
+    root = PurePosixPath(m.output_root) / m.name
+    aq = m.autoquant
+
+    cells: list[Cell] = []
+    warnings: list[str] = []
+    seen_paths: dict[str, str] = {}
+    for pair in pairs:
+        for gran in grans:
+            config, overlay_warnings = apply_overlay(pair.config, gran.overrides)
+            fbits = format_bits(config)
+            for size_name, samples in sizes:
+                calib = samples if aq.calib_size == "dataset_size" else int(aq.calib_size)
+                score = min(samples, aq.score_size) if aq.score_size else samples
+                for budget in budgets:
+                    path = root / pair.name / gran.name / size_name
+                    if len(budgets) > 1:
+                        path = path / f"bits-{budget:g}"
+                    resolved = {
+                        "config": to_jsonable(config),
+                        "budget": budget,
+                        "samples": samples,
+                        "calib_samples": calib,
+                        "score_samples": score,
+                        **context,
+                    }
+                    config_hash = _sha(resolved)
+                    cell_id = _sha({"axes": [pair.name, gran.name, size_name], **resolved})
+                    cell = Cell(
+                        id=cell_id,
+                        config_hash=config_hash,
+                        pair=pair,
+                        granularity=gran,
+                        size_name=size_name,
+                        samples=samples,
+                        budget=budget,
+                        path=path,
+                        config=config,
+                        format_bits=fbits,
+                        calib_samples=calib,
+                        score_samples=score,
+                        batch_size=aq.batch_size,
+                        warnings=tuple(f"{pair.name}/{gran.name}: {w}" for w in overlay_warnings),
+                    )
+                    low = str(path).lower()
+                    if low in seen_paths:
+                        raise MatrixError(source, [("axes", f"cells {seen_paths[low]} and {cell.key} share path {path}")])
+                    seen_paths[low] = cell.key
+                    cells.append(cell)
+
+    for c in cells:
+        for w in c.warnings:
+            if w not in warnings:
+                warnings.append(w)
+        if c.pair.experimental and f"{c.pair.name}: experimental pair" not in " ".join(warnings):
+            warnings.append(f"{c.pair.name}: experimental pair (no mainstream deployment kernel)")
+        if c.budget < c.format_bits:
+            warnings.append(
+                f"{c.key}: budget {c.budget:g} bits is below the format's {c.format_bits:g} bits; "
+                "this cell will be an error row"
+            )
+    by_hash: dict[str, list[str]] = {}
+    for c in cells:
+        by_hash.setdefault(c.config_hash, []).append(c.key)
+    for keys in by_hash.values():
+        if len(keys) > 1:
+            warnings.append(f"cells {', '.join(keys)} resolve to the same configuration (expect DUPLICATE_RESULT)")
+    if aq.score_size and aq.score_size > max(s for _, s in sizes):
+        warnings.append(f"autoquant.score_size {aq.score_size} exceeds every dataset size; scoring uses all samples")
+
+    plan = Plan(matrix=m, cells=cells, warnings=warnings)
+    plan.canary_cell = _canary_cell(m, cells, source)
+    return plan
+
+
+def _canary_cell(m: Matrix, cells: list[Cell], source: str) -> Cell | None:
+    if not m.canary.enabled or not cells:
+        return None
+    if m.canary.cell is not None:
+        for c in cells:
+            if c.key == m.canary.cell or c.id == m.canary.cell:
+                return c
+        raise MatrixError(
+            source, [("canary.cell", f"no cell {m.canary.cell!r}; cells are addressed as pair/granularity/size")]
+        )
+    # Cheapest = fewest samples, a prefix-friendly (max) calibration, runnable budget, CPU-capable first.
+    runnable = [c for c in cells if c.budget >= c.format_bits] or cells
+    return min(
+        runnable,
+        key=lambda c: (
+            c.pair.needs_gpu,
+            c.calibration_method not in PREFIX_CALIBRATION_METHODS,
+            max(c.calib_samples, c.score_samples),
+            c.format_bits,
+        ),
+    )
+
+
+def describe_cell_quantizers(cell: Cell) -> tuple[str, str]:
+    return describe_quantizer(cell.config, "*weight_quantizer"), describe_quantizer(cell.config, "*input_quantizer")

@@ -1,0 +1,130 @@
+"""Human- and machine-readable summaries of a ModelOpt quantization config, without importing ModelOpt.
+
+`format_bits` reproduces ModelOpt 0.47's `estimate_quant_compression` rule (the minimum over every enabled
+quantizer entry of `effective_bits`, else the integer bit width, else E+M+1), because AutoQuantize refuses a
+budget below it and counts costs with it; a test checks it against ModelOpt itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .catalogue import INPUT_KEY, WEIGHT_KEY
+
+_FP_NAMES = {(2, 1): "fp4-e2m1", (4, 3): "fp8-e4m3", (5, 2): "fp8-e5m2", (3, 2): "fp6-e3m2", (2, 3): "fp6-e2m3"}
+
+
+def _bits_of(attrs: Mapping[str, Any]) -> float | None:
+    if attrs.get("enable", True) is False:
+        return None
+    if attrs.get("effective_bits") is not None:
+        return float(attrs["effective_bits"])
+    nb = attrs.get("num_bits")
+    if isinstance(nb, list | tuple):
+        return float(sum(nb) + 1)
+    if isinstance(nb, int):
+        return float(nb)
+    return None
+
+
+def format_bits(config: Mapping[str, Any]) -> float:
+    """Effective bits per weight element as AutoQuantize counts them for this format (16.0 when nothing is on)."""
+    if config.get("effective_bits") is not None:
+        return float(config["effective_bits"])
+    values: list[float] = []
+    for entry in config.get("quant_cfg", []):
+        if entry.get("enable", True) is False or entry.get("cfg") is None:
+            continue
+        cfg = entry["cfg"]
+        for attrs in cfg if isinstance(cfg, list) else [cfg]:
+            b = _bits_of(attrs)
+            if b is not None:
+                values.append(b)
+    return min(values) if values else 16.0
+
+
+def _dtype_name(num_bits: Any) -> str:
+    if isinstance(num_bits, list | tuple):
+        return _FP_NAMES.get(tuple(num_bits), f"fp-e{num_bits[0]}m{num_bits[1]}")
+    return f"int{num_bits}"
+
+
+def describe_attributes(attrs: Mapping[str, Any]) -> str:
+    """One short phrase, e.g. ``int4 group128 static`` or ``fp8-e4m3 per-token dynamic``."""
+    if attrs.get("enable", True) is False:
+        return "disabled"
+    dtype = _dtype_name(attrs.get("num_bits", 8))
+    block = attrs.get("block_sizes")
+    dynamic = attrs.get("type") == "dynamic"
+    if block:
+        axes = {k: v for k, v in block.items() if isinstance(k, int)}
+        btype = block.get("type", "dynamic" if dynamic else "static")
+        if axes and all(v is None for v in axes.values()):
+            gran = "per-token"
+            btype = "dynamic" if dynamic or btype == "dynamic" else btype
+        else:
+            parts = [f"{v}" for _, v in sorted(axes.items())]
+            gran = "block" + "x".join(parts) if len(parts) > 1 else f"group{parts[0]}" if parts else "block"
+        text = f"{dtype} {gran} {btype}"
+        if block.get("scale_bits") is not None:
+            text += f" scale={_dtype_name(block['scale_bits'])}"
+        return text
+    axis = attrs.get("axis")
+    if axis is None:
+        gran = "per-tensor"
+    elif axis == 0:
+        gran = "per-out-channel"
+    elif axis in (1, -1):
+        gran = "per-in-channel"
+    else:
+        gran = f"axis={axis}"
+    return f"{dtype} {gran} {'dynamic' if dynamic else 'static'}"
+
+
+def _quantizer_state(config: Mapping[str, Any], key: str) -> Any:
+    """The attributes that govern quantizers matched by `key` (last matching entry wins, as in ModelOpt)."""
+    state: Any = None  # None = only the leading "*" disable applies
+    for entry in config.get("quant_cfg", []):
+        name = entry.get("quantizer_name")
+        if "parent_class" in entry or name not in ("*", key):
+            continue
+        if entry.get("enable", True) is False or entry.get("cfg") is None:
+            state = {"enable": False}
+        else:
+            state = entry["cfg"]
+    return state if state is not None else {"enable": False}
+
+
+def describe_quantizer(config: Mapping[str, Any], key: str) -> str:
+    state = _quantizer_state(config, key)
+    if isinstance(state, list):
+        return " -> ".join(describe_attributes(a) for a in state)
+    return describe_attributes(state)
+
+
+def quantizer_summary(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The effective weight/input quantizer attributes (as in the seed manifests) plus a one-line description."""
+    out: dict[str, Any] = {}
+    for key in (WEIGHT_KEY, INPUT_KEY):
+        state = _quantizer_state(config, key)
+        items = state if isinstance(state, list) else [state]
+        out[key] = {
+            "enabled": any(a.get("enable", True) is not False for a in items),
+            "description": describe_quantizer(config, key),
+            "attributes": [
+                {k: a[k] for k in ("num_bits", "axis", "block_sizes", "type", "effective_bits") if k in a} for a in items
+            ]
+            if any(a.get("enable", True) is not False for a in items)
+            else [],
+        }
+    out["algorithm"] = config.get("algorithm")
+    out["format_bits"] = format_bits(config)
+    return out
+
+
+def calibration_method(config: Mapping[str, Any]) -> str | None:
+    algo = config.get("algorithm")
+    if isinstance(algo, Mapping):
+        return algo.get("method")
+    return algo

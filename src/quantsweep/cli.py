@@ -52,6 +52,101 @@ def dry_run(matrix: MatrixOpt, as_json: JsonOpt = False) -> None:
         render_dry_run(doc, out)
 
 
+# --- run --------------------------------------------------------------------------------------------------
+@app.command("run")
+def run(
+    matrix: MatrixOpt,
+    skip_canary: Annotated[bool, typer.Option("--skip-canary", help="do not run the canary gate")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed cell")] = False,
+    rerun: Annotated[
+        bool, typer.Option("--rerun", help="run every cell again (previous rows are moved to archive/)")
+    ] = False,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="run cells whose last row is an error")] = False,
+    device: Annotated[str | None, typer.Option("--device", help="override model.device: auto, cpu or cuda")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads")] = None,
+    output_root: Annotated[str | None, typer.Option("--output-root", help="override output_root")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the canary gate, then AutoQuantize for every cell; resumes where a previous run stopped."""
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # ModelOpt's own tqdm bars would interleave with ours
+    if device not in (None, "auto", "cpu", "cuda"):
+        raise QuantsweepError("--device must be auto, cpu or cuda", ExitCode.INVALID_INPUT)
+    from .execution.sweep import RunOptions, run_sweep
+    from .ui import RichReporter, render_rows_table
+
+    _quiet_libraries()
+    reporter = RichReporter(err, quiet=as_json)
+    opts = RunOptions(
+        skip_canary=skip_canary,
+        fail_fast=fail_fast,
+        rerun=rerun,
+        retry_errors=retry_errors,
+        device=device,
+        threads=threads,
+        output_root=output_root,
+    )
+    try:
+        outcome = run_sweep(matrix, opts, reporter)
+    finally:
+        reporter.stop()
+    summary = outcome.summary
+    if as_json:
+        _emit_json(
+            {
+                "summary": str(outcome.summary_path),
+                "status": summary["status"],
+                "exit_code": int(outcome.exit_code),
+                "progress": summary["progress"],
+                "canary": summary["canary"],
+                "stability_kpis": summary["stability_kpis"],
+                "rows_written": outcome.rows_written,
+                "cells_skipped": outcome.cells_skipped,
+            }
+        )
+    else:
+        render_rows_table(summary, out)
+        can = summary.get("canary") or {}
+        if can.get("passed") is False:
+            out.print(f"[bold red]canary gate failed:[/] {', '.join(can.get('failed_reasons', []))}")
+        out.print(f"summary: {outcome.summary_path}", highlight=False)
+    raise typer.Exit(int(outcome.exit_code))
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", module=r"modelopt\..*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*not tested with current version of modelopt.*")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+# --- report -----------------------------------------------------------------------------------------------
+@app.command("report")
+def report(
+    cell: Annotated[Path, typer.Option("--cell", help="a cell folder containing manifest.json")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Regenerate a cell's layer-sensitivity-report.{md,json} from its manifest (the manifest is not touched)."""
+    from .reports.layer_report import regenerate
+
+    md, js = regenerate(cell)
+    if as_json:
+        _emit_json({"markdown": str(md), "json": str(js)})
+    else:
+        out.print(f"wrote {md} and {js}", highlight=False)
+
+
 # --- catalogue --------------------------------------------------------------------------------------------
 @app.command("catalogue")
 def catalogue(as_json: JsonOpt = False) -> None:

@@ -1,0 +1,260 @@
+"""One cell's AutoQuantize call (the reference "naive" path): `mtq.auto_quantize` on a fresh model copy.
+
+What it records per layer group: the candidate formats, the **raw** sensitivity scores read from the live
+hparams (ModelOpt stores clamped scores, `score = min(score, prev_score)`, in `candidate_stats`, which hides real
+differences between formats of equal bits), the clamped scores as ModelOpt's solver saw them, the costs and the
+chosen format; plus the achieved effective bits, total score and whether the solver reached optimality.
+
+Traps handled here (see docs/autoquantize.md): a fresh model per call; a list (never a generator) as data
+loader; `effective_bits` always given and checked against the format's bits before ModelOpt asserts on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import QuantsweepError
+from ..overlay import to_jsonable
+
+NONE_LABEL = "none"
+StepCallback = Callable[[str], None]
+
+
+class CellError(QuantsweepError):
+    """A per-cell failure that becomes an error row (the sweep goes on)."""
+
+    def __init__(self, message: str, reason: str = "ERROR"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class LayerGroup:
+    name: str  # the decision group, e.g. model.layers.3.self_attn.q_proj (fused q/k/v share one decision)
+    module_names: list[str]
+    formats: list[str]  # labels, lowest bits first, "none" last
+    bits: list[float]
+    raw_scores: list[float]
+    scores: list[float]  # as stored by ModelOpt (clamped to be non-increasing in bits)
+    costs: list[float]
+    chosen: str
+    chosen_bits: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module_names": self.module_names,
+            "formats": self.formats,
+            "bits": self.bits,
+            "raw_scores": self.raw_scores,
+            "scores": self.scores,
+            "costs": self.costs,
+            "chosen": self.chosen,
+            "chosen_bits": self.chosen_bits,
+        }
+
+
+@dataclass
+class SearchResult:
+    groups: list[LayerGroup]
+    achieved_bits: float
+    total_score: float
+    satisfied: bool
+    recipe_config: dict[str, Any]  # the chosen per-module recipe as a ModelOpt quantization config (JSON-ready)
+    phases: dict[str, float] = field(default_factory=dict)
+    forward_calls: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def quantized_groups(self) -> int:
+        return sum(1 for g in self.groups if g.chosen != NONE_LABEL)
+
+    def raw_score_vector(self) -> list[float]:
+        return [s for g in self.groups for s in g.raw_scores]
+
+    def recipe_map(self) -> dict[str, str]:
+        return {g.name: g.chosen for g in self.groups}
+
+
+@contextlib.contextmanager
+def instrument_search() -> Iterator[dict[str, Any]]:
+    """Time AutoQuantize's phases (calibrate / score / search) by wrapping its searcher methods for one call."""
+    from modelopt.torch.quantization import algorithms as alg
+
+    state: dict[str, Any] = {
+        "phase": "calibrate",
+        "marks": {},
+        "calls": {"calibrate": 0, "score": 0},
+        "tokens": {"calibrate": 0, "score": 0},
+    }
+    patched: list[tuple[type, str, Any]] = []
+
+    def wrap(cls: type, name: str, phase: str) -> None:
+        original = cls.__dict__[name]
+
+        def wrapper(self, *args, **kwargs):
+            state["phase"] = phase
+            state["marks"].setdefault(f"{phase}_start", time.perf_counter())
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                state["marks"][f"{phase}_end"] = time.perf_counter()
+
+        patched.append((cls, name, original))
+        setattr(cls, name, wrapper)
+
+    for cls in (alg.AutoQuantizeGradientSearcher, alg.AutoQuantizeKLDivSearcher):
+        wrap(cls, "estimate_sensitivity_scores", "score")
+    wrap(alg._AutoQuantizeBaseSearcher, "run_search", "search")
+    try:
+        yield state
+    finally:
+        for cls, name, original in reversed(patched):
+            setattr(cls, name, original)
+
+
+def _label_for(recipe: Any, format_labels: dict[str, str]) -> str:
+    sig = recipe.checkpoint_signature
+    if sig in format_labels:
+        return format_labels[sig]
+    text = str(recipe)
+    return NONE_LABEL if text.startswith("NONE(") else text
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, float | int) and math.isfinite(x)
+
+
+def run_auto_quantize(
+    model: nn.Module,
+    *,
+    formats: list[tuple[str, dict[str, Any]]],
+    budget: float,
+    batches: list[dict[str, torch.Tensor]],
+    calib_steps: int,
+    score_steps: int,
+    method: str,
+    disabled_layers: list[str] | None = None,
+    on_step: StepCallback | None = None,
+    verbose_to_stderr: bool = False,
+) -> tuple[nn.Module, SearchResult]:
+    """Run `mtq.auto_quantize` with `formats` = [(label, config)] on `model` (which it modifies).
+
+    Returns the quantized model (best recipe active) and the search result.
+    """
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.opt.utils import named_hparams
+    from modelopt.torch.quantization.algorithms import QuantRecipe, QuantRecipeHparam
+
+    from ..quant_summary import format_bits
+
+    lowest = min(format_bits(cfg) for _, cfg in formats)
+    if budget < lowest:
+        raise CellError(
+            f"effective-bits budget {budget:g} is below the format's {lowest:g} bits: AutoQuantize cannot reach it; "
+            "raise autoquant.effective_bits or drop this pair"
+        )
+    if not isinstance(batches, list):
+        raise TypeError("batches must be a list: AutoQuantize iterates the data loader once per phase")
+
+    format_labels: dict[str, str] = {}
+    for label, cfg in formats:
+        format_labels[QuantRecipe(cfg, name=label).checkpoint_signature] = label
+
+    with instrument_search() as state:
+
+        def forward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+            phase = state["phase"]
+            state["calls"][phase] = state["calls"].get(phase, 0) + 1
+            state["tokens"][phase] = state["tokens"].get(phase, 0) + int(batch["input_ids"].numel())
+            if on_step is not None:
+                on_step(phase)
+            if method == "kl_div":
+                return m(input_ids=batch["input_ids"]).logits
+            return m(**batch)
+
+        t0 = time.perf_counter()
+        kwargs: dict[str, Any] = {}
+        if method == "gradient":
+            kwargs["loss_func"] = lambda output, batch: output.loss
+        try:
+            # ModelOpt prints progress to stdout; keep stdout clean for `--json` (discarded, or to stderr).
+            with contextlib.redirect_stdout(sys.stderr if verbose_to_stderr else io.StringIO()):
+                model, search_state = mtq.auto_quantize(
+                    model,
+                    constraints={"effective_bits": float(budget)},
+                    quantization_formats=[cfg for _, cfg in formats],
+                    data_loader=batches,
+                    forward_step=forward_step,
+                    disabled_layers=list(disabled_layers or []) or None,
+                    num_calib_steps=calib_steps,
+                    num_score_steps=score_steps,
+                    method=method,
+                    verbose=False,
+                    **kwargs,
+                )
+        except (ValueError, AssertionError) as exc:
+            raise CellError(f"ModelOpt rejected the search: {exc}") from exc
+        t_end = time.perf_counter()
+
+    marks = state["marks"]
+    score_start = marks.get("score_start", t_end)
+    score_end = marks.get("score_end", score_start)
+    phases = {
+        "calibrate": score_start - t0,
+        "score": score_end - score_start,
+        "search": t_end - score_end,
+    }
+
+    stats = search_state["candidate_stats"]
+    groups: list[LayerGroup] = []
+    for hp_name, hp in named_hparams(model, unique=True):
+        if not isinstance(hp, QuantRecipeHparam):
+            continue
+        stat = stats.get(hp_name)
+        if stat is None:
+            continue
+        recipes = list(stat["formats"])
+        labels = [_label_for(r, format_labels) for r in recipes]
+        raw = [float(hp.get_score(r)) for r in recipes]
+        chosen = _label_for(hp.active, format_labels)
+        groups.append(
+            LayerGroup(
+                name=hp_name.removesuffix(".quant_recipe"),
+                module_names=list(stat["module_names"]),
+                formats=labels,
+                bits=[float(r.compression * 16) for r in recipes],
+                raw_scores=raw,
+                scores=[float(s) for s in stat["scores"]],
+                costs=[float(c) for c in stat["costs"]],
+                chosen=chosen,
+                chosen_bits=float(hp.active.compression * 16),
+            )
+        )
+    best = search_state["best"]
+    recipe_config = to_jsonable(mtq.get_auto_quantize_config(search_state))
+    result = SearchResult(
+        groups=groups,
+        achieved_bits=float(best["constraints"]["effective_bits"]),
+        total_score=float(best["score"]),
+        satisfied=bool(best["is_satisfied"]),
+        recipe_config=recipe_config,
+        phases=phases,
+        forward_calls=dict(state["calls"]),
+        tokens=dict(state["tokens"]),
+    )
+    return model, result
+
+
+def nonfinite_scores(result: SearchResult) -> bool:
+    return not all(_finite(s) for s in result.raw_score_vector()) or not _finite(result.total_score)

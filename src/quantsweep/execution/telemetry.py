@@ -1,0 +1,127 @@
+"""Telemetry and provenance: peak memory per cell, hardware fingerprint, library versions.
+
+The GPU name comes from the device itself (`torch.cuda.get_device_name`), never from an environment variable.
+Peak host memory is sampled per cell by a background thread (the process-wide `ru_maxrss` only ever grows, so
+it cannot attribute a peak to one cell).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from importlib import metadata
+from typing import Any
+
+import torch
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakMemory:
+    """Context manager measuring peak host RSS (sampled) and peak device memory (exact, CUDA only)."""
+
+    def __init__(self, device: torch.device, interval: float = 0.05):
+        self.device = device
+        self.interval = interval
+        self.peak_rss = 0
+        self.peak_device: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, _rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self.peak_rss = _rss_bytes()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_rss = max(self.peak_rss, _rss_bytes())
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_device = int(torch.cuda.max_memory_allocated(self.device))
+
+    def as_mb(self) -> dict[str, float | None]:
+        return {
+            "peak_host_rss_mb": round(self.peak_rss / 2**20, 1),
+            "peak_device_mb": None if self.peak_device is None else round(self.peak_device / 2**20, 1),
+        }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def hardware_fingerprint() -> dict[str, Any]:
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            gpus.append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)})
+    fp = {
+        "os": f"{platform.system()}-{platform.release()}",
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "ram_gib": _ram_gib(),
+        "gpus": gpus,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+    gpu_text = "+".join(g["name"] for g in gpus) or "none"
+    fp["fingerprint"] = f"{fp['os']}|{fp['cpu']}|{fp['cpu_count']}c|{fp['ram_gib']}gb|{gpu_text}"
+    return fp
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("quantsweep", "torch", "transformers", "nvidia-modelopt", "pydantic", "pulp"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        dt, self.t0 = now - self.t0, now
+        return dt

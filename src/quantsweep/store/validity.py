@@ -1,0 +1,67 @@
+"""Whether a row can be trusted, and why not (the `valid` flag and its reasons). Pure.
+
+Row-local reasons are decided when the cell finishes; DUPLICATE_RESULT needs every row, so the summary
+recomputes it across rows: two cells with *different* configurations but bit-identical results (same chosen
+recipe, same raw per-layer scores) are suspicious: usually an overlay that did nothing or a setting that never
+reached ModelOpt (a seed system shipped "different" schemes that exported bit-identical weights).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+REASONS = ("ERROR", "OOM", "NONFINITE_SCORE", "CONSTRAINT_UNSATISFIED", "MISSING_TELEMETRY", "DUPLICATE_RESULT")
+REQUIRED_PHASES = ("calibrate", "score", "search", "evaluate")
+REQUIRED_TELEMETRY = ("wall_s", "peak_host_rss_mb", "tokens_processed")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def missing_telemetry(telemetry: dict[str, Any] | None) -> list[str]:
+    """Names of required telemetry fields that are absent or non-finite."""
+    if not isinstance(telemetry, dict):
+        return ["telemetry"]
+    missing = [k for k in REQUIRED_TELEMETRY if not _finite(telemetry.get(k))]
+    phases = telemetry.get("phases") or {}
+    missing += [f"phases.{p}" for p in REQUIRED_PHASES if not _finite(phases.get(p))]
+    if str(telemetry.get("device", "")).startswith("cuda") and not _finite(telemetry.get("peak_device_mb")):
+        missing.append("peak_device_mb")
+    return missing
+
+
+def row_reasons(row: dict[str, Any]) -> list[str]:
+    """Reasons decided by the row alone."""
+    if row.get("status") != "ok":
+        return ["OOM" if row.get("error_type") == "OOM" else "ERROR"]
+    reasons = []
+    scores_ok = _finite(row.get("total_score")) and row.get("scores_finite", False)
+    quality = row.get("quality") or {}
+    if not scores_ok or not all(_finite(quality.get(k)) for k in ("kl_mean", "ppl_quant", "ppl_ratio")):
+        reasons.append("NONFINITE_SCORE")
+    if row.get("satisfied") is not True:
+        reasons.append("CONSTRAINT_UNSATISFIED")
+    if missing_telemetry(row.get("telemetry")):
+        reasons.append("MISSING_TELEMETRY")
+    return reasons
+
+
+def finalize_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of `rows` with cross-row reasons added and `valid` recomputed."""
+    by_fp: dict[str, set[str]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r.get("result_fingerprint"):
+            by_fp.setdefault(r["result_fingerprint"], set()).add(r.get("config_hash", r["cell_id"]))
+    out = []
+    for r in rows:
+        r = dict(r)
+        reasons = [x for x in r.get("reasons", []) if x != "DUPLICATE_RESULT"]
+        fp = r.get("result_fingerprint")
+        if r.get("status") == "ok" and fp and len(by_fp.get(fp, ())) > 1:
+            reasons.append("DUPLICATE_RESULT")
+        r["reasons"] = reasons
+        r["valid"] = not reasons
+        out.append(r)
+    return out

@@ -1,0 +1,36 @@
+"""Shared helpers for the foundation-layer tests (pure Python: nothing here imports torch or ModelOpt)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MATRICES = REPO / "matrices"
+
+MINIMAL_MATRIX: dict[str, Any] = {
+    "name": "x",
+    "axes": {"quant_pairs": ["wint8_afp16"], "dataset_sizes": ["small"]},
+}
+
+
+def minimal(**updates: Any) -> dict[str, Any]:
+    """A fresh minimal valid matrix dict, top-level keys replaced by `updates`."""
+    data = copy.deepcopy(MINIMAL_MATRIX)
+    data.update(copy.deepcopy(updates))
+    return data
+
+
+def with_axes(**axes: Any) -> dict[str, Any]:
+    """A minimal matrix whose `axes` entries are replaced by `axes`."""
+    data = minimal()
+    data["axes"].update(copy.deepcopy(axes))
+    return data
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

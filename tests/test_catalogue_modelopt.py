@@ -173,3 +173,12 @@ def test_weight_only_pairs_have_no_enabled_input_in_modelopt():
         assert last_input.enable is False, name
         last_weight = [e for e in qc.quant_cfg if e.quantizer_name in ("*", WEIGHT_KEY) and e.parent_class is None][-1]
         assert last_weight.enable is True and last_weight.cfg is not None, name
+
+
+def test_known_quantizer_attributes_match_modelopt():
+    """The overlay validator's attribute list is ModelOpt's QuantizerAttributeConfig, field for field."""
+    from modelopt.torch.quantization.config import QuantizerAttributeConfig
+
+    from quantsweep.overlay import QUANTIZER_ATTRIBUTES
+
+    assert set(QuantizerAttributeConfig.model_fields) == QUANTIZER_ATTRIBUTES

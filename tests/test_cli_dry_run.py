@@ -205,24 +205,12 @@ def test_help_exit_0(cli):
     assert "dry-run" in out and "catalogue" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli.main catches `click.exceptions.ClickException`, but typer 0.29 raises its vendored "
-    "`typer._click` exceptions, so usage errors (missing option, unknown command, no arguments) escape with a "
-    "traceback and exit 1 instead of exit 2 (and bare `quantsweep` shows a NoArgsIsHelpError traceback, not help)",
-)
 @pytest.mark.parametrize("args", [("dry-run",), ("dry-run", "--matrix"), ("bogus-command",), ()])
 def test_usage_error_exit_2(cli, args):
     code, _, _ = cli(*args)
     assert code == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli.main prints the error with err.print(f'[bold red]error:[/] {exc}', markup=True): the message "
-    "is parsed as Rich markup, so a '[/x]' in a file name or matrix value crashes with MarkupError (exit 1, "
-    "traceback) and a '[bold]' is silently swallowed",
-)
 @pytest.mark.parametrize("name", ["[/x].yaml", "[bold]x.yaml"])
 def test_error_message_is_printed_verbatim(tmp_path, cli, name):
     code, _, err = cli("dry-run", "--matrix", name, cwd=tmp_path)

@@ -46,11 +46,6 @@ def test_unknown_pair_names_index_and_field():
     assert line.startswith("matrices/x.yaml: axes.quant_pairs[2]: unknown quant pair ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: schema.py PydanticCustomError templates use `{n!r}`; pydantic does not apply the !r conversion, "
-    "so the message reads literally `unknown quant pair {n!r}` instead of naming 'wint3'",
-)
 def test_unknown_pair_message_names_the_value():
     line = one_error(with_axes(quant_pairs=["wint8_afp16", "wint4_afp16", "wint3"]))
     assert line.startswith("matrices/x.yaml: axes.quant_pairs[2]: unknown quant pair 'wint3'")
@@ -81,7 +76,6 @@ def test_template_errors_name_the_field(data, loc, value):
     assert line.startswith(f"{SRC}: {loc}: ")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `{x!r}` in schema.py PydanticCustomError templates is printed verbatim")
 @pytest.mark.parametrize("data, loc, value", _BAD_TEMPLATE_CASES)
 def test_template_errors_name_the_value(data, loc, value):
     line = one_error(data)
@@ -276,21 +270,11 @@ def test_format_loc():
     assert format_loc(()) == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: matrix_io.format_loc drops the union tags 'ref'/'inline' at every position, so a user key named "
-    "'ref' or 'inline' (a dataset size, a label) disappears from the field path",
-)
 def test_user_key_named_like_a_union_tag_stays_in_the_path():
     line = one_error(minimal(dataset={"sizes": {"ref": 0}}))
     assert line.startswith("matrices/x.yaml: dataset.sizes.ref: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: matrix_io._pydantic_problems reports one line per union member with pydantic's member tags in the "
-    "path (labels.x.str / labels.x.int / ..., autoquant.calib_size.constrained-int): not a field of the schema",
-)
 @pytest.mark.parametrize(
     "data, loc",
     [(minimal(labels={"x": [1]}), "labels.x"), (minimal(autoquant={"calib_size": "all"}), "autoquant.calib_size")],
@@ -299,12 +283,6 @@ def test_union_errors_name_the_field_once(data, loc):
     assert one_error(data).startswith(f"{SRC}: {loc}: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: overlay.normalize_attributes accepts any attribute name/value, so a typo in an inline overlay or "
-    "inline pair passes validation and dry-run although the schema promises unknown keys are errors; "
-    "ModelOpt's QuantizerAttributeConfig (extra=forbid) only rejects it at run time",
-)
 @pytest.mark.parametrize(
     "data",
     [

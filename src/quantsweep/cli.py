@@ -120,6 +120,8 @@ def _quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", module=r"modelopt\..*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*not tested with current version of modelopt.*")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
@@ -200,26 +202,35 @@ def catalogue(as_json: JsonOpt = False) -> None:
 
 
 def main() -> None:
-    """Console entry point: maps QuantsweepError to its exit code with a one-line message on stderr."""
+    """Console entry point: maps errors to documented exit codes, with a one-line message on stderr."""
+    import click
+
     try:
-        app(standalone_mode=False)
+        from typer._click import exceptions as typer_exc  # typer >= 0.16 vendors part of click
+    except ImportError:  # pragma: no cover - older typer
+        typer_exc = click.exceptions
+
+    def _classes(name: str) -> tuple[type[BaseException], ...]:
+        found = {getattr(mod, name, None) for mod in (click.exceptions, typer_exc)}
+        return tuple(c for c in found if isinstance(c, type))
+
+    usage_errors, aborts, exits = _classes("ClickException"), _classes("Abort"), (typer.Exit, *_classes("Exit"))
+    try:
+        rc = app(standalone_mode=False)
     except QuantsweepError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print("[bold red]error:[/] ", end="")
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         sys.exit(int(exc.exit_code))
-    except typer.Exit as exc:
+    except exits as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, *aborts):
         err.print("interrupted; recorded results are intact, run the same command again to resume")
         sys.exit(int(ExitCode.INTERRUPTED))
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(int(ExitCode.INVALID_INPUT))
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(int(ExitCode.INTERRUPTED))
-        raise
+    except usage_errors as exc:
+        exc.show()
+        sys.exit(int(ExitCode.INVALID_INPUT))
+    # With standalone_mode=False, click returns the code of a `typer.Exit` instead of raising it.
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def compute_kpis(rows: list[dict[str, Any]], canary: dict[str, Any] | None, thre
         deterministic += int(bool(canary["determinism"].get("deterministic")))
     for r in rows:
         d = r.get("determinism")
+        if r.get("from_canary") and checked:
+            continue  # the canary's repeats, already counted once above
         if d and d.get("runs", 0) >= 2:
             checked += 1
             deterministic += int(bool(d.get("deterministic")))

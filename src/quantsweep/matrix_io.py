@@ -19,12 +19,16 @@ from .schema import UNION_TAGS, Matrix
 
 
 def format_loc(loc: Sequence[Any]) -> str:
-    """('axes', 'quant_pairs', 2, 'ref') -> 'axes.quant_pairs[2]' (union tags dropped)."""
+    """('axes', 'quant_pairs', 2, 'ref') -> 'axes.quant_pairs[2]'.
+
+    Only the discriminator tags of the axis entries (a tag right after a list index under `axes`) are dropped,
+    so a user key that happens to be called `ref` stays in the path.
+    """
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in UNION_TAGS:
+        elif part in UNION_TAGS and i > 0 and isinstance(loc[i - 1], int) and loc and loc[0] == "axes":
             continue
         else:
             out += f".{part}" if out else str(part)
@@ -32,14 +36,34 @@ def format_loc(loc: Sequence[Any]) -> str:
 
 
 def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
-    problems = []
-    for err in exc.errors(include_url=False):
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (not part of the matrix schema)"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        problems.append((format_loc(err["loc"]), msg))
+    """One line per problem. Errors from the members of a plain union (pydantic reports one per member, with
+    the member's type as the last path element) are merged into one line at the field's own path."""
+    errors = exc.errors(include_url=False)
+    problems: list[tuple[str, str]] = []
+    i = 0
+    while i < len(errors):
+        err = errors[i]
+        group = [err]
+        if err["type"] not in ("missing", "extra_forbidden") and len(err["loc"]) > 1:
+            while (
+                i + len(group) < len(errors)
+                and errors[i + len(group)]["loc"][:-1] == err["loc"][:-1]
+                and errors[i + len(group)]["input"] is err["input"]
+                and errors[i + len(group)]["type"] not in ("missing", "extra_forbidden")
+            ):
+                group.append(errors[i + len(group)])
+        i += len(group)
+        loc = err["loc"][:-1] if len(group) > 1 else err["loc"]
+        msgs = []
+        for e in group:
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key (not part of the matrix schema)"
+            elif msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            if msg not in msgs:
+                msgs.append(msg)
+        problems.append((format_loc(loc), "; or ".join(msgs) if len(msgs) > 1 else msgs[0]))
     return problems
 
 

@@ -57,6 +57,7 @@ def normalize_block_sizes(block_sizes: Any, where: str = "block_sizes") -> dict[
                     f"{where}: unknown block-size key {key!r} (expected an integer axis or one of "
                     f"{sorted(BLOCK_SPECIAL_KEYS)})"
                 ) from exc
+        _check_block_value(norm_key, value, where)
         if norm_key == "scale_block_sizes":
             if not isinstance(value, Mapping):
                 raise OverlayError(f"{where}.scale_block_sizes: must be a mapping")
@@ -67,6 +68,25 @@ def normalize_block_sizes(block_sizes: Any, where: str = "block_sizes") -> dict[
     return out
 
 
+# The fields of ModelOpt 0.47's QuantizerAttributeConfig (tests/test_catalogue_modelopt.py keeps this in sync):
+# an unknown name is a typo that ModelOpt would only reject at run time.
+QUANTIZER_ATTRIBUTES = frozenset(
+    {
+        "axis", "backend", "backend_extra_args", "bias", "block_sizes", "calibrator", "constant_amax",
+        "effective_bits", "enable", "fake_quant", "learn_amax", "narrow_range", "num_bits", "pass_through_bwd",
+        "rotate", "trt_high_precision_dtype", "type", "unsigned", "use_constant_amax",
+    }
+)
+QUANTIZER_TYPES = ("static", "dynamic")
+
+
+def _check_block_value(key: Any, value: Any, where: str) -> None:
+    if isinstance(key, int) and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise OverlayError(f"{where}: block size for axis {key} must be a positive integer or null, got {value!r}")
+    if key == "type" and value not in QUANTIZER_TYPES:
+        raise OverlayError(f"{where}.type: must be one of {QUANTIZER_TYPES}, got {value!r}")
+
+
 def normalize_attributes(attrs: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """Normalise one quantizer attribute mapping (keys of block_sizes, tuple-valued bit widths)."""
     if not isinstance(attrs, Mapping):
@@ -75,6 +95,15 @@ def normalize_attributes(attrs: Mapping[str, Any], where: str = "") -> dict[str,
     for key, value in attrs.items():
         if not isinstance(key, str):
             raise OverlayError(f"{where}: attribute names must be strings, got {key!r}")
+        if key not in QUANTIZER_ATTRIBUTES:
+            raise OverlayError(
+                f"{where + '.' if where else ''}{key}: unknown quantizer attribute (known: "
+                f"{', '.join(sorted(QUANTIZER_ATTRIBUTES))})"
+            )
+        if key == "type" and value not in QUANTIZER_TYPES:
+            raise OverlayError(f"{where + '.' if where else ''}type: must be one of {QUANTIZER_TYPES}, got {value!r}")
+        if key == "axis" and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise OverlayError(f"{where + '.' if where else ''}axis: must be an integer or null, got {value!r}")
         if key == "block_sizes":
             value = normalize_block_sizes(value, f"{where}.block_sizes" if where else "block_sizes")
         elif key in _TUPLE_ATTRS and isinstance(value, list):

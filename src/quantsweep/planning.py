@@ -81,7 +81,7 @@ class Cell:
     def key(self) -> str:
         """Human-readable address used by `canary.cell` and in messages."""
         return f"{self.pair.name}/{self.granularity.name}/{self.size_name}" + (
-            f"@{self.budget:g}" if self.path.name.startswith("bits-") else ""
+            f"@{self.budget:.10g}" if self.path.name.startswith("bits-") else ""
         )
 
     @property
@@ -287,7 +287,7 @@ def expand(m: Matrix, source: str = "<matrix>") -> Plan:
                 for budget in budgets:
                     path = root / pair.name / gran.name / size_name
                     if len(budgets) > 1:
-                        path = path / f"bits-{budget:g}"
+                        path = path / f"bits-{budget:.10g}"
                     resolved = {
                         "config": to_jsonable(config),
                         "budget": budget,
@@ -297,7 +297,7 @@ def expand(m: Matrix, source: str = "<matrix>") -> Plan:
                         **context,
                     }
                     config_hash = _sha(resolved)
-                    cell_id = _sha({"axes": [pair.name, gran.name, size_name], **resolved})
+                    cell_id = _sha({"axes": [pair.name, gran.name, size_name], "layout": str(path.relative_to(root)), **resolved})
                     cell = Cell(
                         id=cell_id,
                         config_hash=config_hash,
@@ -320,11 +320,13 @@ def expand(m: Matrix, source: str = "<matrix>") -> Plan:
                     seen_paths[low] = cell.key
                     cells.append(cell)
 
+    flagged_experimental: set[str] = set()
     for c in cells:
         for w in c.warnings:
             if w not in warnings:
                 warnings.append(w)
-        if c.pair.experimental and f"{c.pair.name}: experimental pair" not in " ".join(warnings):
+        if c.pair.experimental and c.pair.name not in flagged_experimental:
+            flagged_experimental.add(c.pair.name)
             warnings.append(f"{c.pair.name}: experimental pair (no mainstream deployment kernel)")
         if c.budget < c.format_bits:
             warnings.append(
@@ -361,6 +363,7 @@ def _canary_cell(m: Matrix, cells: list[Cell], source: str) -> Cell | None:
         runnable,
         key=lambda c: (
             c.pair.needs_gpu,
+            c.pair.experimental,
             c.calibration_method not in PREFIX_CALIBRATION_METHODS,
             max(c.calib_samples, c.score_samples),
             c.format_bits,

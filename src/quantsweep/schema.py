@@ -65,7 +65,7 @@ class ModelSpec(StrictModel):
             if self.preset not in SYNTHETIC_PRESETS:
                 raise PydanticCustomError(
                     "unknown_preset",
-                    "source 'synthetic' needs `preset`, one of {known}; got {p!r}",
+                    "source 'synthetic' needs `preset`, one of {known}; got '{p}'",
                     {"known": ", ".join(sorted(SYNTHETIC_PRESETS)), "p": self.preset},
                 )
         elif self.preset is not None:
@@ -190,11 +190,11 @@ class InlinePair(StrictModel):
     def _check(self) -> InlinePair:
         if self.name in QUANT_PAIRS:
             raise PydanticCustomError(
-                "shadow", "inline pair name {n!r} shadows a catalogue pair; choose another name", {"n": self.name}
+                "shadow", "inline pair name '{n}' shadows a catalogue pair; choose another name", {"n": self.name}
             )
         if self.base is not None:
             if self.base not in QUANT_PAIRS:
-                raise PydanticCustomError("unknown_pair", "unknown base quant pair {b!r}", {"b": self.base})
+                raise PydanticCustomError("unknown_pair", "unknown base quant pair '{b}'", {"b": self.base})
         elif self.weight_quantizer is None:
             raise PydanticCustomError("no_weight", "an inline pair needs `base` or `weight_quantizer`", {})
         return self
@@ -203,7 +203,7 @@ class InlinePair(StrictModel):
 def _known_pair(name: str) -> str:
     if name not in QUANT_PAIRS:
         raise PydanticCustomError(
-            "unknown_pair", "unknown quant pair {n!r} (see `quantsweep catalogue`)", {"n": name}
+            "unknown_pair", "unknown quant pair '{n}' (see `quantsweep catalogue`)", {"n": name}
         )
     return name
 
@@ -212,7 +212,7 @@ def _known_granularity(name: str) -> str:
     if name not in GRANULARITIES:
         raise PydanticCustomError(
             "unknown_granularity",
-            "unknown granularity {n!r}; known: {known}",
+            "unknown granularity '{n}'; known: {known}",
             {"n": name, "known": ", ".join(GRANULARITIES)},
         )
     return name
@@ -234,7 +234,7 @@ class InlineGranularity(StrictModel):
     def _no_shadow(self) -> InlineGranularity:
         if self.name in GRANULARITIES:
             raise PydanticCustomError(
-                "shadow", "inline granularity name {n!r} shadows a catalogue entry", {"n": self.name}
+                "shadow", "inline granularity name '{n}' shadows a catalogue entry", {"n": self.name}
             )
         return self
 

@@ -1,0 +1,47 @@
+"""Helpers for the pipeline tests: tiny matrices on a random-init 2-layer Llama (runs on a CPU in seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_MATRIX: dict[str, Any] = {
+    "name": "tiny",
+    "model": {"source": "synthetic", "preset": "llama-tiny"},
+    "dataset": {"seq_len": 32, "sizes": {"a": 4, "b": 8}, "eval_samples": 4, "seed": 0},
+    "autoquant": {"batch_size": 4, "effective_bits": 8.0},
+    "axes": {
+        "quant_pairs": ["wint8_afp16", "wint4_afp16"],
+        "granularities": ["default", "w_group64"],
+        "dataset_sizes": ["a", "b"],
+    },
+    # a random-init model has perplexity ~ vocab size (49152): raise the sanity ceiling
+    "canary": {"max_baseline_perplexity": 1.0e6},
+    "labels": {"execution_lane": "ci"},
+}
+
+
+def write_matrix(folder: Path, data: dict[str, Any], name: str = "m.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def cli(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "quantsweep", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -34,3 +34,21 @@ def with_axes(**axes: Any) -> dict[str, Any]:
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+# --- GPU-only tests ------------------------------------------------------------------------------------------
+# Tests marked `gpu` need CUDA. Without one they are skipped with an explicit reason (shown by `-ra`), unless
+# QUANTSWEEP_REQUIRE_GPU=1 is set (as on the GPU machine), where a missing GPU makes them fail instead: a GPU run
+# can never pass by silently skipping them.
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is None:
+        return
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if os.environ.get("QUANTSWEEP_REQUIRE_GPU") == "1":
+        pytest.fail("QUANTSWEEP_REQUIRE_GPU=1 but no CUDA device is available", pytrace=False)
+    pytest.skip("needs a CUDA device (set QUANTSWEEP_REQUIRE_GPU=1 to fail instead of skipping)")

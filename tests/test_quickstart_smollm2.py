@@ -1,0 +1,39 @@
+"""The README's sweep command on the real embedded SmolLM2-135M (CPU; several minutes; marker `slow`).
+
+Deselect locally with `-m "not slow"`; CI runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from pipeline_helpers import REPO, cli
+
+
+@pytest.mark.slow
+def test_quickstart_on_smollm2(tmp_path):
+    shutil.copy(REPO / "matrices" / "quickstart.yaml", tmp_path / "quickstart.yaml")
+    res = cli("run", "--matrix", "quickstart.yaml", "--json", cwd=tmp_path, timeout=3600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "complete" and doc["progress"] == {"done": 8, "total": 8, "errors": 0, "invalid": 0}
+    summary = json.loads((tmp_path / "runs" / "quickstart" / "sweep-summary.json").read_text())
+    assert summary["canary"]["passed"] is True
+    assert summary["model"]["num_parameters"] == 134_515_008 and summary["model"]["architecture"] == "LlamaForCausalLM"
+    assert 5 < summary["baseline"]["perplexity"] < 200  # a real LM; a broken one sits near the vocab size (49152)
+    rows = summary["rows"]
+    assert len(rows) == 8 and all(r["valid"] for r in rows)
+    for r in rows:
+        assert r["layer_count"] == 121  # 30 layers x (qkv, o, gate/up, down) + lm_head
+        assert r["achieved_bits"] <= 8.0 + 1e-6 and r["satisfied"]
+        assert r["quality"]["kl_mean"] >= 0
+    by = {(r["pair"], r["granularity"], r["dataset_size"]): r for r in rows}
+    for gran in ("default", "w_group64"):
+        for size in ("tiny", "small"):
+            w8, w4 = by[("wint8_afp16", gran, size)], by[("wint4_afp16", gran, size)]
+            assert w8["quality"]["kl_mean"] < w4["quality"]["kl_mean"]
+            assert w8["quality"]["ppl_ratio"] < 1.05 < w4["quality"]["ppl_ratio"] < 2.0
+            # scores are sums over batches: twice the samples gives roughly twice the score
+            assert 1.3 < by[("wint4_afp16", gran, "small")]["total_score"] / by[("wint4_afp16", gran, "tiny")]["total_score"] < 3.0

@@ -269,3 +269,30 @@ def test_resume_after_killed_process_loses_and_duplicates_nothing(tmp_path):
     assert rows[: len(first)] == first  # what was recorded before the crash is untouched
     plan = expand(load_matrix(path))
     assert set(ids) == {c.id for c in plan.cells}
+
+
+def test_recipe_applies_directly_with_mtq_quantize(tiny_sweep):
+    """The chosen recipe is a config a user can hand to mtq.quantize: the same layers end up quantized."""
+    import modelopt.torch.quantization as mtq
+    import torch
+
+    from quantsweep.engine.models import load_model
+    from quantsweep.recipe import load_recipe
+    from quantsweep.schema import ModelSpec
+
+    _, _, outcome = tiny_sweep
+    row = next(r for r in outcome.summary["rows"] if r["key"] == "wint4_afp16/w_group64/b")
+    manifest = json.loads((Path(row["path"]) / "manifest.json").read_text())
+    chosen = {g["name"] for g in manifest["layers"] if g["chosen"] != "none"}
+    assert chosen  # the budget forces at least lm_head into INT4
+    model = load_model(ModelSpec(source="synthetic", preset="llama-tiny")).fresh_copy()
+    ids = torch.randint(0, 1000, (2, 16))
+    model = mtq.quantize(model, load_recipe(Path(row["path"]) / "recipe.json"), lambda m: m(input_ids=ids))
+    enabled = {
+        name.removesuffix(".weight_quantizer")
+        for name, mod in model.named_modules()
+        if name.endswith("weight_quantizer") and mod.is_enabled
+    }
+    # a fused group (e.g. q/k/v) is named by its first member in the manifest
+    assert chosen <= enabled and all(e in chosen or not e.startswith("lm_head") for e in enabled)
+    assert model.lm_head.weight_quantizer.block_sizes[-1] == 64

@@ -20,7 +20,9 @@ from quantsweep.catalogue import (
 from quantsweep.quant_summary import calibration_method, describe_quantizer, format_bits, quantizer_summary
 
 EXPECTED_CORE = {f"w{w}_a{a}" for w, a in itertools.product(("fp4", "fp8", "int4", "int8"), ("fp16", "fp8", "int4", "int8"))}
-EXPECTED_EXTRAS = {"wfp4_afp4", "wint4_afp16_awq", "wint8_aint8_sq"}
+EXPECTED_EXTRAS = {
+    "wfp4_afp4", "wint4_afp16_awq", "wint8_aint8_sq", "wmxfp8_amxfp8", "wmxfp6_amxfp6", "wmxfp4_amxfp4", "wmxint8_amxint8",
+}
 EXPECTED_GRANULARITIES = {
     "default",
     "w_per_tensor",
@@ -41,7 +43,7 @@ def test_exactly_16_core_pairs():
     assert EXPECTED_CORE <= set(QUANT_PAIRS)
 
 
-def test_catalogue_is_core_plus_three_extras():
+def test_catalogue_is_core_plus_extras():
     assert set(QUANT_PAIRS) == EXPECTED_CORE | EXPECTED_EXTRAS
     assert {n for n, p in QUANT_PAIRS.items() if p.extra} == EXPECTED_EXTRAS
     assert not any(QUANT_PAIRS[n].extra for n in CORE_PAIR_NAMES)

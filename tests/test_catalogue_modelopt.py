@@ -120,7 +120,7 @@ def test_accepted_set_is_every_combination():
             continue
         accepted.add((pair, gran))
     assert accepted == set(ALL_COMBOS) - REJECTED_BY_MODELOPT
-    assert len(accepted) == 19 * 9
+    assert len(accepted) == 23 * 9
 
 
 def test_planned_cells_are_accepted_by_modelopt():

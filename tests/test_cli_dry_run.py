@@ -269,7 +269,7 @@ def test_catalogue_json():
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     pairs = {p["name"]: p for p in doc["quant_pairs"]}
-    assert len(doc["quant_pairs"]) == len(pairs) == 19
+    assert len(doc["quant_pairs"]) == len(pairs) == 23
     assert sum(1 for p in pairs.values() if not p["extra"]) == 16
     assert {n for n, p in pairs.items() if p["extra"]} == {"wfp4_afp4", "wint4_afp16_awq", "wint8_aint8_sq"}
     assert len(doc["granularities"]) == 9

@@ -30,6 +30,6 @@ def test_tiny_sweep_on_cuda_records_device_telemetry_and_gpu_name(tmp_path):
     assert s["hardware"]["gpus"][0]["name"] == torch.cuda.get_device_name(0)
     for row in s["rows"]:
         assert row["status"] == "ok" and row["valid"], row["reasons"]
-        assert row["backend"] == "modelopt-cuda"
+        assert row["device"] == "cuda" and row["fake_quant_backend"] == "modelopt"
         assert row["telemetry"]["peak_device_mb"] > 0
     assert s["model"]["dtype"] == "bfloat16"

@@ -37,3 +37,25 @@ def test_quickstart_on_smollm2(tmp_path):
             assert w8["quality"]["ppl_ratio"] < 1.05 < w4["quality"]["ppl_ratio"] < 2.0
             # scores are sums over batches: twice the samples gives roughly twice the score
             assert 1.3 < by[("wint4_afp16", gran, "small")]["total_score"] / by[("wint4_afp16", gran, "tiny")]["total_score"] < 3.0
+
+
+@pytest.mark.slow
+def test_nvfp4_cell_runs_on_smollm2_on_a_cpu(tmp_path):
+    """NVFP4 (ModelOpt: CUDA only) runs end to end on a CPU through the torch backend, and lands between INT8
+    and INT4 in quality as expected for a 4.5-bit format at a 6-bit budget."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "matrices" / "fp4-cpu.yaml").read_text())
+    data["name"] = "fp4"
+    data["axes"]["quant_pairs"] = ["wfp4_afp16"]
+    data["canary"] = {"enabled": False}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(data))
+    res = cli("run", "--matrix", "m.yaml", "--json", cwd=tmp_path, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "fp4" / "sweep-summary.json").read_text())
+    (row,) = summary["rows"]
+    assert row["status"] == "ok" and row["valid"], row.get("error")
+    assert row["fake_quant_backend"] == "quantsweep_torch" and row["device"] == "cpu"
+    assert row["format_bits"] == 4.5 and row["achieved_bits"] <= 6.0 + 1e-6
+    assert row["quantized_layer_count"] > 60
+    assert 1.0 < row["quality"]["ppl_ratio"] < 1.5 and row["quality"]["kl_mean"] > 0.01

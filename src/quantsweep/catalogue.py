@@ -207,9 +207,37 @@ def _extra_pairs() -> list[QuantPair]:
     ]
 
 
+def _mx(num_bits: Any) -> dict[str, Any]:
+    return {"num_bits": num_bits, "block_sizes": {-1: 32, "type": "dynamic", "scale_bits": (8, 0)}}
+
+
+def _mx_pairs() -> list[QuantPair]:
+    """OCP Microscaling formats: 32-element blocks with power-of-two (E8M0) scales, weights and activations."""
+    specs = (
+        ("wmxfp8_amxfp8", "mxfp8", (4, 3), "MXFP8_DEFAULT_CFG", "FP8 E4M3"),
+        ("wmxfp6_amxfp6", "mxfp6", (3, 2), "MXFP6_DEFAULT_CFG", "FP6 E3M2"),
+        ("wmxfp4_amxfp4", "mxfp4", (2, 1), "MXFP4_DEFAULT_CFG", "FP4 E2M1"),
+        ("wmxint8_amxint8", "mxint8", 8, "MXINT8_DEFAULT_CFG", "INT8"),
+    )
+    return [
+        QuantPair(
+            name=name,
+            weight=dtype,
+            activation=dtype,
+            description=f"MX {text} weights and activations, 32-element blocks, E8M0 scales",
+            _config=compose_config(_mx(bits), _mx(bits), None),
+            base_builtin=builtin,
+            needs_gpu=True,
+            extra=True,
+        )
+        for name, dtype, bits, builtin, text in specs
+    ]
+
+
 def _build_pairs() -> dict[str, QuantPair]:
     pairs = {p.name: p for p in (_core_pair(w, a) for w in WEIGHT_DTYPES for a in ACT_DTYPES)}
     pairs.update({p.name: p for p in _extra_pairs()})
+    pairs.update({p.name: p for p in _mx_pairs()})
     return pairs
 
 

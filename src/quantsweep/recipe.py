@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .engine.torch_formats import BACKEND_NAME, register
 from .overlay import from_jsonable
 
 
@@ -26,4 +27,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: cannot read recipe: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("quant_cfg"), list):
         raise InputError(f"{path}: not a ModelOpt quantization config (no `quant_cfg` list)")
-    return from_jsonable(doc)
+    config = from_jsonable(doc)
+    if BACKEND_NAME in json.dumps(doc):  # a CPU sweep's NVFP4/MX recipe names quantsweep's torch backend
+        register()
+    return config

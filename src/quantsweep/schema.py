@@ -136,6 +136,11 @@ class AutoQuantSpec(StrictModel):
         description="'dataset_size' calibrates on the cell's samples; a number calibrates every cell on that many",
     )
     disabled_layers: list[str] = Field(default_factory=list, description="fnmatch patterns kept unquantized")
+    fake_quant_backend: Literal["auto", "modelopt", "torch"] = Field(
+        default="auto",
+        description="NVFP4/MX fake quantization: 'auto' = quantsweep's pure-PyTorch backend on a CPU and ModelOpt's "
+        "kernels on CUDA; 'torch' forces the PyTorch backend; 'modelopt' forces ModelOpt's (CUDA only)",
+    )
 
     @field_validator("effective_bits", mode="before")
     @classmethod

@@ -69,6 +69,7 @@ class CellRun:
     telemetry: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     error_type: str | None = None
+    fake_quant_backend: str = "modelopt"
 
     def fingerprint(self) -> str | None:
         """Hash of what the cell computed (chosen recipe + raw scores), for DUPLICATE_RESULT and determinism."""
@@ -90,6 +91,23 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def cell_format_config(ctx: SweepContext, cell: Cell) -> tuple[dict[str, Any], str]:
+    """The config handed to ModelOpt and the fake-quant backend it uses for NVFP4/MX quantizers.
+
+    On a CPU ModelOpt cannot fake-quantize NVFP4/MX, so `auto` routes those quantizers to quantsweep's
+    pure-PyTorch backend (`engine/torch_formats.py`); on CUDA `auto` keeps ModelOpt's own kernels.
+    """
+    from ..engine import torch_formats
+
+    choice = ctx.matrix.autoquant.fake_quant_backend
+    if choice == "torch" or (choice == "auto" and ctx.loaded.device.type != "cuda"):
+        config, used = torch_formats.with_torch_backend(cell.config)
+        if used:
+            torch_formats.register()
+            return config, torch_formats.BACKEND_NAME
+    return cell.config, "modelopt"
+
+
 def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
     """Run one cell; never raises except KeyboardInterrupt."""
     m = ctx.matrix
@@ -107,9 +125,10 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
             n = max(cell.calib_samples, cell.score_samples)
             batches = ctx.batches(n)
             label = f"{cell.pair.name}/{cell.granularity.name}"
+            config, run.fake_quant_backend = cell_format_config(ctx, cell)
             model, result = run_auto_quantize(
                 model,
-                formats=[(label, cell.config)],
+                formats=[(label, config)],
                 budget=cell.budget,
                 batches=batches,
                 calib_steps=cell.calib_steps,
@@ -233,6 +252,7 @@ def build_manifest(ctx: SweepContext, run: CellRun) -> dict[str, Any]:
             "score_steps": cell.score_steps,
             "disabled_layers": list(m.autoquant.disabled_layers),
             "engine": ctx.engine,
+            "fake_quant_backend": run.fake_quant_backend,
             "modelopt_call": "mtq.auto_quantize(quantization_formats=[effective_config], ...)",
         },
         "search": None
@@ -276,7 +296,8 @@ def build_row(ctx: SweepContext, run: CellRun, det: dict[str, Any] | None, attem
         "calibration": qs["algorithm"] if isinstance(qs["algorithm"], str | None) else qs["algorithm"].get("method"),
         "method": ctx.matrix.autoquant.method,
         "engine": ctx.engine,
-        "backend": f"modelopt-{ctx.loaded.device.type}",
+        "device": str(ctx.loaded.device),
+        "fake_quant_backend": run.fake_quant_backend,
         "status": run.status,
         "error": run.error,
         "error_type": run.error_type,

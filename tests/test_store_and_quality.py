@@ -130,3 +130,11 @@ def test_quality_kl_matches_hand_computation_and_topk_is_a_lower_bound():
     assert approx["kl_mean"] <= exact["kl_mean"] + 1e-7
     assert approx["kl_mean"] == pytest.approx(exact["kl_mean"], rel=0.25)
     assert approx["ppl_ratio"] == pytest.approx(exact["ppl_ratio"])
+
+
+def test_two_budgets_of_one_search_choosing_the_same_recipe_are_not_duplicates():
+    a = ok_row("a", config_hash="c1", search_hash="s", result_fingerprint="same", reasons=[])
+    b = ok_row("b", config_hash="c2", search_hash="s", result_fingerprint="same", reasons=[])
+    c = ok_row("c", config_hash="c3", search_hash="t", result_fingerprint="same", reasons=[])
+    assert [r["reasons"] for r in finalize_rows([a, b])] == [[], []]
+    assert [r["reasons"] for r in finalize_rows([a, b, c])] == [["DUPLICATE_RESULT"]] * 3

@@ -65,12 +65,22 @@ def run(
     device: Annotated[str | None, typer.Option("--device", help="override model.device: auto, cpu or cuda")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads")] = None,
     output_root: Annotated[str | None, typer.Option("--output-root", help="override output_root")] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="shared: one AutoQuantize call serves every cell that can share it (default); "
+            "naive: one mtq.auto_quantize call per cell (the reference)",
+        ),
+    ] = "shared",
     as_json: JsonOpt = False,
 ) -> None:
     """Run the canary gate, then AutoQuantize for every cell; resumes where a previous run stopped."""
     import os
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # ModelOpt's own tqdm bars would interleave with ours
+    if engine not in ("shared", "naive"):
+        raise QuantsweepError("--engine must be shared or naive", ExitCode.INVALID_INPUT)
     if device not in (None, "auto", "cpu", "cuda"):
         raise QuantsweepError("--device must be auto, cpu or cuda", ExitCode.INVALID_INPUT)
     from .execution.sweep import RunOptions, run_sweep
@@ -86,6 +96,7 @@ def run(
         device=device,
         threads=threads,
         output_root=output_root,
+        engine=engine,
     )
     try:
         outcome = run_sweep(matrix, opts, reporter)
@@ -149,6 +160,70 @@ def report(
         out.print(f"wrote {md} and {js}", highlight=False)
 
 
+# --- kpi-report / render-report ------------------------------------------------------------------------------
+SummaryOpt = Annotated[Path, typer.Option("--summary", "-s", help="a sweep-summary.json")]
+
+
+@app.command("kpi-report")
+def kpi_report(
+    summary: SummaryOpt,
+    out_file: Annotated[Path | None, typer.Option("--out", help="also write the JSON document to this file")] = None,
+    max_missing_telemetry_rate: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
+    max_polluted_run_rate: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
+    min_frontier_success_rate: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
+    min_determinism_rate: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
+    quality_metric: Annotated[str | None, typer.Option(help="kl_mean or ppl_ratio (override matrix.kpi)")] = None,
+    max_quality: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
+    skip_kpi: Annotated[list[str] | None, typer.Option("--skip-kpi", help="leave this KPI out of the gate")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute the stability KPIs from a summary's rows and gate them (exit 0 pass, 3 fail). See docs/kpis.md."""
+    from .reports.kpi_report import kpi_report as build, render_table
+
+    overrides = {
+        "max_missing_telemetry_rate": max_missing_telemetry_rate,
+        "max_polluted_run_rate": max_polluted_run_rate,
+        "min_frontier_success_rate": min_frontier_success_rate,
+        "min_determinism_rate": min_determinism_rate,
+        "quality_metric": quality_metric,
+        "max_quality": max_quality,
+    }
+    doc = build(summary, overrides, skip_kpi or [], out_file)
+    if as_json:
+        _emit_json(doc)
+        if doc["gate"]["failures"]:
+            err.print("KPI gate FAILED: " + "; ".join(doc["gate"]["failures"]), markup=False, highlight=False,
+                      soft_wrap=True)
+    else:
+        render_table(doc, out)
+    raise typer.Exit(doc["exit_code"])
+
+
+@app.command("render-report")
+def render_report(
+    summary: SummaryOpt,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for report.md/.html, scatter.json, plots")],
+    include_invalid: Annotated[
+        bool, typer.Option("--include-invalid", help="show invalid rows in the views (never changes the KPIs)")
+    ] = False,
+    generated_at: Annotated[
+        str | None, typer.Option("--generated-at", help="timestamp written into the report (default: now, UTC)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Render a sweep report (markdown, HTML, scatter JSON, PNG/SVG plots) from a summary alone. See docs/reports.md."""
+    from .reports.render import render_report as render
+
+    res = render(summary, out_dir, include_invalid, generated_at)
+    if as_json:
+        _emit_json(res)
+    else:
+        out.print(f"wrote {', '.join(res['files'])} to {res['out']} ({res['points']} points, gate {res['gate']})",
+                  highlight=False)
+        for note in res["notes"]:
+            err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+
+
 # --- catalogue --------------------------------------------------------------------------------------------
 @app.command("catalogue")
 def catalogue(as_json: JsonOpt = False) -> None:
@@ -199,6 +274,48 @@ def catalogue(as_json: JsonOpt = False) -> None:
 
         g.add_row(gr.name, json.dumps(to_jsonable(gr.overrides())), gr.description)
     out.print(g)
+
+
+# --- weights ----------------------------------------------------------------------------------------------
+@app.command("weights")
+def weights(
+    model: Annotated[
+        str, typer.Option("--model", help="embedded | synthetic:PRESET | a Hugging Face folder | a .safetensors file")
+    ] = "embedded",
+    formats: Annotated[
+        list[str] | None,
+        typer.Option("--formats", "-f", help="PAIR/GRANULARITY (repeat or comma-separate; 'none' = statistics only)"),
+    ] = None,
+    delta: Annotated[list[str] | None, typer.Option("--delta", help="A:B, per-matrix error of A minus B")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output folder (default runs/weights/<model>)")] = None,
+    strict: Annotated[bool, typer.Option("--strict/--no-strict", help="a fused split that does not add up is an error")] = True,
+    rules: Annotated[Path | None, typer.Option("--rules", help="naming rules file (YAML/JSON)")] = None,
+    top: Annotated[int, typer.Option("--top", min=0, help="hostile layers to show")] = 10,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto (for fake quantization)")] = "cpu",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Data-free weight statistics and simulated weight-quantization error per matrix (docs/weights.md)."""
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from .weights.command import RichProgress, WeightsOptions, hostile_table, run_weights
+
+    _quiet_libraries()
+    opts = WeightsOptions(model, formats, delta, out_dir, strict, rules, top, device, threads)
+    res = run_weights(opts, RichProgress(err, quiet=as_json))
+    if as_json:
+        _emit_json({k: res.doc[k] for k in ("out_dir", "summary_md", "manifest", "files", "rows", "error_rows",
+                                              "parquet", "warnings", "hostile_layers", "seconds")}
+                   | {"formats": res.formats, "deltas": [d["name"] for d in res.doc["deltas"]]})
+        return
+    if res.hostile:
+        out.print(hostile_table(res))
+    for w in res.warnings:
+        err.print(f"warning: {w}", markup=False, highlight=False)
+    rows = res.doc["rows"]
+    out.print(f"wrote {res.out_dir}: {rows['matrix_stats']} matrices, {rows['quant_error']} quantization rows "
+              f"({res.doc['error_rows']} errors), summary {res.doc['summary_md']}", highlight=False)
 
 
 def main() -> None:

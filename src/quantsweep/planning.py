@@ -64,6 +64,7 @@ class Cell:
 
     id: str
     config_hash: str
+    search_hash: str
     pair: ResolvedPair
     granularity: ResolvedGranularity
     size_name: str
@@ -114,6 +115,7 @@ class Cell:
         return {
             "id": self.id,
             "config_hash": self.config_hash,
+            "search_hash": self.search_hash,
             "key": self.key,
             "pair": self.pair.name,
             "weight": self.pair.weight,
@@ -297,10 +299,13 @@ def expand(m: Matrix, source: str = "<matrix>") -> Plan:
                         **context,
                     }
                     config_hash = _sha(resolved)
+                    # what the scores depend on: everything but the budget (which only changes the solve)
+                    search_hash = _sha({k: v for k, v in resolved.items() if k != "budget"})
                     cell_id = _sha({"axes": [pair.name, gran.name, size_name], "layout": str(path.relative_to(root)), **resolved})
                     cell = Cell(
                         id=cell_id,
                         config_hash=config_hash,
+                        search_hash=search_hash,
                         pair=pair,
                         granularity=gran,
                         size_name=size_name,

@@ -281,6 +281,7 @@ def build_row(ctx: SweepContext, run: CellRun, det: dict[str, Any] | None, attem
         "schema_version": ROW_SCHEMA_VERSION,
         "cell_id": cell.id,
         "config_hash": cell.config_hash,
+        "search_hash": cell.search_hash,
         "key": cell.key,
         "model": ctx.loaded.info.get("name"),
         "pair": cell.pair.name,

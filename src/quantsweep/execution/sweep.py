@@ -46,6 +46,7 @@ class RunOptions:
     device: str | None = None
     threads: int | None = None
     output_root: str | None = None
+    engine: str = "shared"  # "shared" (one AutoQuantize call per group of cells) or "naive" (one per cell)
 
 
 class Reporter:
@@ -200,6 +201,7 @@ class Sweep:
         self.setup["baseline_s"] = round(time.perf_counter() - t, 3)
         self.setup["torch_threads"] = torch.get_num_threads()
         return SweepContext(
+            engine=self.options.engine,
             matrix=m,
             loaded=loaded,
             samples=samples,
@@ -233,6 +235,26 @@ class Sweep:
             self.reporter.start_cell(cell, label, steps)
             runs.append(execute_cell(self.ctx, cell, on_step=self.reporter.step))
         return runs
+
+    def _executions(self, todo: list[Cell]) -> Iterator[tuple[Cell, list[CellRun]]]:
+        """(cell, its runs) in execution order, from the shared engine or one AutoQuantize call per cell."""
+        if self.options.engine == "shared" and self.matrix.repeats == 1:
+            from .shared_runner import execute_shared
+
+            assert self.ctx is not None
+
+            def on_union(call: Any, n_cells: int) -> None:
+                label = f"shared search: {len(call.formats)} formats for {n_cells} cells ({call.key})"
+                steps = {"calibrate": call.calib_steps * len(call.formats), "score": call.score_steps}
+                self.reporter.start_cell(None, label, steps)  # type: ignore[arg-type]
+
+            for run in execute_shared(self.ctx, todo, on_step=self.reporter.step, on_union=on_union):
+                yield run.cell, [run]
+            return
+        if self.options.engine == "shared":
+            self.reporter.message("repeats > 1: using one AutoQuantize call per execution (naive engine)")
+        for cell in todo:
+            yield cell, self._run_cell(cell, self.matrix.repeats)
 
     # -- canary --------------------------------------------------------------------------------------------
     def _run_canary(self, cell: Cell) -> tuple[dict[str, Any], list[CellRun]]:
@@ -341,8 +363,7 @@ class Sweep:
             elif opts.skip_canary and not self.canary:
                 self.canary = {"passed": None, "skipped": True, "failed_reasons": []}
             self.reporter.start_cells(len(self.plan.cells), len(self.plan.cells) - len(todo))
-            for cell in todo:
-                runs = self._run_cell(cell, self.matrix.repeats)
+            for cell, runs in self._executions(todo):
                 row = self._record(runs, attempt_of.get(cell.id, 0) + 1)
                 written += 1
                 self.reporter.end_cell(row)

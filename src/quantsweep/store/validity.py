@@ -1,8 +1,8 @@
 """Whether a row can be trusted, and why not (the `valid` flag and its reasons). Pure.
 
 Row-local reasons are decided when the cell finishes; DUPLICATE_RESULT needs every row, so the summary
-recomputes it across rows: two cells with *different* configurations but bit-identical results (same chosen
-recipe, same raw per-layer scores) are suspicious: usually an overlay that did nothing or a setting that never
+recomputes it across rows: two cells whose *searches* differ (anything but the budget) but whose results are
+bit-identical (same chosen recipe, same raw per-layer scores) are suspicious: usually an overlay that did nothing or a setting that never
 reached ModelOpt (a seed system shipped "different" schemes that exported bit-identical weights).
 """
 
@@ -48,12 +48,18 @@ def row_reasons(row: dict[str, Any]) -> list[str]:
     return reasons
 
 
+def _search_key(row: dict[str, Any]) -> str:
+    """What the scores depend on. Two budgets of the same search may legitimately pick the same recipe, so the
+    budget is left out (`search_hash`); older rows without it fall back to `config_hash`."""
+    return str(row.get("search_hash") or row.get("config_hash") or row["cell_id"])
+
+
 def finalize_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Copies of `rows` with cross-row reasons added and `valid` recomputed."""
     by_fp: dict[str, set[str]] = {}
     for r in rows:
         if r.get("status") == "ok" and r.get("result_fingerprint"):
-            by_fp.setdefault(r["result_fingerprint"], set()).add(r.get("config_hash", r["cell_id"]))
+            by_fp.setdefault(r["result_fingerprint"], set()).add(_search_key(r))
     out = []
     for r in rows:
         r = dict(r)

@@ -1,0 +1,351 @@
+"""The shared engine: one AutoQuantize *union* call serves many cells; each cell is then solved and evaluated.
+
+Why it gives the naive per-cell results (docs/shared-engine.md has the argument in full):
+  * ModelOpt calibrates each format of a call separately, with the whole model in that format, so a format's
+    calibration does not depend on the other formats in the call;
+  * the gradient score S(m, f) = sum_batches sum (dL/dY_m * (Q_f(Y_m) - Y_m))^2 uses the gradient of the
+    *unquantized* model, the same for every format, so one forward+backward per batch serves all formats;
+  * scores are plain sums over batches, so the score of the first k batches is the running sum after batch k:
+    we snapshot ModelOpt's own accumulators after every batch, and a cell scoring k batches reads snapshot k;
+  * raw scores (read from the live hparams, as the naive path does) are not affected by ModelOpt's cross-format
+    clamp; a cell's solver input is rebuilt from them exactly as a single-format call builds it
+    (formats [f, NONE], clamped NONE score, the same costs) and solved with ModelOpt's own solver.
+
+Calibration that depends on the data (static activation scales, AWQ, SmoothQuant) gets one union call per
+distinct calibration size; calibration that does not (weight-only max, MX, per-token dynamic activations) is done
+once, on one batch, for every dataset size, and the sizes share one scoring pass by prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..overlay import canonical_json, to_jsonable
+from ..quant_summary import calibration_method, format_bits
+from .autoquant import NONE_LABEL, CellError, LayerGroup, SearchResult, instrument_search
+
+StepCallback = Callable[[str], None]
+
+
+def calibration_depends_on_data(config: dict[str, Any]) -> bool:
+    """True when a format's calibrated state depends on the calibration samples (so sizes cannot share it)."""
+    if calibration_method(config) not in ("max", None):
+        return True  # AWQ, SmoothQuant, MSE ... search over activations
+    for entry in config.get("quant_cfg", []):
+        if entry.get("quantizer_name") != "*input_quantizer" or "parent_class" in entry:
+            continue
+        cfg = entry.get("cfg")
+        if cfg is None or entry.get("enable", True) is False:
+            continue
+        for attrs in cfg if isinstance(cfg, list) else [cfg]:
+            if attrs.get("enable", True) is False or attrs.get("type") == "dynamic":
+                continue  # per-token / dynamic scales are computed from each input at run time
+            block = attrs.get("block_sizes") or {}
+            if block.get("type") == "dynamic" and tuple(block.get("scale_bits") or ()) == (8, 0):
+                continue  # MX: E8M0 block scales from each input, no calibrated amax
+            return True
+    return False
+
+
+@dataclass
+class UnionFormat:
+    label: str
+    config: dict[str, Any]
+    signature: str = ""
+
+
+@dataclass
+class UnionCall:
+    """One `mtq.auto_quantize` call over the union of the formats of several cells."""
+
+    key: str
+    calib_steps: int
+    score_steps: int
+    formats: list[UnionFormat] = field(default_factory=list)
+    cell_ids: list[str] = field(default_factory=list)
+
+    def add_format(self, label: str, config: dict[str, Any]) -> str:
+        canon = canonical_json(config)
+        for f in self.formats:
+            if canonical_json(f.config) == canon:
+                return f.label
+        self.formats.append(UnionFormat(label, config))
+        return label
+
+
+@dataclass
+class UnionResult:
+    """What a union call leaves behind for its cells."""
+
+    call: UnionCall
+    model: nn.Module
+    state: dict[str, Any]
+    # per decision group (hparam name) -> per recipe signature -> cumulative raw score after batch k (k = 1..)
+    cumulative: dict[str, dict[str, list[float]]]
+    recipes: dict[str, Any]  # signature -> QuantRecipe
+    phases: dict[str, float]
+    tokens: dict[str, int]
+    forward_calls: dict[str, int]
+    peak_device_mb: float | None = None
+
+
+def _snapshot(model: nn.Module) -> dict[str, dict[str, list[torch.Tensor | None]]]:
+    from modelopt.torch.opt.utils import named_hparams
+    from modelopt.torch.quantization.algorithms import QuantRecipeHparam
+
+    snap: dict[str, dict[str, list[torch.Tensor | None]]] = {}
+    for name, hp in named_hparams(model, unique=True):
+        if not isinstance(hp, QuantRecipeHparam):
+            continue
+        per_recipe = {}
+        for recipe, per_module in hp._importance_dict.items():
+            per_recipe[recipe.checkpoint_signature] = [
+                None if per_module[sm] is None else per_module[sm].detach().clone() for sm in hp.score_modules
+            ]
+        snap[name] = per_recipe
+    return snap
+
+
+def _as_floats(snap: dict[str, dict[str, list[torch.Tensor | None]]]) -> dict[str, dict[str, float]]:
+    """The same reduction as `QuantRecipeHparam.get_score` (sum of `.item()` over score modules, in order)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, per_recipe in snap.items():
+        out[name] = {}
+        for sig, tensors in per_recipe.items():
+            total = 0
+            for t in tensors:
+                if t is not None:
+                    total += t.cpu().item()
+            out[name][sig] = float(total)
+    return out
+
+
+def run_union(
+    model: nn.Module,
+    call: UnionCall,
+    batches: list[dict[str, torch.Tensor]],
+    method: str,
+    disabled_layers: list[str] | None,
+    on_step: StepCallback | None = None,
+) -> UnionResult:
+    """One AutoQuantize call over all formats of `call`, recording cumulative raw scores after every batch.
+
+    The budget is 16 bits, so ModelOpt's own solve keeps every layer unquantized and never folds AWQ /
+    SmoothQuant scales into the weights: every format's quantizers stay as calibrated, ready to be switched on
+    per cell.
+    """
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.quantization.algorithms import QuantRecipe
+
+    snapshots: list[dict[str, dict[str, list[torch.Tensor | None]]]] = []
+    recipes: dict[str, Any] = {}
+    for f in call.formats:
+        r = QuantRecipe(f.config, name=f.label)
+        f.signature = r.checkpoint_signature
+        recipes[f.signature] = r
+    none = QuantRecipe(quant_cfg=None)
+    recipes[none.checkpoint_signature] = none
+
+    with instrument_search() as state:
+
+        def forward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+            phase = state["phase"]
+            state["calls"][phase] = state["calls"].get(phase, 0) + 1
+            state["tokens"][phase] = state["tokens"].get(phase, 0) + int(batch["input_ids"].numel())
+            if on_step is not None:
+                on_step(phase)
+            if method == "kl_div":
+                return m(input_ids=batch["input_ids"]).logits
+            return m(**batch)
+
+        def forward_backward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+            out = forward_step(m, batch)
+            out.loss.backward()
+            snapshots.append(_snapshot(m))  # ModelOpt's accumulators after this batch
+
+        kwargs: dict[str, Any] = {}
+        if method == "gradient":
+            kwargs["forward_backward_step"] = forward_backward_step
+        if torch.cuda.is_available() and next(model.parameters()).is_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                model, search_state = mtq.auto_quantize(
+                    model,
+                    constraints={"effective_bits": 16.0},
+                    quantization_formats=[f.config for f in call.formats],
+                    data_loader=batches,
+                    forward_step=forward_step,
+                    disabled_layers=list(disabled_layers or []) or None,
+                    num_calib_steps=call.calib_steps,
+                    num_score_steps=call.score_steps,
+                    method=method,
+                    verbose=False,
+                    **kwargs,
+                )
+        except (ValueError, AssertionError) as exc:
+            raise CellError(f"ModelOpt rejected the shared search: {exc}") from exc
+        t_end = time.perf_counter()
+    marks = state["marks"]
+    score_start = marks.get("score_start", t_end)
+    score_end = marks.get("score_end", score_start)
+    if method == "kl_div" or not snapshots:
+        snapshots = [_snapshot(model)]  # kl_div: cells of this call all score every batch (no prefixes)
+    floats = [_as_floats(s) for s in snapshots]
+    cumulative: dict[str, dict[str, list[float]]] = {}
+    for name in floats[-1]:
+        cumulative[name] = {sig: [f[name][sig] for f in floats] for sig in floats[-1][name]}
+    peak = None
+    if torch.cuda.is_available() and next(model.parameters()).is_cuda:
+        peak = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return UnionResult(
+        call=call,
+        model=model,
+        state=search_state,
+        cumulative=cumulative,
+        recipes=recipes,
+        phases={"calibrate": score_start - t0, "score": score_end - score_start, "search": t_end - score_end},
+        tokens=dict(state["tokens"]),
+        forward_calls=dict(state["calls"]),
+        peak_device_mb=peak,
+    )
+
+
+def solve_cell(
+    union: UnionResult, label: str, config: dict[str, Any], budget: float, score_steps: int, method: str
+) -> SearchResult:
+    """Rebuild what a single-format AutoQuantize call would hand its solver, solve it with ModelOpt's solver,
+    and switch the union model's layers to the chosen recipe (ready for evaluation)."""
+    from modelopt.torch.opt.utils import get_hparam
+    from modelopt.torch.quantization.algorithms import (
+        AutoQuantizeGradientSearcher,
+        AutoQuantizeKLDivSearcher,
+        QuantRecipe,
+    )
+
+    lowest = format_bits(config)
+    if budget < lowest:
+        raise CellError(
+            f"effective-bits budget {budget:g} is below the format's {lowest:g} bits: AutoQuantize cannot reach it; "
+            "raise autoquant.effective_bits or drop this pair"
+        )
+    t0 = time.perf_counter()
+    recipe = QuantRecipe(config, name=label)
+    sig = recipe.checkpoint_signature
+    none = QuantRecipe(quant_cfg=None)
+    none_sig = none.checkpoint_signature
+    stats_all = union.state["candidate_stats"]
+    k = score_steps if method == "gradient" else None
+    cell_stats: dict[str, dict[str, Any]] = {}
+    raw_by_group: dict[str, list[float]] = {}
+    for name, stat in stats_all.items():
+        sigs = [r.checkpoint_signature for r in stat["formats"]]
+        if sig not in sigs:
+            raise CellError(f"format {label} missing from the shared search of {name}")
+        i, j = sigs.index(sig), sigs.index(none_sig)
+        series = union.cumulative.get(name, {}).get(sig)
+        if series is None:
+            raise CellError(f"no scores recorded for {label} in {name}")
+        raw = series[(k if k is not None else len(series)) - 1]
+        formats = sorted([stat["formats"][i], stat["formats"][j]])
+        order = [i, j] if formats[0] == stat["formats"][i] else [j, i]
+        raw_scores = [raw if idx == i else 0.0 for idx in order]
+        clamped, prev = [], float("inf")
+        for s in raw_scores:  # ModelOpt's clamp over the single-format list [f, NONE]
+            s = min(s, prev)
+            clamped.append(s)
+            prev = s
+        cell_stats[name] = {
+            **{key: v for key, v in stat.items() if key not in ("formats", "scores", "costs")},
+            "formats": formats,
+            "scores": clamped,
+            "costs": [stat["costs"][idx] for idx in order],
+        }
+        raw_by_group[name] = raw_scores
+    searcher = AutoQuantizeGradientSearcher() if method == "gradient" else AutoQuantizeKLDivSearcher()
+    searcher.candidate_stats = cell_stats
+    searcher.cost_model = union.state.get("cost_model", "weight")
+    searcher.cost = union.state.get("cost", {})
+    searcher.active_moe_expert_ratio = union.state.get("active_moe_expert_ratio")
+    searcher.config = {
+        **searcher.default_search_config,
+        "cost_model": searcher.cost_model,
+        "cost": searcher.cost,
+        "active_moe_expert_ratio": searcher.active_moe_expert_ratio,
+    }
+    total = searcher._get_total_weight_size_from_candidate_stats(cell_stats)
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings():
+        best, satisfied = searcher.run_search_with_stats(total * budget / 16.0, verbose=False)
+    groups: list[LayerGroup] = []
+    chosen_cost = 0.0
+    chosen_score = 0.0
+    for name, info in best.items():
+        stat = cell_stats[name]
+        chosen = info["format"]
+        get_hparam(union.model, name).active = union.recipes[chosen.checkpoint_signature]
+        chosen_cost += info["costs"]
+        chosen_score += info["scores"]
+        groups.append(
+            LayerGroup(
+                name=name.removesuffix(".quant_recipe"),
+                module_names=list(stat["module_names"]),
+                formats=[NONE_LABEL if r == none else label for r in stat["formats"]],
+                bits=[float(r.compression * 16) for r in stat["formats"]],
+                raw_scores=raw_by_group[name],
+                scores=[float(s) for s in stat["scores"]],
+                costs=[float(c) for c in stat["costs"]],
+                chosen=NONE_LABEL if chosen == none else label,
+                chosen_bits=float(chosen.compression * 16),
+            )
+        )
+    cell_state = {
+        **{key: v for key, v in union.state.items() if key not in ("candidate_stats", "best", "quantizer_states")},
+        "candidate_stats": cell_stats,
+        "best": {"recipe": {n: i["format"] for n, i in best.items()}},
+    }
+    import modelopt.torch.quantization as mtq
+
+    with _quiet_warnings():
+        recipe_config = to_jsonable(mtq.get_auto_quantize_config(cell_state))
+    return SearchResult(
+        groups=groups,
+        achieved_bits=float(chosen_cost / total * 16),
+        total_score=float(chosen_score),
+        satisfied=bool(satisfied),
+        recipe_config=recipe_config,
+        phases={"search": time.perf_counter() - t0},
+    )
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+__all__ = [
+    "UnionCall",
+    "UnionResult",
+    "calibration_depends_on_data",
+    "run_union",
+    "solve_cell",
+    "sys",
+]

@@ -1,0 +1,156 @@
+"""Running cells with the shared engine: group them into union calls, then solve and evaluate each cell.
+
+Per-cell telemetry amortises the union call's shared work over its cells (its calibrate/score/copy seconds and
+tokens divided by the number of cells); the full figures of the union call are kept under `telemetry.shared`.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engine.autoquant import CellError
+from ..engine.quality import compare_to_baseline
+from ..engine.shared import UnionCall, UnionResult, calibration_depends_on_data, run_union, solve_cell
+from ..planning import Cell
+from .cell_runner import CellRun, SweepContext, _is_oom, _now, cell_format_config
+from .telemetry import PeakMemory
+
+
+def plan_union_calls(ctx: SweepContext, cells: list[Cell]) -> list[tuple[UnionCall, list[tuple[Cell, str, dict, str]]]]:
+    """Group cells so that every group can share one AutoQuantize call (see engine/shared.py)."""
+    method = ctx.matrix.autoquant.method
+    groups: dict[tuple, tuple[UnionCall, list[tuple[Cell, str, dict, str]]]] = {}
+    for cell in cells:
+        config, backend = cell_format_config(ctx, cell)
+        free = method == "gradient" and not calibration_depends_on_data(config)
+        if free:
+            key: tuple = ("data-free",)
+        elif method == "gradient":
+            key = ("calib", cell.calib_samples)
+        else:
+            key = ("calib", cell.calib_samples, "score", cell.score_samples)
+        if key not in groups:
+            name = "-".join(str(k) for k in key)
+            groups[key] = (UnionCall(key=name, calib_steps=1 if free else cell.calib_steps, score_steps=0), [])
+        call, members = groups[key]
+        label = call.add_format(f"{cell.pair.name}/{cell.granularity.name}", config)
+        call.score_steps = max(call.score_steps, cell.score_steps)
+        call.cell_ids.append(cell.id)
+        members.append((cell, label, config, backend))
+    return list(groups.values())
+
+
+def _error_run(cell: Cell, exc: BaseException, started: str) -> CellRun:
+    run = CellRun(cell=cell, status="error", started_at=started, finished_at=_now())
+    if isinstance(exc, CellError):
+        run.error, run.error_type = str(exc), exc.reason
+    else:
+        run.error_type = "OOM" if _is_oom(exc) else type(exc).__name__
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+        run.error = f"{type(exc).__name__}: {exc}{where}"
+    return run
+
+
+def execute_shared(
+    ctx: SweepContext,
+    cells: list[Cell],
+    on_step: Callable[[str], None] | None = None,
+    on_union: Callable[[UnionCall, int], None] | None = None,
+) -> Iterator[CellRun]:
+    """Yield one CellRun per cell (in union-call order); never raises except KeyboardInterrupt."""
+    m = ctx.matrix
+    for call, members in plan_union_calls(ctx, cells):
+        if on_union is not None:
+            on_union(call, len(members))
+        started = _now()
+        union: UnionResult | None = None
+        mem = PeakMemory(ctx.loaded.device)
+        try:
+            with mem:
+                t = time.perf_counter()
+                model = ctx.loaded.fresh_copy()
+                copy_s = time.perf_counter() - t
+                n = max(max(c.calib_samples, c.score_samples) for c, *_ in members)
+                union = run_union(
+                    model, call, ctx.batches(n), m.autoquant.method, m.autoquant.disabled_layers, on_step
+                )
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # the whole group fails: one error row per cell
+            for cell, *_ in members:
+                yield _error_run(cell, exc, started)
+            continue
+        share = len(members)
+        shared_tel = {
+            "union": call.key,
+            "cells": share,
+            "formats": len(call.formats),
+            "copy_s": round(copy_s, 3),
+            **{f"{k}_s": round(v, 3) for k, v in union.phases.items()},
+            "tokens": union.tokens,
+            "peak_host_rss_mb": round(mem.peak_rss / 2**20, 1),
+            "peak_device_mb": None if mem.peak_device is None else round(mem.peak_device / 2**20, 1),
+        }
+        for cell, label, config, backend in members:
+            run = CellRun(cell=cell, status="error", started_at=_now(), finished_at=_now(), fake_quant_backend=backend)
+            cell_mem = PeakMemory(ctx.loaded.device)
+            phases: dict[str, float] = {}
+            try:
+                with cell_mem:
+                    result = solve_cell(union, label, config, cell.budget, cell.score_steps, m.autoquant.method)
+                    phases["search"] = result.phases["search"]
+                    t = time.perf_counter()
+                    if on_step is not None:
+                        on_step("evaluate")
+                    quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
+                    phases["evaluate"] = time.perf_counter() - t
+                run.status, run.result, run.quality = "ok", result, quality
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                failed = _error_run(cell, exc, run.started_at)
+                run.error, run.error_type = failed.error, failed.error_type
+            run.finished_at = _now()
+            amortised = {
+                "copy": copy_s / share,
+                "calibrate": union.phases["calibrate"] / share,
+                "score": union.phases["score"] / share,
+            }
+            phases = {**amortised, **phases}
+            tokens = {
+                "calibration": union.tokens.get("calibrate", 0) // share,
+                "scoring": union.tokens.get("score", 0) // share,
+                "evaluation": sum(int(b["input_ids"].numel()) for b in ctx.eval_batches) if run.status == "ok" else 0,
+            }
+            if run.result is not None:
+                run.result.tokens = {"calibrate": tokens["calibration"], "score": tokens["scoring"]}
+                run.result.forward_calls = union.forward_calls
+            peak_dev = [x for x in (mem.peak_device, cell_mem.peak_device) if x is not None]
+            run.telemetry = {
+                "device": str(ctx.loaded.device),
+                "wall_s": round(sum(phases.values()), 3),
+                "phases": {k: round(v, 3) for k, v in phases.items()},
+                "peak_host_rss_mb": round(max(mem.peak_rss, cell_mem.peak_rss) / 2**20, 1),
+                "peak_device_mb": round(max(peak_dev) / 2**20, 1) if peak_dev else None,
+                "tokens": tokens,
+                "tokens_processed": sum(tokens.values()),
+                "forward_calls": union.forward_calls,
+                "torch_threads": torch.get_num_threads(),
+                "shared": shared_tel,
+            }
+            yield run
+        del union, model
+        gc.collect()
+        if ctx.loaded.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+__all__ = ["execute_shared", "plan_union_calls", "Any"]

@@ -1,0 +1,182 @@
+"""Per-group quality-vs-bits frontier and the recommendations drawn from it (pure; docs/reports.md has the rules).
+
+Why a module of its own: the frontier is a *view* of the rows (it depends on `--include-invalid`), while the
+KPIs in `quantsweep.kpis` are not. Keeping them apart makes it impossible for a report flag to change a KPI.
+
+Per group (model x dataset size x granularity, `kpis.group_key`), over the shown rows that have finite achieved
+bits and a finite quality value ("rankable"):
+- the Pareto frontier: rows no other row beats on both axes (fewer-or-equal bits and lower-or-equal quality
+  value, one of them strictly);
+- baseline: the most achieved bits (ties: better quality, then key);
+- minimum viable: the fewest bits among rows meeting the quality threshold (ties: better quality, then key);
+- best value: the eligible row maximising `savings_share - quality_budget_share` (see `value_score`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..kpis import IDEAL_QUALITY, bits_value, group_key, quality_value
+
+ROLES = ("baseline", "minimum_viable", "best_value")
+ROLE_LABELS = {"baseline": "baseline", "minimum_viable": "minimum viable", "best_value": "best value"}
+
+
+def shown_rows(rows: list[dict[str, Any]], include_invalid: bool) -> list[dict[str, Any]]:
+    """The rows a view shows: valid rows only, or every row with `include_invalid`."""
+    return [r for r in rows if include_invalid or r.get("valid")]
+
+
+def pareto_keys(points: list[tuple[str, float, float]]) -> set[str]:
+    """Keys of the non-dominated (key, bits, quality) points; both axes are minimised. Equal points are all kept."""
+    out = set()
+    for k, b, q in points:
+        dominated = any(b2 <= b and q2 <= q and (b2 < b or q2 < q) for _, b2, q2 in points)
+        if not dominated:
+            out.add(k)
+    return out
+
+
+def value_score(bits: float, quality: float, base_bits: float, mv_bits: float, metric: str, limit: float) -> float:
+    """Best-value score of an eligible cell: the share of the group's available bit savings it realises minus the
+    share of the quality budget it uses.
+
+    savings share = (baseline bits - bits) / (baseline bits - minimum-viable bits), 0 when no bits can be saved;
+    budget share  = (quality - ideal) / (threshold - ideal), clipped at 0, with ideal 0 for KL, 1 for ppl ratio.
+    Both lie in [0, 1] for eligible cells, so the minimum-viable cell scores >= 0 and the baseline <= 0.
+    """
+    span = base_bits - mv_bits
+    saved = (base_bits - bits) / span if span > 0 else 0.0
+    ideal = IDEAL_QUALITY.get(metric, 0.0)
+    used = max(0.0, quality - ideal) / (limit - ideal) if limit > ideal else 0.0
+    return round(saved - used, 9)
+
+
+def _point(r: dict[str, Any], metric: str, limit: float) -> dict[str, Any]:
+    q = quality_value(r, metric)
+    b = bits_value(r)
+    qual = r.get("quality") or {}
+    return {
+        "key": r["key"],
+        "cell_id": r.get("cell_id"),
+        "group": group_key(r),
+        "model": r.get("model"),
+        "pair": r.get("pair"),
+        "weight": r.get("weight"),
+        "activation": r.get("activation"),
+        "granularity": r.get("granularity"),
+        "dataset_size": r.get("dataset_size"),
+        "samples": r.get("samples"),
+        "effective_bits_target": r.get("effective_bits_target"),
+        "achieved_bits": b,
+        "quality": q,
+        "kl_mean": quality_value(r, "kl_mean"),
+        "ppl_ratio": quality_value(r, "ppl_ratio"),
+        "top1_agreement": quality_value(r, "top1_agreement"),
+        "status": r.get("status"),
+        "valid": bool(r.get("valid")),
+        "reasons": list(r.get("reasons", [])),
+        "meets_quality": q is not None and b is not None and q <= limit,
+        "on_frontier": False,
+        "roles": [],
+        "frontier_role": "",
+        "quality_per_bit_saved": None,
+        "value_score": None,
+    }
+
+
+def _pick(cands: list[dict[str, Any]], key: Any) -> dict[str, Any] | None:
+    return min(cands, key=key) if cands else None
+
+
+def build_frontier(
+    rows: list[dict[str, Any]], metric: str, limit: float, include_invalid: bool = False
+) -> dict[str, Any]:
+    """`{"metric", "max_quality", "include_invalid", "points": [one per shown row, in row order], "groups": [...]}`.
+
+    Groups appear in the order of their first shown row (the plan's order in a summary written by `run`).
+    """
+    points = [_point(r, metric, limit) for r in shown_rows(rows, include_invalid)]
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        by_group.setdefault(p["group"], []).append(p)
+    groups = []
+    for g, members in by_group.items():
+        rankable = [p for p in members if p["achieved_bits"] is not None and p["quality"] is not None]
+        front = pareto_keys([(p["key"], p["achieved_bits"], p["quality"]) for p in rankable])
+        for p in rankable:
+            p["on_frontier"] = p["key"] in front
+        base = _pick(rankable, lambda p: (-p["achieved_bits"], p["quality"], p["key"]))
+        eligible = [p for p in rankable if p["meets_quality"]]
+        mv = _pick(eligible, lambda p: (p["achieved_bits"], p["quality"], p["key"]))
+        bv = None
+        if base is not None and mv is not None:
+            for p in eligible:
+                p["value_score"] = value_score(
+                    p["achieved_bits"], p["quality"], base["achieved_bits"], mv["achieved_bits"], metric, limit
+                )
+            bv = _pick(eligible, lambda p: (-p["value_score"], p["achieved_bits"], p["quality"], p["key"]))
+        if base is not None:
+            for p in rankable:
+                saved = base["achieved_bits"] - p["achieved_bits"]
+                if p is base:
+                    p["quality_per_bit_saved"] = 0.0
+                elif saved > 0:
+                    p["quality_per_bit_saved"] = (p["quality"] - base["quality"]) / saved
+        for role, p in (("baseline", base), ("minimum_viable", mv), ("best_value", bv)):
+            if p is not None:
+                p["roles"].append(role)
+        for p in members:
+            if p["roles"]:
+                p["frontier_role"] = "+".join(p["roles"])
+            elif p["on_frontier"]:
+                p["frontier_role"] = "frontier"
+            elif p["achieved_bits"] is not None and p["quality"] is not None:
+                p["frontier_role"] = "dominated"
+        first = members[0]
+        groups.append(
+            {
+                "group": g,
+                "model": first["model"],
+                "dataset_size": first["dataset_size"],
+                "samples": first["samples"],
+                "granularity": first["granularity"],
+                "cells": len(members),
+                "rankable": len(rankable),
+                "frontier": [p["key"] for p in sorted(rankable, key=lambda p: (p["achieved_bits"], p["quality"],
+                                                                                p["key"])) if p["on_frontier"]],
+                "baseline": base["key"] if base else None,
+                "minimum_viable": mv["key"] if mv else None,
+                "best_value": bv["key"] if bv else None,
+                "reason": _reason(rankable, mv, metric, limit),
+                "recommendation": _recommendation(base, mv, bv, metric, limit),
+            }
+        )
+    return {"metric": metric, "max_quality": limit, "include_invalid": include_invalid, "points": points,
+            "groups": groups}
+
+
+def _reason(rankable: list[dict[str, Any]], mv: dict[str, Any] | None, metric: str, limit: float) -> str:
+    if not rankable:
+        return "no shown cell has measured bits and quality"
+    if mv is None:
+        return f"no shown cell met {metric} <= {limit:g}"
+    return f"fewest achieved bits with {metric} <= {limit:g}"
+
+
+def _desc(p: dict[str, Any], metric: str) -> str:
+    return f"{p['key']} ({p['achieved_bits']:.3f} bits, {metric} {p['quality']:.4g})"
+
+
+def _recommendation(
+    base: dict[str, Any] | None, mv: dict[str, Any] | None, bv: dict[str, Any] | None, metric: str, limit: float
+) -> str:
+    if base is None:
+        return "No recommendation: no shown cell was measured."
+    if mv is None:
+        return (f"No cell met {metric} <= {limit:g}: keep higher precision than {_desc(base, metric)}, "
+                "or relax the threshold.")
+    assert bv is not None
+    if bv is mv:
+        return f"Use {_desc(mv, metric)}: the smallest cell that meets quality, and the best value."
+    return f"Smallest that meets quality: {_desc(mv, metric)}. Best value: {_desc(bv, metric)}."

@@ -1,0 +1,369 @@
+"""The report's three figures (matplotlib, Agg canvas, no pyplot), saved as PNG and SVG, byte-for-byte repeatable.
+
+Why a module of its own: plotting is the only part of the report that needs matplotlib, and the only part whose
+bytes depend on a library's defaults. Each figure is drawn from a plain "plot data" dict (built here from the
+frontier view or in `layers`) that the tests count, so "what is plotted" is tested without reading pixels.
+
+Determinism: `svg.hashsalt` is fixed per figure (different salts keep element ids distinct when several SVGs are
+inlined in one HTML page), SVG text stays text (`svg.fonttype: none`), and both formats get fixed metadata (no
+date; `Software`/`Creator` = quantsweep). Fonts are matplotlib's bundled DejaVu Sans.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from ..store.atomic import atomic_write_text
+
+RC = {
+    "svg.fonttype": "none",
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "figure.dpi": 100,
+    "savefig.dpi": 110,
+}
+THRESHOLD_COLOR = "#c0392b"
+FRONTIER_COLOR = "#2c3e50"
+METRIC_LABEL = {
+    "kl_mean": "mean KL(base ‖ quant), log scale (lower = better)",
+    "ppl_ratio": "perplexity ratio quant / base (lower = better)",
+}
+METRIC_SHORT = {"kl_mean": "KL", "ppl_ratio": "ppl ratio"}
+ROLE_TEXT = {"baseline": "baseline", "minimum_viable": "min viable", "best_value": "best value"}
+
+
+# --- plot data ---------------------------------------------------------------------------------------------------
+def group_title(g: dict[str, Any]) -> str:
+    size = f"{g['dataset_size']}" + (f" ({g['samples']} samples)" if g.get("samples") is not None else "")
+    return f"{g['model']} · {size} · {g['granularity']}"
+
+
+def frontier_plot_data(view: dict[str, Any]) -> dict[str, Any]:
+    """One panel per group; a panel's points are its shown rows with finite bits and quality."""
+    panels = []
+    for g in view["groups"]:
+        pts = [
+            {
+                "key": p["key"],
+                "pair": p["pair"],
+                "budget": p["effective_bits_target"],
+                "bits": p["achieved_bits"],
+                "quality": p["quality"],
+                "valid": p["valid"],
+                "on_frontier": p["on_frontier"],
+                "roles": list(p["roles"]),
+            }
+            for p in view["points"]
+            if p["group"] == g["group"] and p["achieved_bits"] is not None and p["quality"] is not None
+        ]
+        front = sorted((p for p in pts if p["on_frontier"]), key=lambda p: (p["bits"], p["quality"]))
+        panels.append({"title": group_title(g), "group": g["group"], "points": pts,
+                       "frontier": [[p["bits"], p["quality"]] for p in front]})
+    pairs = sorted({str(p["pair"]) for panel in panels for p in panel["points"]})
+    return {"metric": view["metric"], "max_quality": view["max_quality"], "panels": panels, "pairs": pairs}
+
+
+def heatmap_plot_data(heat: dict[str, Any]) -> dict[str, Any]:
+    return heat
+
+
+def convergence_plot_data(series: list[dict[str, Any]]) -> dict[str, Any]:
+    """x positions: every (from, to) size step seen, ordered by sample counts; one line per series."""
+    steps = sorted(
+        {(p["from_samples"] or 0, p["to_samples"] or 0, str(p["from"]), str(p["to"])) for s in series
+         for p in s["points"]}
+    )
+    labels = [f"{a} ({na}) → {b} ({nb})" for na, nb, a, b in steps]
+    index = {(a, b): i for i, (_, _, a, b) in enumerate(steps)}
+    lines = []
+    for s in series:
+        pts = [{"x": index[(str(p["from"]), str(p["to"]))], "rho": p["rho"], "layers": p["layers"]}
+               for p in s["points"]]
+        lines.append({"label": s["series"], "points": pts})
+    return {"steps": labels, "series": lines, "points": sum(1 for s in lines for p in s["points"]
+                                                            if p["rho"] is not None)}
+
+
+# --- label placement (frontier plot) ------------------------------------------------------------------------------
+AX_W_PT, AX_H_PT = 320.0, 200.0  # approximate size of one frontier panel's axes, in points
+LABEL_PT = 7.5
+_CANDIDATES = (  # (offset in points, ha, va): above-right first, then the other corners, then the sides
+    ((8, 6), "left", "bottom"),
+    ((-8, -8), "right", "top"),
+    ((-8, 6), "right", "bottom"),
+    ((8, -8), "left", "top"),
+    ((11, 0), "left", "center"),
+    ((-11, 0), "right", "center"),
+    ((0, 11), "center", "bottom"),
+    ((0, -11), "center", "top"),
+)
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _place(at: tuple[float, float], text: str, bold: bool, obstacles: list[tuple[float, ...]]) -> tuple[Any, ...]:
+    """Pick the candidate position whose (estimated) text box overlaps the fewest points, frontier segments,
+    earlier labels and the panel border. Deterministic: ties go to the earlier candidate."""
+    lines = text.split("\n")
+    w = max(len(s) for s in lines) * LABEL_PT * (0.68 if bold else 0.6)
+    h = len(lines) * LABEL_PT * 1.3
+    px, py = at
+    best = None
+    for i, ((dx, dy), ha, va) in enumerate(_CANDIDATES):
+        x0 = px + dx - (0 if ha == "left" else w if ha == "right" else w / 2)
+        y0 = py + dy - (0 if va == "bottom" else h if va == "top" else h / 2)
+        box = (x0, y0, x0 + w, y0 + h)
+        inside = _overlap(box, (0.0, 0.0, AX_W_PT, AX_H_PT))
+        cost = sum(_overlap(box, o) for o in obstacles) + 2.0 * (w * h - inside) + 0.5 * i
+        if best is None or cost < best[0]:
+            best = (cost, (dx, dy), ha, va, box)
+    assert best is not None
+    return best[1:]
+
+
+# --- drawing -----------------------------------------------------------------------------------------------------
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _empty(fig: Any, title: str, message: str) -> Any:
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=10, color="#555555",
+            transform=ax.transAxes)
+    return fig
+
+
+def _pair_colors(pairs: list[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {p: cmap(i % 10) for i, p in enumerate(pairs)}
+
+
+def draw_frontier(data: dict[str, Any]) -> Any:
+    """One panel per group, all panels on the same axes (so groups compare at a glance): every rankable cell as a
+    dot coloured by quant pair, the Pareto frontier as a line through its cells (ringed), the quality threshold as
+    a dashed red line with the failing region shaded, and the roles written next to their cells."""
+    import matplotlib
+    from matplotlib.lines import Line2D
+
+    metric, limit = data["metric"], float(data["max_quality"])
+    short = METRIC_SHORT.get(metric, metric)
+    panels = [p for p in data["panels"] if p["points"]]
+    with matplotlib.rc_context(RC):
+        if not panels:
+            return _empty(_figure(7, 3), "Quality vs effective bits", "no cell with measured bits and quality to plot")
+        n = len(panels)
+        ncols = min(3, math.ceil(math.sqrt(n)))
+        nrows = math.ceil(n / ncols)
+        fig = _figure(5.4 * ncols, 3.9 * nrows + 1.2)
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+        flat = list(axes.flat)
+        colors = _pair_colors(data["pairs"])
+        log = metric == "kl_mean"
+        positive = [p["quality"] for pan in panels for p in pan["points"] if p["quality"] > 0]
+        floor = (min(positive) / 10 if positive else 1e-6) if log else None
+
+        def y(v: float) -> float:
+            return max(v, floor) if floor is not None else v
+
+        any_invalid = False
+        several_budgets = len({p["budget"] for pan in panels for p in pan["points"]}) > 1
+        if log:
+            flat[0].set_yscale("log")
+        for ax, pan in zip(flat, panels, strict=False):
+            if pan["frontier"]:
+                ax.plot([b for b, _ in pan["frontier"]], [y(q) for _, q in pan["frontier"]], color=FRONTIER_COLOR,
+                        lw=1.4, alpha=0.8, zorder=2)
+            for p in pan["points"]:
+                any_invalid |= not p["valid"]
+                ax.scatter([p["bits"]], [y(p["quality"])], s=70 if p["on_frontier"] else 45,
+                           marker="o" if p["valid"] else "X", color=colors[str(p["pair"])],
+                           edgecolors=FRONTIER_COLOR if p["on_frontier"] else "none", linewidths=1.3,
+                           alpha=1.0 if p["on_frontier"] or p["roles"] else 0.75, zorder=3)
+        # one set of limits for all panels (shared axes), always showing the threshold
+        ax0 = flat[0]
+        ax0.margins(x=0.3, y=0.25)
+        ax0.autoscale_view()
+        lo, hi = ax0.get_ylim()
+        if log:
+            lo, hi = min(lo, limit / 3), max(hi, limit * 3)
+        else:
+            pad = 0.15 * max(hi - lo, abs(limit) * 0.05, 1e-9)
+            lo, hi = min(lo, limit - pad), max(hi, limit + pad)
+        ax0.set_ylim(lo, hi)
+        x0, x1 = ax0.get_xlim()
+        for i, (ax, pan) in enumerate(zip(flat, panels, strict=False)):
+            ax.axhspan(limit, hi, color=THRESHOLD_COLOR, alpha=0.07, lw=0, zorder=0)
+            ax.axhline(limit, color=THRESHOLD_COLOR, ls="--", lw=1.2, zorder=1)
+            ax.text(0.99, 0.985, f"fails the threshold ({short} > {limit:g})", transform=ax.transAxes, ha="right",
+                    va="top", fontsize=7.5, color=THRESHOLD_COLOR)
+            label_all = len(pan["points"]) <= 8
+            labelled = [p for p in pan["points"] if label_all or p["roles"] or p["on_frontier"]]
+            labelled.sort(key=lambda p: (not p["roles"], not p["on_frontier"]))  # the important ones choose first
+
+            def frac(b: float, q: float) -> tuple[float, float]:
+                fx = (b - x0) / (x1 - x0)
+                if log:
+                    fy = (math.log10(y(q)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+                else:
+                    fy = (q - lo) / (hi - lo)
+                return fx * AX_W_PT, fy * AX_H_PT
+
+            obstacles = [(AX_W_PT - 190, AX_H_PT - 14, AX_W_PT, AX_H_PT)]  # the "fails the threshold" note
+            for p in pan["points"]:
+                px, py = frac(p["bits"], p["quality"])
+                obstacles.append((px - 6, py - 6, px + 6, py + 6))
+            for (b0, q0), (b1, q1) in zip(pan["frontier"], pan["frontier"][1:], strict=False):
+                (ax_, ay_), (bx_, by_) = frac(b0, q0), frac(b1, q1)
+                steps = max(1, int(math.hypot(bx_ - ax_, by_ - ay_) / 4))
+                for k in range(steps + 1):
+                    cx, cy = ax_ + (bx_ - ax_) * k / steps, ay_ + (by_ - ay_) * k / steps
+                    obstacles.append((cx - 2, cy - 2, cx + 2, cy + 2))
+            for p in labelled:
+                text = str(p["pair"]) + (f" @{p['budget']:g}" if several_budgets and p["budget"] is not None else "")
+                if p["roles"]:
+                    text += "\n" + " · ".join(ROLE_TEXT[r] for r in p["roles"]).upper()
+                offset, ha, va, box = _place(frac(p["bits"], p["quality"]), text, bool(p["roles"]), obstacles)
+                obstacles.append(box)
+                ax.annotate(text, (p["bits"], y(p["quality"])), xytext=offset, textcoords="offset points", ha=ha,
+                            va=va, fontsize=LABEL_PT, fontweight="bold" if p["roles"] else "normal", zorder=4)
+            ax.set_title(pan["title"])
+            row, col = divmod(i, ncols)
+            below_missing = (row + 1) * ncols + col >= n
+            if below_missing:
+                ax.xaxis.set_tick_params(labelbottom=True)
+                ax.set_xlabel("achieved effective bits (← smaller model)")
+            if col == 0:
+                ax.set_ylabel(METRIC_LABEL.get(metric, metric), fontsize=8)
+            ax.grid(True, which="major", alpha=0.3)
+        for ax in flat[n:]:
+            ax.set_axis_off()
+        handles = [Line2D([], [], ls="", marker="o", color=colors[p], markersize=7, label=p) for p in data["pairs"]]
+        handles.append(Line2D([], [], color=FRONTIER_COLOR, lw=1.4, marker="o", markerfacecolor="white",
+                              markeredgecolor=FRONTIER_COLOR,
+                              label="Pareto frontier (no other cell is both smaller and better)"))
+        handles.append(Line2D([], [], color=THRESHOLD_COLOR, ls="--", label=f"quality threshold ({short} ≤ {limit:g})"))
+        if any_invalid:
+            handles.append(Line2D([], [], ls="", marker="X", color="#777777", markersize=7,
+                                  label="invalid cell (shown by --include-invalid)"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False)
+        fig.suptitle(f"Quality vs size, one panel per group: lower-left is better; cells in the red band fail "
+                     f"{short} ≤ {limit:g}", fontsize=11)
+        return fig
+
+
+def draw_heatmap(heat: dict[str, Any]) -> Any:
+    import matplotlib
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+
+    layers, cells = heat["layers"], heat["cells"]
+    with matplotlib.rc_context(RC):
+        if not layers or not cells:
+            return _empty(_figure(7, 3), "Layer sensitivity across cells",
+                          "no per-layer scores available (see the report's notes)")
+        vals = np.array([[np.nan if v is None else v for v in row] for row in heat["relative"]], dtype=float)
+        finite = vals[np.isfinite(vals) & (vals > 0)]
+        vmin = 10.0 ** math.floor(math.log10(float(finite.min()))) if finite.size else 1e-3
+        vmin = min(max(vmin, 1e-4), 0.1)
+        clipped = bool(np.any(np.isfinite(vals) & (vals < vmin)))
+        shown = np.where(np.isnan(vals), np.nan, np.clip(vals, vmin, 1.0))
+        width = min(4.0 + 0.75 * len(cells), 24.0)
+        fig = _figure(width, 1.9 + 0.24 * len(layers))
+        ax = fig.subplots()
+        cmap = colormaps["YlOrRd"].with_extremes(bad="#d9d9d9")
+        im = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap=cmap, norm=LogNorm(vmin=vmin, vmax=1.0),
+                       interpolation="nearest")
+        ax.set_yticks(range(len(layers)), labels=layers, fontsize=7)
+        ax.set_xticks(range(len(cells)), labels=cells, rotation=40, ha="right", fontsize=7.5)
+        ax.set_xlabel("cell (pair / granularity / dataset size)")
+        ax.set_ylabel("layer group (most sensitive first)")
+        bar = fig.colorbar(im, ax=ax, shrink=0.9)
+        ticks = [10.0 ** -k for k in range(round(-math.log10(vmin)) + 1)]
+        labels = ["1 = cell's most\nsensitive layer"] + [f"{t:g}" for t in ticks[1:]]
+        if clipped:
+            labels[-1] = "≤ " + labels[-1]
+        bar.set_ticks(ticks, labels=labels)
+        bar.set_label("score / the cell's largest score (log scale)", fontsize=8)
+        ax.set_title(f"Layer sensitivity across cells: the {len(layers)} layers with the highest mean relative "
+                     "score\n(darker = quantizing this layer hurts the loss more, relative to the cell's worst "
+                     "layer; grey = not scored)", fontsize=9.5)
+        return fig
+
+
+def draw_convergence(data: dict[str, Any]) -> Any:
+    import matplotlib
+    from matplotlib import colormaps
+
+    with matplotlib.rc_context(RC):
+        if not data["points"]:
+            return _empty(_figure(7, 3), "Convergence of per-layer scores across dataset sizes",
+                          "needs the same pair/granularity at two or more dataset sizes, with per-layer scores")
+        fig = _figure(max(7.5, 2.5 + 2.0 * len(data["steps"])), 4.8)
+        ax = fig.subplots()
+        cmap = colormaps["tab10"]
+        n = len(data["series"])
+        rhos = [p["rho"] for s in data["series"] for p in s["points"] if p["rho"] is not None]
+        annotate = len(rhos) <= 16
+        for i, s in enumerate(data["series"]):
+            dx = (i - (n - 1) / 2) * min(0.08, 0.5 / max(n, 1))
+            pts = [p for p in s["points"] if p["rho"] is not None]
+            xs, ys = [p["x"] + dx for p in pts], [p["rho"] for p in pts]
+            ax.plot(xs, ys, marker="o", color=cmap(i % 10), lw=1.3, label=s["label"])
+            if annotate:
+                for x, yv in zip(xs, ys, strict=True):
+                    ax.annotate(f"{yv:.3f}", (x, yv), xytext=(0, -12), textcoords="offset points", fontsize=7,
+                                ha="center", color=cmap(i % 10))
+        ax.axhline(1.0, color="#555555", ls=":", lw=1)
+        # zoom on the data, but never hide how far from 1 it is: the axis always reaches 1 and a round floor
+        lo = min(rhos)
+        floor = 0.0 if lo < 0.5 else math.floor((lo - 0.02) * 20) / 20
+        ax.set_ylim(min(floor, lo - 0.05), 1.005 + (1.0 - floor) * 0.05)
+        ax.text(0.01, 1.0, "1 = identical layer ranking", transform=ax.get_yaxis_transform(), fontsize=7.5,
+                color="#555555", va="bottom")
+        ax.set_xlim(-0.6, len(data["steps"]) - 0.4)
+        ax.set_xticks(range(len(data["steps"])), labels=data["steps"])
+        ax.set_xlabel("dataset size step (samples)")
+        ax.set_ylabel("Spearman rank correlation of\nper-layer scores (note the y range)")
+        ax.set_title("Do per-layer sensitivity rankings settle as the calibration set grows?\n"
+                     "One line per pair/granularity; near 1 = more data would not reorder the layers",
+                     fontsize=9.5)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right" if floor == 0.0 else "lower left")
+        return fig
+
+
+# --- saving ------------------------------------------------------------------------------------------------------
+def save_figure(fig: Any, out_dir: Path, stem: str) -> str:
+    """Write `<stem>.png` and `<stem>.svg`; return the SVG text (for inlining)."""
+    import matplotlib
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context({**RC, "svg.hashsalt": f"quantsweep-{stem}"}):
+        png = io.BytesIO()
+        fig.savefig(png, format="png", metadata={"Software": "quantsweep"})
+        svg = io.StringIO()
+        fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": "quantsweep"})
+    tmp = out_dir / f".{stem}.png.tmp"
+    tmp.write_bytes(png.getvalue())
+    tmp.replace(out_dir / f"{stem}.png")
+    text = svg.getvalue()
+    atomic_write_text(out_dir / f"{stem}.svg", text)
+    return text

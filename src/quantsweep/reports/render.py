@@ -1,0 +1,424 @@
+"""`quantsweep render-report`: report.md, report.html, scatter.json and the plots, from a summary alone.
+
+Why a module of its own: it only *arranges* what the other report modules compute (KPIs, frontier, layer views,
+plots). The page is first built as a list of blocks (heading, paragraph, list, table, figure); markdown and HTML
+are two renderings of the same blocks, so the two files cannot drift apart.
+
+Deterministic: the same summary (and manifests) and flags give the same bytes. The only varying input is the
+generation timestamp, which `--generated-at` fixes; numbers are formatted with pinned precision; nothing depends on
+dict order that the input does not fix, on the output folder, or on the clock (plots carry no date).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..kpis import GATES, KPI_NAMES, compute_kpis, evaluate_gate
+from ..store.atomic import atomic_write_text, dumps
+from . import layers as L
+from . import plots
+from .frontier import build_frontier
+from .summary_io import Summary, load_summary
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+SCATTER = "scatter.json"
+FIGURES = ("frontier", "sensitivity-heatmap", "convergence")
+
+Block = tuple[Any, ...]
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# --- formatting --------------------------------------------------------------------------------------------------
+def _num(v: Any, spec: str) -> str:
+    if isinstance(v, bool) or v is None:
+        return "—" if v is None else str(v).lower()
+    if isinstance(v, int | float):
+        return format(v, spec) if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _rate(kpi: dict[str, Any] | None) -> tuple[str, str]:
+    if not isinstance(kpi, dict):
+        return "missing", "—"
+    v = kpi.get("value")
+    return ("null" if v is None else f"{v:.4g}"), f"{kpi.get('numerator')} / {kpi.get('denominator')}"
+
+
+def _text(v: Any, limit: int = 160) -> str:
+    s = " ".join(str(v).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+# --- the report model --------------------------------------------------------------------------------------------
+def build_report(summary: Summary, include_invalid: bool, generated_at: str) -> dict[str, Any]:
+    """Everything the report shows, as data (also what the tests assert on)."""
+    metric, limit = summary.metric, summary.max_quality
+    kpis = compute_kpis(summary.rows, summary.canary, summary.thresholds)
+    gate = evaluate_gate(kpis, summary.thresholds)
+    view = build_frontier(summary.rows, metric, limit, include_invalid)
+    rows_by_key = {r["key"]: r for r in summary.rows}
+    cells: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
+    for p in view["points"]:
+        row = rows_by_key[p["key"]]
+        if row.get("status") != "ok":
+            continue  # an error row never produced scores: listed under failures, not as a missing manifest
+        manifest, why = summary.manifest(row)
+        if manifest is None:
+            notes.append(f"{p['key']}: per-layer scores unavailable ({why}); left out of the layer views")
+            continue
+        scores = L.cell_scores(manifest)
+        if not scores:
+            notes.append(f"{p['key']}: its manifest has no per-layer raw scores; left out of the layer views")
+            continue
+        cells[p["key"]] = scores
+    conv = L.convergence(view["points"], cells)
+    heat = L.heatmap_data(cells)
+    return {
+        "summary": summary,
+        "generated_at": generated_at,
+        "include_invalid": include_invalid,
+        "kpis": kpis,
+        "gate": gate,
+        "view": view,
+        "layer_cells": list(cells),
+        "top_layers": L.most_sensitive(cells),
+        "heatmap": heat,
+        "convergence": conv,
+        "plot_data": {
+            "frontier": plots.frontier_plot_data(view),
+            "sensitivity-heatmap": plots.heatmap_plot_data(heat),
+            "convergence": plots.convergence_plot_data(conv),
+        },
+        "notes": notes,
+    }
+
+
+def scatter_doc(rep: dict[str, Any]) -> dict[str, Any]:
+    s: Summary = rep["summary"]
+    doc = s.doc
+    keep = ("key", "cell_id", "group", "model", "pair", "weight", "activation", "granularity", "dataset_size",
+            "samples", "effective_bits_target", "achieved_bits", "quality", "kl_mean", "ppl_ratio", "top1_agreement",
+            "status", "valid", "reasons", "meets_quality", "on_frontier", "frontier_role", "quality_per_bit_saved",
+            "value_score")
+    return {
+        "schema_version": "1",
+        "kind": "quantsweep.scatter",
+        "generated_at": rep["generated_at"],
+        "source_summary": str(s.path),
+        "sweep": (doc.get("matrix") or {}).get("name"),
+        "labels": doc.get("labels") or {},
+        "include_invalid": rep["include_invalid"],
+        "x": "achieved_bits",
+        "y": rep["view"]["metric"],
+        "quality_metric": rep["view"]["metric"],
+        "max_quality": rep["view"]["max_quality"],
+        "points": [{k: p[k] for k in keep} for p in rep["view"]["points"]],
+    }
+
+
+def _header(rep: dict[str, Any]) -> list[str]:
+    s: Summary = rep["summary"]
+    d = s.doc
+    m = d.get("matrix") or {}
+    axes = m.get("axes") or {}
+    sizes = ((m.get("dataset") or {}).get("sizes")) or {}
+
+    def names(items: Any) -> str:
+        out = []
+        for it in items or []:
+            out.append(it.get("name", "?") if isinstance(it, dict) else str(it))
+        return ", ".join(out) or "—"
+
+    size_list = []
+    for it in axes.get("dataset_sizes") or []:
+        if isinstance(it, dict):
+            size_list.append(f"{it.get('name')} ({it.get('samples')})")
+        else:
+            size_list.append(f"{it} ({sizes[it]})" if it in sizes else str(it))
+    model = d.get("model") or {}
+    mparts = [model.get(k) for k in ("architecture", "dtype", "device") if model.get(k)]
+    if isinstance(model.get("num_parameters"), int):
+        mparts.append(f"{model['num_parameters'] / 1e6:.1f}M parameters")
+    ds = d.get("dataset") or {}
+    mds = m.get("dataset") or {}
+    aq = m.get("autoquant") or {}
+    hw = d.get("hardware") or {}
+    versions = d.get("versions") or {}
+    labels = d.get("labels") or {}
+    progress = d.get("progress") or {}
+    canary = d.get("canary")
+    if not canary:
+        can = "none recorded"
+    elif canary.get("skipped"):
+        can = "skipped (--skip-canary)"
+    else:
+        det = canary.get("determinism") or {}
+        can = ("passed" if canary.get("passed") else f"FAILED ({', '.join(canary.get('failed_reasons') or [])})")
+        can += f", cell {canary.get('cell')}, {canary.get('repeats')} repeats"
+        if det:
+            can += f", max relative score difference {_num(det.get('max_rel_score_diff'), '.3g')}"
+    items = [
+        f"Sweep: {m.get('name', '—')}" + (f" — {_text(m['description'])}" if m.get("description") else ""),
+        f"Status: {d.get('status', '—')}; rows: {len(s.rows)}"
+        + (f" of {progress['total']} planned cells" if progress.get("total") is not None else ""),
+        f"Matrix file: {d.get('matrix_file', '—')}",
+        f"Axes: quant pairs [{names(axes.get('quant_pairs'))}]; granularities [{names(axes.get('granularities'))}]; "
+        f"dataset sizes [{', '.join(size_list) or '—'}]; effective-bits budgets "
+        f"[{', '.join(format(b, 'g') for b in aq.get('effective_bits') or []) or '—'}]",
+        f"Model: {model.get('name') or (m.get('model') or {}).get('name') or '—'}"
+        + (f" ({', '.join(str(x) for x in mparts)})" if mparts else ""),
+        f"Dataset: {mds.get('source', '—')}, seq_len {mds.get('seq_len', '—')}, held-out samples "
+        f"{mds.get('eval_samples', '—')}, fingerprint {ds.get('fingerprint', '—')}",
+        f"AutoQuantize: method {aq.get('method', '—')}, batch size {aq.get('batch_size', '—')}",
+        "Labels: " + (", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "—"),
+        f"Hardware: {hw.get('fingerprint', '—')}",
+        "Versions: " + (", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "—"),
+        f"Commit: {d.get('commit') or 'unknown (not a git checkout)'}",
+        f"Canary: {can}",
+        f"Summary: {s.path} (written {d.get('generated_at', '—')})",
+        f"Report generated at: {rep['generated_at']}; include_invalid: {str(rep['include_invalid']).lower()}",
+        f"Quality rule: {s.metric} ≤ {s.max_quality:g} (against the unquantized model on held-out text)",
+    ]
+    return items
+
+
+def blocks(rep: dict[str, Any]) -> list[Block]:
+    s: Summary = rep["summary"]
+    view, kpis, gate = rep["view"], rep["kpis"], rep["gate"]
+    metric = view["metric"]
+    name = (s.doc.get("matrix") or {}).get("name") or s.path.stem
+    out: list[Block] = [("h1", f"quantsweep report: {name}"), ("ul", _header(rep))]
+
+    # KPIs and gate
+    out.append(("h2", f"Stability KPIs — gate {gate['status']}"))
+    rows = []
+    checks = {c["kpi"]: c for c in gate["checks"]}
+    for k in KPI_NAMES:
+        value, frac = _rate(kpis.get(k))
+        c = checks[k]
+        op = "≥" if c["op"] == "min" else "≤"
+        rows.append([k, value, frac, f"{op} {c['limit']:g} ({GATES[k][0]})", c["status"]])
+    out.append(("table", ["KPI", "value", "numerator / denominator", "threshold", "status"], rows))
+    if gate["failures"]:
+        out.append(("p", "Gate failures:"))
+        out.append(("ul", gate["failures"]))
+    out.append(("p", f"{kpis['rows']} rows, {kpis['groups']} groups, {kpis['repeated_executions']} repeated "
+                     "executions checked for determinism. KPIs are computed from all rows (docs/kpis.md); "
+                     "--include-invalid never changes them."))
+
+    # recommendations
+    out.append(("h2", "Recommendations"))
+    recs = []
+    for g in view["groups"]:
+        recs.append([plots.group_title(g), g["baseline"] or "—", g["minimum_viable"] or "—", g["best_value"] or "—",
+                     g["recommendation"]])
+    if recs:
+        out.append(("table", ["group (model · dataset size · granularity)", "baseline", "minimum viable",
+                              "best value", "recommendation"], recs))
+    else:
+        out.append(("p", "No rows to recommend from."))
+    out.append(("p", "Baseline: the cell with the most achieved bits. Minimum viable: the fewest bits with "
+                     f"{metric} ≤ {view['max_quality']:g}. Best value: the eligible cell that realises the largest "
+                     "share of the available bit savings for the smallest share of the quality budget "
+                     "(docs/reports.md)."))
+
+    # frontier figure
+    out.append(("h2", "Quality vs effective bits"))
+    out.append(("figure", "frontier", "Quality vs achieved effective bits per group, with the Pareto frontier and "
+                                      "the quality threshold"))
+
+    # cells
+    out.append(("h2", "Cells"))
+    shown, total = len(view["points"]), len(s.rows)
+    hidden = total - shown
+    out.append(("p", f"{shown} of {total} rows shown"
+                     + (f"; {hidden} invalid rows hidden (render with --include-invalid to show them)." if hidden
+                        else ".")))
+    cell_rows = []
+    for p in view["points"]:
+        cell_rows.append([
+            p["key"], str(p["pair"]), str(p["granularity"]), str(p["dataset_size"]),
+            _num(p["effective_bits_target"], "g"), _num(p["achieved_bits"], ".3f"), _num(p["kl_mean"], ".4g"),
+            _num(p["ppl_ratio"], ".4f"), _num(p["top1_agreement"], ".3f"), _num(p["quality_per_bit_saved"], ".3g"),
+            "yes" if p["valid"] else "no: " + ", ".join(p["reasons"]), p["frontier_role"] or "—",
+        ])
+    out.append(("table", ["cell", "pair", "granularity", "size", "budget", "bits", "KL mean", "ppl ratio", "top-1",
+                          f"Δ{metric}/bit saved", "valid", "role"], cell_rows))
+
+    # layers
+    out.append(("h2", "Most sensitive layers across cells"))
+    if rep["top_layers"]:
+        out.append(("p", f"Over the {len(rep['layer_cells'])} shown cells with per-layer scores. Relative "
+                         "sensitivity = the layer's raw AutoQuantize score / the cell's largest score, averaged over "
+                         f"the cells; 'in top {L.TOP_K}' counts the cells where it is among the {L.TOP_K} "
+                         "highest."))
+        out.append(("table", ["layer", "mean relative sensitivity", "cells", f"in top {L.TOP_K}", "max raw score",
+                              "in cell"],
+                    [[e["layer"], f"{e['mean_relative']:.3f}", str(e["cells"]), str(e["in_top_k"]),
+                      f"{e['max_score']:.3e}", e["max_cell"]] for e in rep["top_layers"]]))
+    else:
+        out.append(("p", "No per-layer scores available (see Notes)."))
+    out.append(("figure", "sensitivity-heatmap", "Relative layer sensitivity: layers x cells"))
+
+    # convergence
+    out.append(("h2", "Convergence across dataset sizes"))
+    conv_rows = [[s_["series"], f"{p['from']} ({p['from_samples']}) → {p['to']} ({p['to_samples']})",
+                  str(p["layers"]), _num(p["rho"], ".4f")] for s_ in rep["convergence"] for p in s_["points"]]
+    if conv_rows:
+        out.append(("p", "Spearman rank correlation of per-layer raw scores between consecutive dataset sizes of "
+                         "the same pair and granularity (1 = the larger dataset ranks the layers identically)."))
+        out.append(("table", ["series", "sizes", "layers", "Spearman ρ"], conv_rows))
+    else:
+        out.append(("p", "Not available: needs the same pair and granularity at two or more dataset sizes, with "
+                         "per-layer scores."))
+    out.append(("figure", "convergence", "Rank correlation of per-layer scores between consecutive dataset sizes"))
+
+    # failures
+    out.append(("h2", "Failures and invalid rows"))
+    bad = [r for r in s.rows if not r.get("valid")]
+    if bad:
+        out.append(("p", f"{len(bad)} of {total} rows are not valid; they never count for the frontier KPI"
+                         + ("" if rep["include_invalid"] else " and are hidden from the views above") + "."))
+        out.append(("table", ["cell", "status", "reasons", "error"],
+                    [[r["key"], str(r.get("status")), ", ".join(r.get("reasons", [])) or "—",
+                      _text(r.get("error") or "—")] for r in bad]))
+    else:
+        out.append(("p", "None: every row is valid."))
+
+    # notes
+    notes = list(rep["notes"])
+    notes += [f"plan warning: {_text(w)}" for w in ((s.doc.get("plan") or {}).get("warnings") or [])]
+    if notes:
+        out.append(("h2", "Notes"))
+        out.append(("ul", notes))
+    return out
+
+
+# --- renderers ---------------------------------------------------------------------------------------------------
+def _md_cell(v: str) -> str:
+    return str(v).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(bl: list[Block]) -> str:
+    lines: list[str] = []
+    for b in bl:
+        kind = b[0]
+        if kind == "h1":
+            lines += [f"# {b[1]}", ""]
+        elif kind == "h2":
+            lines += [f"## {b[1]}", ""]
+        elif kind == "p":
+            lines += [b[1], ""]
+        elif kind == "ul":
+            lines += [f"- {x}" for x in b[1]] + [""]
+        elif kind == "table":
+            head, rows = b[1], b[2]
+            lines.append("| " + " | ".join(_md_cell(h) for h in head) + " |")
+            lines.append("|" + "---|" * len(head))
+            lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
+            lines.append("")
+        elif kind == "figure":
+            lines += [f"![{b[2]}]({b[1]}.png)", "", f"({b[1]}.png; vector: [{b[1]}.svg]({b[1]}.svg))", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2rem auto; max-width: 1200px;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6rem; border-bottom: 2px solid #ddd; padding-bottom: .3rem; }
+h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0 1rem; }
+th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; }
+tr:nth-child(even) td { background: #fafafa; }
+figure { margin: 1rem 0; overflow-x: auto; }
+figure svg { max-width: 100%; height: auto; }
+figcaption { font-size: .85rem; color: #555; }
+.PASS { color: #1e7e34; font-weight: bold; } .FAIL { color: #c0392b; font-weight: bold; }
+""".strip()
+
+
+def _strip_svg(svg: str) -> str:
+    i = svg.find("<svg")
+    return svg[i:] if i >= 0 else svg
+
+
+def render_html(bl: list[Block], svgs: dict[str, str], title: str) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             f"<title>{e(title)}</title>", f"<style>\n{CSS}\n</style>", "</head>", "<body>"]
+    for b in bl:
+        kind = b[0]
+        if kind == "h1":
+            parts.append(f"<h1>{e(b[1])}</h1>")
+        elif kind == "h2":
+            text = e(b[1])
+            for status in ("PASS", "FAIL"):
+                text = text.replace(f"gate {status}", f'gate <span class="{status}">{status}</span>')
+            parts.append(f"<h2>{text}</h2>")
+        elif kind == "p":
+            parts.append(f"<p>{e(b[1])}</p>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in b[1]) + "</ul>")
+        elif kind == "table":
+            head = "".join(f"<th>{e(h)}</th>" for h in b[1])
+            body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "figure":
+            parts.append(f"<figure>{_strip_svg(svgs[b[1]])}<figcaption>{e(b[2])}</figcaption></figure>")
+    parts += ["</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+# --- the command -------------------------------------------------------------------------------------------------
+def render_report(
+    summary_path: str | Path, out_dir: str | Path, include_invalid: bool = False, generated_at: str | None = None
+) -> dict[str, Any]:
+    """Write the report into `out_dir`; return what was written and the counts the CLI prints."""
+    summary = load_summary(summary_path)
+    rep = build_report(summary, include_invalid, generated_at or now_utc())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pd = rep["plot_data"]
+    figs = {
+        "frontier": plots.draw_frontier(pd["frontier"]),
+        "sensitivity-heatmap": plots.draw_heatmap(pd["sensitivity-heatmap"]),
+        "convergence": plots.draw_convergence(pd["convergence"]),
+    }
+    svgs = {stem: plots.save_figure(fig, out, stem) for stem, fig in figs.items()}
+    bl = blocks(rep)
+    name = (summary.doc.get("matrix") or {}).get("name") or summary.path.stem
+    atomic_write_text(out / REPORT_MD, render_markdown(bl))
+    atomic_write_text(out / REPORT_HTML, render_html(bl, svgs, f"quantsweep report: {name}"))
+    atomic_write_text(out / SCATTER, dumps(scatter_doc(rep)))
+    files = [REPORT_MD, REPORT_HTML, SCATTER] + [f"{s}.{ext}" for s in FIGURES for ext in ("png", "svg")]
+    fr = pd["frontier"]
+    return {
+        "out": str(out),
+        "files": files,
+        "include_invalid": include_invalid,
+        "points": len(rep["view"]["points"]),
+        "gate": rep["gate"]["status"],
+        "groups": [{k: g[k] for k in ("group", "baseline", "minimum_viable", "best_value")}
+                   for g in rep["view"]["groups"]],
+        "plots": {
+            "frontier": {"panels": len([p for p in fr["panels"] if p["points"]]),
+                         "points": sum(len(p["points"]) for p in fr["panels"])},
+            "sensitivity-heatmap": {"layers": len(pd["sensitivity-heatmap"]["layers"]),
+                                    "cells": len(pd["sensitivity-heatmap"]["cells"])},
+            "convergence": {"series": len(pd["convergence"]["series"]), "points": pd["convergence"]["points"]},
+        },
+        "notes": rep["notes"],
+    }
+
+
+__all__ = ["build_report", "render_report", "render_markdown", "render_html", "scatter_doc"]

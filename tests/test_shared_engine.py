@@ -1,0 +1,102 @@
+"""The shared engine gives the naive engine's results: same raw scores, recipes, bits and quality (CPU, fp32)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import TINY_MATRIX, write_matrix
+
+from quantsweep.catalogue import QUANT_PAIRS
+from quantsweep.engine.shared import calibration_depends_on_data
+from quantsweep.errors import ExitCode
+from quantsweep.execution.sweep import RunOptions, run_sweep
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.mark.parametrize(
+    "pair,depends",
+    [
+        ("wint8_afp16", False),  # weight-only max: weight amax does not depend on data
+        ("wint4_afp16", False),
+        ("wfp4_afp16", False),  # NVFP4 weights: global amax from the weights
+        ("wmxfp4_amxfp4", False),  # MX: E8M0 scales from each block, no calibration
+        ("wint8_aint8", True),  # static activation scale
+        ("wfp8_afp8", True),
+        ("wfp4_afp4", True),  # NVFP4 activations: calibrated global amax
+        ("wint4_afp16_awq", True),  # AWQ searches over activations
+        ("wint8_aint8_sq", True),
+    ],
+)
+def test_calibration_data_dependence(pair, depends):
+    assert calibration_depends_on_data(QUANT_PAIRS[pair].config()) is depends
+
+
+def test_per_token_dynamic_activations_do_not_depend_on_data():
+    from quantsweep.overlay import apply_overlay
+
+    cfg, _ = apply_overlay(QUANT_PAIRS["wint8_aint8"].config(), {"*input_quantizer": {"type": "dynamic", "block_sizes": {-1: None}}})
+    assert calibration_depends_on_data(cfg) is False
+
+
+@pytest.fixture(scope="module")
+def both_engines(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engines")
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = "engines"
+    data["canary"]["enabled"] = False
+    data["autoquant"]["effective_bits"] = [8.0, 12.0]
+    data["axes"] = {
+        "quant_pairs": ["wint8_afp16", "wint4_afp16", "wfp8_afp8", "wfp4_afp16"],
+        "granularities": ["default"],
+        "dataset_sizes": ["a", "b"],
+    }
+    path = write_matrix(folder, data)
+    naive = run_sweep(path, RunOptions(output_root=str(folder / "naive"), engine="naive"))
+    shared = run_sweep(path, RunOptions(output_root=str(folder / "shared"), engine="shared"))
+    return naive, shared
+
+
+def _manifest(row):
+    return json.loads((Path(row["path"]) / "manifest.json").read_text())
+
+
+def test_shared_engine_equals_naive(both_engines):
+    naive, shared = both_engines
+    assert naive.exit_code == shared.exit_code == ExitCode.OK
+    n_rows = {r["cell_id"]: r for r in naive.summary["rows"]}
+    s_rows = {r["cell_id"]: r for r in shared.summary["rows"]}
+    assert set(n_rows) == set(s_rows) and len(n_rows) == 16
+    for cid, n in n_rows.items():
+        s = s_rows[cid]
+        assert s["engine"] == "shared" and n["engine"] == "naive"
+        assert s["status"] == n["status"] == "ok", (s.get("error"), n.get("error"))
+        nm, sm = _manifest(n), _manifest(s)
+        n_layers = {g["name"]: g for g in nm["layers"]}
+        s_layers = {g["name"]: g for g in sm["layers"]}
+        assert set(n_layers) == set(s_layers)
+        for name, g in n_layers.items():
+            h = s_layers[name]
+            assert h["formats"] == g["formats"] and h["costs"] == g["costs"]
+            assert h["raw_scores"] == pytest.approx(g["raw_scores"], rel=1e-6, abs=0), (n["key"], name)
+            assert h["chosen"] == g["chosen"], (n["key"], name)
+        assert s["achieved_bits"] == pytest.approx(n["achieved_bits"], rel=1e-9)
+        assert s["total_score"] == pytest.approx(n["total_score"], rel=1e-6)
+        assert s["satisfied"] == n["satisfied"]
+        for metric in ("kl_mean", "ppl_quant", "top1_agreement"):
+            assert s["quality"][metric] == pytest.approx(n["quality"][metric], rel=1e-4, abs=1e-7), (n["key"], metric)
+        assert s["result_fingerprint"] == n["result_fingerprint"]
+
+
+def test_shared_engine_groups_cells_and_amortises_telemetry(both_engines):
+    _, shared = both_engines
+    unions = {r["telemetry"]["shared"]["union"]: r["telemetry"]["shared"] for r in shared.summary["rows"]}
+    # weight-only formats share one data-free call across both sizes; FP8 W8A8 needs one call per size
+    assert sorted(unions) == ["calib-4", "calib-8", "data-free"]
+    assert unions["data-free"]["cells"] == 12 and unions["data-free"]["formats"] == 3
+    assert unions["calib-4"]["cells"] == unions["calib-8"]["cells"] == 2
+    assert all(r["valid"] for r in shared.summary["rows"])

@@ -178,7 +178,8 @@ def kpi_report(
     as_json: JsonOpt = False,
 ) -> None:
     """Recompute the stability KPIs from a summary's rows and gate them (exit 0 pass, 3 fail). See docs/kpis.md."""
-    from .reports.kpi_report import kpi_report as build, render_table
+    from .reports.kpi_report import kpi_report as build
+    from .reports.kpi_report import render_table
 
     overrides = {
         "max_missing_telemetry_rate": max_missing_telemetry_rate,

@@ -55,7 +55,6 @@ def value_score(bits: float, quality: float, base_bits: float, mv_bits: float, m
 def _point(r: dict[str, Any], metric: str, limit: float) -> dict[str, Any]:
     q = quality_value(r, metric)
     b = bits_value(r)
-    qual = r.get("quality") or {}
     return {
         "key": r["key"],
         "cell_id": r.get("cell_id"),

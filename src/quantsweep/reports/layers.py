@@ -12,6 +12,7 @@ score / the cell's largest score (1 = the cell's most sensitive layer).
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -133,7 +134,7 @@ def convergence(points: list[dict[str, Any]], cells: dict[str, dict[str, float]]
         if len(members) < 2:
             continue
         pts = []
-        for a, b in zip(members, members[1:], strict=False):
+        for a, b in itertools.pairwise(members):
             sa, sb = cells[a["key"]], cells[b["key"]]
             common = sorted(set(sa) & set(sb))
             pts.append(

@@ -38,8 +38,11 @@ ROLE_TEXT = {"baseline": "baseline", "minimum_viable": "min viable", "best_value
 
 # --- plot data ---------------------------------------------------------------------------------------------------
 def group_title(g: dict[str, Any]) -> str:
-    size = f"{g['dataset_size']}" + (f" ({g['samples']} samples)" if g.get("samples") is not None else "")
-    return f"{g['model']} · {size} · {g['granularity']}"
+    def s(v: Any) -> str:
+        return "—" if v is None else str(v)
+
+    size = s(g["dataset_size"]) + (f" ({g['samples']} samples)" if g.get("samples") is not None else "")
+    return f"{s(g['model'])} · {size} · {s(g['granularity'])}"
 
 
 def frontier_plot_data(view: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +265,10 @@ def draw_frontier(data: dict[str, Any]) -> Any:
         if any_invalid:
             handles.append(Line2D([], [], ls="", marker="X", color="#777777", markersize=7,
                                   label="invalid cell (shown by --include-invalid)"))
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False,
+                   title="BASELINE = most bits · MIN VIABLE = fewest bits that meet the threshold · BEST VALUE = the "
+                         "largest share of the possible bit savings for the smallest share of the quality budget",
+                   title_fontsize=8)
         fig.suptitle(f"Quality vs size, one panel per group: lower-left is better; cells in the red band fail "
                      f"{short} ≤ {limit:g}", fontsize=11)
         return fig

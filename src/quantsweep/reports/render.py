@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ def _rate(kpi: dict[str, Any] | None) -> tuple[str, str]:
         return "missing", "—"
     v = kpi.get("value")
     return ("null" if v is None else f"{v:.4g}"), f"{kpi.get('numerator')} / {kpi.get('denominator')}"
+
+
+def _s(v: Any) -> str:
+    return "—" if v is None or v == "" else str(v)
 
 
 def _text(v: Any, limit: int = 160) -> str:
@@ -163,7 +168,10 @@ def _header(rep: dict[str, Any]) -> list[str]:
     else:
         det = canary.get("determinism") or {}
         can = ("passed" if canary.get("passed") else f"FAILED ({', '.join(canary.get('failed_reasons') or [])})")
-        can += f", cell {canary.get('cell')}, {canary.get('repeats')} repeats"
+        if canary.get("cell"):
+            can += f", cell {canary['cell']}"
+        if canary.get("repeats"):
+            can += f", {canary['repeats']} repeats"
         if det:
             can += f", max relative score difference {_num(det.get('max_rel_score_diff'), '.3g')}"
     items = [
@@ -182,7 +190,7 @@ def _header(rep: dict[str, Any]) -> list[str]:
         "Labels: " + (", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "—"),
         f"Hardware: {hw.get('fingerprint', '—')}",
         "Versions: " + (", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "—"),
-        f"Commit: {d.get('commit') or 'unknown (not a git checkout)'}",
+        f"Commit: {d.get('commit') or 'unknown'}",
         f"Canary: {can}",
         f"Summary: {s.path} (written {d.get('generated_at', '—')})",
         f"Report generated at: {rep['generated_at']}; include_invalid: {str(rep['include_invalid']).lower()}",
@@ -211,8 +219,8 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
     if gate["failures"]:
         out.append(("p", "Gate failures:"))
         out.append(("ul", gate["failures"]))
-    out.append(("p", f"{kpis['rows']} rows, {kpis['groups']} groups, {kpis['repeated_executions']} repeated "
-                     "executions checked for determinism. KPIs are computed from all rows (docs/kpis.md); "
+    out.append(("p", f"Rows: {kpis['rows']}; groups: {kpis['groups']}; repeated executions checked for "
+                     f"determinism: {kpis['repeated_executions']}. KPIs are computed from all rows (docs/kpis.md); "
                      "--include-invalid never changes them."))
 
     # recommendations
@@ -246,7 +254,7 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
     cell_rows = []
     for p in view["points"]:
         cell_rows.append([
-            p["key"], str(p["pair"]), str(p["granularity"]), str(p["dataset_size"]),
+            p["key"], _s(p["pair"]), _s(p["granularity"]), _s(p["dataset_size"]),
             _num(p["effective_bits_target"], "g"), _num(p["achieved_bits"], ".3f"), _num(p["kl_mean"], ".4g"),
             _num(p["ppl_ratio"], ".4f"), _num(p["top1_agreement"], ".3f"), _num(p["quality_per_bit_saved"], ".3g"),
             "yes" if p["valid"] else "no: " + ", ".join(p["reasons"]), p["frontier_role"] or "—",
@@ -347,9 +355,14 @@ figcaption { font-size: .85rem; color: #555; }
 """.strip()
 
 
-def _strip_svg(svg: str) -> str:
+def inline_svg(svg: str, prefix: str) -> str:
+    """An SVG file's text made fit to sit inside an HTML page next to others: no XML prolog, and every id (and each
+    reference to one) prefixed, since matplotlib names groups `axes_1`, `line2d_1`... in every figure."""
     i = svg.find("<svg")
-    return svg[i:] if i >= 0 else svg
+    svg = svg[i:] if i >= 0 else svg
+    svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}-{m.group(1)}"', svg)
+    svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}-{m.group(1)})", svg)
+    return re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}-{m.group(1)}"', svg)
 
 
 def render_html(bl: list[Block], svgs: dict[str, str], title: str) -> str:
@@ -374,7 +387,7 @@ def render_html(bl: list[Block], svgs: dict[str, str], title: str) -> str:
             body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "figure":
-            parts.append(f"<figure>{_strip_svg(svgs[b[1]])}<figcaption>{e(b[2])}</figcaption></figure>")
+            parts.append(f"<figure>{inline_svg(svgs[b[1]], b[1])}<figcaption>{e(b[2])}</figcaption></figure>")
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
 
@@ -421,4 +434,4 @@ def render_report(
     }
 
 
-__all__ = ["build_report", "render_report", "render_markdown", "render_html", "scatter_doc"]
+__all__ = ["build_report", "render_html", "render_markdown", "render_report", "scatter_doc"]

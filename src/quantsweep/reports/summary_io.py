@@ -13,7 +13,6 @@ DUPLICATE_RESULT across rows and sets `valid = not reasons`. A stored `valid` fl
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ SUMMARY_KIND = "quantsweep.sweep_summary"
 MANIFEST = "manifest.json"
 
 _STR = ("cell_id", "model", "pair", "weight", "activation", "granularity", "dataset_size", "path", "error",
-        "error_type", "result_fingerprint", "config_hash")
+        "error_type", "result_fingerprint", "config_hash", "search_hash")
 _NUM = ("achieved_bits", "effective_bits_target", "total_score", "format_bits", "samples", "layer_count",
         "quantized_layer_count", "attempt")
 _BOOL = ("satisfied", "scores_finite", "valid", "from_canary")
@@ -246,7 +245,3 @@ def load_manifest(summary_path: Path, row: dict[str, Any]) -> tuple[dict[str, An
     if tried_bad:
         return None, "; ".join(tried_bad)
     return None, f"no {MANIFEST} found for path {row_path!r}"
-
-
-def finite(x: Any) -> bool:
-    return _is_num(x) and math.isfinite(x)

@@ -1,0 +1,244 @@
+"""`quantsweep render-report`: files, scatter points, plot data, markdown tables, --include-invalid, missing
+manifests, byte-for-byte determinism, and a render of a real quickstart summary."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from report_helpers import GOOD_TELEMETRY, cli, error_row, row, summary, write, write_manifest
+
+from quantsweep.errors import InputError
+from quantsweep.reports.render import build_report, render_report
+from quantsweep.reports.summary_io import load_summary
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "tests" / "fixtures" / "quickstart"
+STAMP = "2026-02-03T04:05:06+00:00"
+FILES = {"report.md", "report.html", "scatter.json", "frontier.png", "frontier.svg", "sensitivity-heatmap.png",
+         "sensitivity-heatmap.svg", "convergence.png", "convergence.svg"}
+
+
+def _scores(seed: int) -> dict[str, float]:
+    # 40 layers with a stable pattern plus a small per-cell wobble
+    return {f"model.layers.{i:02d}.mlp": (1 + (i * 7) % 40) * 1e-4 * (1 + 0.01 * ((i * seed) % 5)) for i in range(40)}
+
+
+def build_sweep(folder: Path) -> Path:
+    """Two groups (tiny, small) x the four Orket-style cells, a polluted cell, an error cell; manifests beside the
+    summary except for one valid cell (wint4 tiny)."""
+    cells = (("wint8_afp16", 8.0, 0.001), ("w7_afp16", 7.0, 0.004), ("w6_afp16", 6.0, 0.045),
+             ("wint4_afp16", 4.0, 0.25))
+    rows = [row(p, size=s, bits=b, kl=q) for s in ("tiny", "small") for p, b, q in cells]
+    tel = copy.deepcopy(GOOD_TELEMETRY)
+    del tel["peak_host_rss_mb"]
+    rows.append(row("w5_afp16", size="small", bits=5.0, kl=0.03, telemetry=tel))  # polluted, meets quality
+    rows.append(error_row("w3_afp16", size="tiny"))
+    canary = {"passed": True, "cell": "wint8_afp16/default/tiny", "repeats": 2,
+              "determinism": {"runs": 2, "identical_recipe": True, "max_rel_score_diff": 0.0, "rtol": 1e-4}}
+    path = write(folder / "sweep-summary.json", summary(rows, canary=canary))
+    for i, r in enumerate(rows):
+        if r["status"] == "ok" and r["key"] != "wint4_afp16/default/tiny":
+            write_manifest(folder, r, _scores(i))
+    return path
+
+
+def table(md: str, heading: str) -> list[list[str]]:
+    """The body rows of the first table under `## heading`."""
+    section = md.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]] for ln in lines[2:]]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """One sweep rendered four ways (each render takes seconds): a = default, a2 = default again,
+    b = --include-invalid, c = default with another timestamp."""
+    root = tmp_path_factory.mktemp("render")
+    path = build_sweep(root / "runs" / "s")
+    res = {
+        "a": render_report(path, root / "a", generated_at=STAMP),
+        "a2": render_report(path, root / "a2", generated_at=STAMP),
+        "b": render_report(path, root / "b", include_invalid=True, generated_at=STAMP),
+        "c": render_report(path, root / "c", generated_at="2030-01-01T00:00:00+00:00"),
+    }
+    return root, path, res
+
+
+@pytest.fixture
+def sweep(rendered):
+    return rendered[1]
+
+
+def test_render_default_view(rendered):
+    root, _, results = rendered
+    res, out = results["a"], root / "a"
+    assert {p.name for p in out.iterdir()} == FILES and set(res["files"]) == FILES
+    assert res["points"] == 8 and res["gate"] == "FAIL"
+    assert res["plots"] == {"frontier": {"panels": 2, "points": 8},
+                            "sensitivity-heatmap": {"layers": 30, "cells": 7},
+                            "convergence": {"series": 3, "points": 3}}
+    assert res["notes"] == ["wint4_afp16/default/tiny: per-layer scores unavailable (no manifest.json found for path "
+                            "'runs/s/wint4_afp16/default/tiny'); left out of the layer views"]
+    scatter = json.loads((out / "scatter.json").read_text())
+    assert len(scatter["points"]) == 8 and scatter["include_invalid"] is False
+    assert scatter["generated_at"] == STAMP and (scatter["x"], scatter["y"]) == ("achieved_bits", "kl_mean")
+    assert {p["key"]: p["frontier_role"] for p in scatter["points"] if p["dataset_size"] == "small"} == {
+        "wint8_afp16/default/small": "baseline", "w7_afp16/default/small": "best_value",
+        "w6_afp16/default/small": "minimum_viable", "wint4_afp16/default/small": "frontier"}
+
+    md = (out / "report.md").read_text()
+    kpis = table(md, "Stability KPIs")
+    assert kpis == [
+        ["determinism_rate", "1", "1 / 1", "≥ 1 (min_determinism_rate)", "PASS"],
+        ["missing_telemetry_rate", "0.1", "1 / 10", "≤ 0 (max_missing_telemetry_rate)", "FAIL"],
+        ["polluted_run_rate", "0.2", "2 / 10", "≤ 0.25 (max_polluted_run_rate)", "PASS"],
+        ["frontier_success_rate", "1", "2 / 2", "≥ 0.5 (min_frontier_success_rate)", "PASS"],
+    ]
+    assert "## Stability KPIs — gate FAIL" in md
+    assert "- missing_telemetry_rate: 0.1 (1/10) > max_missing_telemetry_rate 0" in md
+    cells = table(md, "Cells")
+    assert len(cells) == 8
+    assert cells[0] == ["wint8_afp16/default/tiny", "wint8_afp16", "default", "tiny", "8", "8.000", "0.001",
+                        "1.0010", "0.900", "0", "yes", "baseline"]
+    assert [c[-1] for c in cells[4:]] == ["baseline", "best_value", "minimum_viable", "frontier"]
+    recs = table(md, "Recommendations")
+    assert [r[:4] for r in recs] == [
+        ["m · tiny (4 samples) · default", "wint8_afp16/default/tiny", "w6_afp16/default/tiny", "w7_afp16/default/tiny"],
+        ["m · small (8 samples) · default", "wint8_afp16/default/small", "w6_afp16/default/small",
+         "w7_afp16/default/small"],
+    ]
+    failures = table(md, "Failures and invalid rows")
+    assert failures == [["w5_afp16/default/small", "ok", "MISSING_TELEMETRY", "—"],
+                        ["w3_afp16/default/tiny", "error", "ERROR", "RuntimeError: boom"]]
+    assert len(table(md, "Most sensitive layers across cells")) == 15
+    assert [r[:3] for r in table(md, "Convergence across dataset sizes")] == [
+        ["wint8_afp16/default", "tiny (4) → small (8)", "40"], ["w7_afp16/default", "tiny (4) → small (8)", "40"],
+        ["w6_afp16/default", "tiny (4) → small (8)", "40"]]
+    assert "8 of 10 rows shown; 2 invalid rows hidden" in md
+    assert "## Notes" in md and "wint4_afp16/default/tiny: per-layer scores unavailable" in md
+
+
+def test_include_invalid_changes_views_not_kpis(rendered):
+    tmp_path, sweep, results = rendered
+    a, b = results["a"], results["b"]
+    assert (a["points"], b["points"]) == (8, 10)
+    assert b["plots"]["frontier"] == {"panels": 2, "points": 9}  # the error row has no bits to plot
+    assert b["plots"]["sensitivity-heatmap"] == {"layers": 30, "cells": 8}  # + the polluted cell's scores
+    scatter = json.loads((tmp_path / "b" / "scatter.json").read_text())
+    assert len(scatter["points"]) == 10 and scatter["include_invalid"] is True
+    roles = {p["key"]: p["frontier_role"] for p in scatter["points"]}
+    assert roles["w5_afp16/default/small"] == "minimum_viable+best_value"  # the polluted cell takes over the view
+    assert roles["w3_afp16/default/tiny"] == ""
+    assert [g["minimum_viable"] for g in b["groups"]] == ["w6_afp16/default/tiny", "w5_afp16/default/small"]
+    md_a, md_b = ((tmp_path / d / "report.md").read_text() for d in "ab")
+    assert table(md_a, "Stability KPIs") == table(md_b, "Stability KPIs")
+    assert len(table(md_b, "Cells")) == 10
+    assert table(md_b, "Cells")[8][10] == "no: MISSING_TELEMETRY"
+    assert "10 of 10 rows shown." in md_b
+    assert build_report(load_summary(sweep), True, STAMP)["kpis"] == build_report(load_summary(sweep), False,
+                                                                                  STAMP)["kpis"]
+
+
+def test_plot_data_counts(sweep):
+    rep = build_report(load_summary(sweep), False, STAMP)
+    fr = rep["plot_data"]["frontier"]
+    assert [len(p["points"]) for p in fr["panels"]] == [4, 4]
+    assert [len(p["frontier"]) for p in fr["panels"]] == [4, 4]
+    assert fr["pairs"] == ["w6_afp16", "w7_afp16", "wint4_afp16", "wint8_afp16"]
+    heat = rep["plot_data"]["sensitivity-heatmap"]
+    assert len(heat["relative"]) == 30 and all(len(r) == 7 for r in heat["relative"])
+    conv = rep["plot_data"]["convergence"]
+    assert conv["steps"] == ["tiny (4) → small (8)"] and [len(s["points"]) for s in conv["series"]] == [1, 1, 1]
+
+
+def test_html_is_self_contained(rendered):
+    page = (rendered[0] / "a" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3
+    assert "<img" not in page and "src=" not in page and "<link" not in page
+    assert "<td>w7_afp16/default/small</td>" in page and 'gate <span class="FAIL">FAIL</span>' in page
+    assert page.count("<tr>") == (1 + 4) + (1 + 2) + (1 + 8) + (1 + 15) + (1 + 3) + (1 + 2)  # head + body rows
+
+
+def test_output_is_deterministic(rendered):
+    tmp_path = rendered[0]
+    for name in sorted(FILES):
+        a, b, c = ((tmp_path / d / name).read_bytes() for d in ("a", "a2", "c"))
+        assert a == b, name
+        if name.endswith((".png", ".svg")):
+            assert a == c, name  # plots carry no timestamp
+    md_a, md_c = ((tmp_path / d / "report.md").read_text().splitlines() for d in "ac")
+    assert [i for i, (x, y) in enumerate(zip(md_a, md_c, strict=True)) if x != y] == [
+        next(i for i, ln in enumerate(md_a) if ln.startswith("- Report generated at:"))]
+
+
+def test_cell_folder_moved_and_summary_only(sweep, tmp_path):
+    # the summary alone (no cell folders at all): the report still renders, the layer views are empty and say why
+    alone = tmp_path / "alone" / "sweep-summary.json"
+    alone.parent.mkdir()
+    shutil.copy(sweep, alone)
+    res = render_report(alone, tmp_path / "out", generated_at=STAMP)
+    assert res["plots"]["sensitivity-heatmap"] == {"layers": 0, "cells": 0}
+    assert res["plots"]["convergence"] == {"series": 0, "points": 0}
+    assert len(res["notes"]) == 8
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "No per-layer scores available (see Notes)." in md and "Not available: needs the same pair" in md
+
+
+def test_render_bad_summary_exits_2(tmp_path):
+    with pytest.raises(InputError, match=r"x.json: rows\[0\].status: missing"):
+        doc = summary([row()])
+        del doc["rows"][0]["status"]
+        render_report(write(tmp_path / "x.json", doc), tmp_path / "out")
+    res = cli("render-report", "--summary", str(tmp_path / "x.json"), "--out", "o", cwd=tmp_path)
+    assert res.returncode == 2 and "rows[0].status: missing" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# --- a real summary --------------------------------------------------------------------------------------------
+def test_render_real_quickstart_summary_byte_identical_across_processes(tmp_path):
+    """The 8-cell SmolLM2 quickstart (2 pairs x 2 granularities x 2 sizes; manifests trimmed to their layers),
+    rendered by the CLI twice, with different hash seeds (set/dict order) and working directories."""
+    outs, docs = [], []
+    for seed in ("1", "2"):
+        work = tmp_path / f"w{seed}"
+        work.mkdir()
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONWARNINGS": "ignore"}
+        res = subprocess.run([sys.executable, "-m", "quantsweep", "render-report", "--summary",
+                              str(QUICKSTART / "sweep-summary.json"), "--out", "rep", "--generated-at", STAMP,
+                              "--json"], cwd=work, capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr
+        docs.append(json.loads(res.stdout))
+        outs.append(work / "rep")
+    for name in sorted(FILES):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+    doc, out = docs[0], outs[0]
+    assert doc["points"] == 8 and doc["gate"] == "PASS" and doc["notes"] == []
+    assert doc["plots"] == {"frontier": {"panels": 4, "points": 8},
+                            "sensitivity-heatmap": {"layers": 30, "cells": 8},
+                            "convergence": {"series": 4, "points": 4}}
+    # int8 meets KL <= 0.1 in every group; int4 (KL ~0.19-0.24) does not, but uses fewer bits: both on the frontier
+    assert [(g["baseline"], g["minimum_viable"], g["best_value"]) for g in doc["groups"]] == [
+        (f"wint8_afp16/{g}/{s}",) * 3 for g, s in
+        (("default", "tiny"), ("default", "small"), ("w_group64", "tiny"), ("w_group64", "small"))]
+    scatter = json.loads((out / "scatter.json").read_text())
+    assert sorted({p["frontier_role"] for p in scatter["points"]}) == ["baseline+minimum_viable+best_value", "frontier"]
+    md = (out / "report.md").read_text()
+    assert "## Stability KPIs — gate PASS" in md
+    assert len(table(md, "Cells")) == 8 and len(table(md, "Recommendations")) == 4
+    assert "Model: smollm2-135m-instruct (LlamaForCausalLM, float32, cpu, 134.5M parameters)" in md
+    assert "Labels: execution_lane=ci, vram_profile=safe" in md
+    conv = table(md, "Convergence across dataset sizes")
+    assert [(r[0], r[2]) for r in conv] == [("wint8_afp16/default", "121"), ("wint8_afp16/w_group64", "121"),
+                                            ("wint4_afp16/default", "121"), ("wint4_afp16/w_group64", "121")]
+    assert all(float(r[3]) > 0.99 for r in conv)
+    top = table(md, "Most sensitive layers across cells")
+    assert top[0][:4] == ["lm_head", "1.000", "8", "8"]

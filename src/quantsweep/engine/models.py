@@ -85,6 +85,15 @@ def embedded_model_folder(progress: Any = None) -> Path:
     return target
 
 
+def embedded_tokenizer_folder(progress: Any = None) -> Path:
+    """A folder holding the embedded tokenizer (synthetic models use it). Only the tokenizer files are needed,
+    so a machine without the model package (e.g. a GPU box given a copied cache) can still build them."""
+    target = cache_dir() / "models" / EMBEDDED_FOLDER
+    if (target / "tokenizer.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    return embedded_model_folder(progress)
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -136,7 +145,7 @@ def _synthetic(spec: ModelSpec, dtype: torch.dtype, device: torch.device):
 
     preset = dict(SYNTHETIC_PRESETS[spec.preset or ""])
     model_type = preset.pop("model_type")
-    tok = AutoTokenizer.from_pretrained(embedded_model_folder())
+    tok = AutoTokenizer.from_pretrained(embedded_tokenizer_folder())
     cfg = AutoConfig.for_model(
         model_type,
         bos_token_id=tok.bos_token_id,

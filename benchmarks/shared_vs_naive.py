@@ -1,0 +1,227 @@
+"""Shared engine vs naive per-cell AutoQuantize on one reference matrix, in one process, on one machine.
+
+Reference matrix: 3 pairs x 3 granularities x 3 dataset sizes = 27 cells:
+  pairs         wint4_afp16 (INT4 g128 weights), wint8_afp16 (INT8 per-channel weights), wfp8_afp8 (FP8 W8A8, static)
+  granularities default, w_group64, w_group32 (inline)
+  sizes         --sizes (default 8/16/32 samples of --seq-len tokens), batch --batch
+`--variant h100`: synthetic Qwen3-0.6B-shaped model, bf16, CUDA, seq 512, batch 4 (the issue's reference).
+`--variant cpu`: synthetic 2-layer Qwen3 (hidden 64), fp32, CPU, seq 32 - small enough for a laptop.
+
+Printed: wall time of each mode (cells only: model loading, tokenising and the baseline are done once per run
+and reported apart), their ratio; a floor estimate built from timings taken in the same process - one plain
+forward+backward over the largest score set + one calibration (forward over the largest calibration set) per
+unique format + one layer replay (costed as one forward of a batch) per (format, score batch) - and each mode's
+ratio to it; peak device memory; and the agreement between the modes (per-layer raw scores, chosen recipes,
+quality).
+
+    python3 benchmarks/shared_vs_naive.py --variant cpu
+    python3 benchmarks/shared_vs_naive.py --variant h100 --out shared_vs_naive_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before anything imports tqdm (ModelOpt's progress bars)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+VARIANTS = {
+    "h100": {"preset": "qwen3-0.6b", "dtype": "bfloat16", "device": "cuda", "seq_len": 512, "batch": 4,
+             "sizes": [8, 16, 32], "eval": 8},
+    "cpu": {"preset": "qwen3-tiny", "dtype": "float32", "device": "cpu", "seq_len": 32, "batch": 4,
+            "sizes": [4, 8, 16], "eval": 4},
+}
+
+
+def reference_matrix(v: dict) -> dict:
+    sizes = {f"n{n}": n for n in v["sizes"]}
+    return {
+        "name": "reference",
+        "model": {"source": "synthetic", "preset": v["preset"], "dtype": v["dtype"], "device": v["device"]},
+        "dataset": {"seq_len": v["seq_len"], "sizes": sizes, "eval_samples": v["eval"], "seed": 0},
+        "autoquant": {"method": "gradient", "batch_size": v["batch"], "effective_bits": 8.0},
+        "axes": {
+            "quant_pairs": ["wint4_afp16", "wint8_afp16", "wfp8_afp8"],
+            "granularities": [
+                "default",
+                "w_group64",
+                {"name": "w_group32", "overrides": {"*weight_quantizer": {"block_sizes": {-1: 32}}}},
+            ],
+            "dataset_sizes": list(sizes),
+        },
+        "canary": {"enabled": False},
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def floor_estimate(ctx, plan) -> dict:
+    """Time the floor's building blocks on the loaded master model, in this process."""
+    model = ctx.loaded.fresh_copy()
+    device = ctx.loaded.device
+    n_max = max(max(c.calib_samples, c.score_samples) for c in plan.cells)
+    batches = ctx.batches(n_max)
+    score_batches = batches[: max(c.score_steps for c in plan.cells)]
+    calib_batches = batches[: max(c.calib_steps for c in plan.cells)]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model(**score_batches[0]).loss.backward()  # warm-up
+    model.zero_grad(set_to_none=True)
+    _sync(device)
+    t = time.perf_counter()
+    for b in score_batches:
+        model(**b).loss.backward()
+    _sync(device)
+    fwd_bwd = time.perf_counter() - t
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        _sync(device)
+        t = time.perf_counter()
+        for b in calib_batches:
+            model(input_ids=b["input_ids"])
+        _sync(device)
+        fwd_calib = time.perf_counter() - t
+    unique_formats = len({json.dumps(c.summary()["weight_quantizer"] + c.summary()["input_quantizer"]) for c in plan.cells})
+    per_batch_fwd = fwd_calib / len(calib_batches)
+    floor = fwd_bwd + unique_formats * fwd_calib + unique_formats * len(score_batches) * per_batch_fwd
+    del model
+    return {
+        "forward_backward_largest_score_set_s": fwd_bwd,
+        "forward_largest_calibration_set_s": fwd_calib,
+        "unique_formats": unique_formats,
+        "score_batches": len(score_batches),
+        "floor_s": floor,
+    }
+
+
+def run_mode(matrix_path: Path, root: Path, engine: str) -> dict:
+    from quantsweep.execution.sweep import RunOptions, Sweep, Reporter
+
+    sweep = Sweep(matrix_path, RunOptions(output_root=str(root / engine), engine=engine), Reporter())
+    t0 = time.perf_counter()
+    outcome = sweep.run()
+    total = time.perf_counter() - t0
+    setup = sum(v for k, v in sweep.setup.items() if k.endswith("_s"))
+    rows = outcome.summary["rows"]
+    peaks = [r["telemetry"].get("peak_device_mb") for r in rows if r["telemetry"].get("peak_device_mb") is not None]
+    return {
+        "engine": engine,
+        "total_s": total,
+        "setup_s": setup,
+        "cells_s": total - setup,
+        "rows": rows,
+        "errors": [r["error"] for r in rows if r["status"] != "ok"],
+        "peak_device_mb": max(peaks) if peaks else None,
+        "sweep": sweep,
+    }
+
+
+def agreement(naive_rows: list[dict], shared_rows: list[dict]) -> dict:
+    by_id = {r["cell_id"]: r for r in naive_rows}
+    worst_score, worst_q, same_recipe, cells = 0.0, 0.0, 0, 0
+    for s in shared_rows:
+        n = by_id.get(s["cell_id"])
+        if n is None or n["status"] != "ok" or s["status"] != "ok":
+            continue
+        cells += 1
+        mn = json.loads((Path(n["path"]) / "manifest.json").read_text())
+        ms = json.loads((Path(s["path"]) / "manifest.json").read_text())
+        recipe_equal = True
+        for g1, g2 in zip(mn["layers"], ms["layers"], strict=True):
+            recipe_equal &= g1["chosen"] == g2["chosen"]
+            for a, b in zip(g1["raw_scores"], g2["raw_scores"], strict=True):
+                if a or b:
+                    worst_score = max(worst_score, abs(a - b) / max(abs(a), abs(b)))
+        same_recipe += int(recipe_equal)
+        for k in ("kl_mean", "ppl_ratio", "top1_agreement"):
+            a, b = n["quality"][k], s["quality"][k]
+            worst_q = max(worst_q, abs(a - b) / max(abs(a), abs(b), 1e-12))
+    return {
+        "cells_compared": cells,
+        "same_recipe_cells": same_recipe,
+        "max_rel_raw_score_diff": worst_score,
+        "max_rel_quality_diff": worst_q,
+    }
+
+
+def warm_up(device: str) -> None:
+    """The first FP8 fake-quant on a fresh GPU compiles a CUDA extension (~1 min): do it before timing."""
+    if device != "cuda":
+        return
+    import modelopt.torch.quantization as mtq
+
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64)).cuda()
+    x = torch.randn(4, 64, device="cuda")
+    mtq.quantize(m, mtq.FP8_DEFAULT_CFG, lambda mm: mm(x))
+    m(x)
+    torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="cpu")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    v = VARIANTS[args.variant]
+    warm_up(v["device"])
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        mpath = root / "reference.yaml"
+        mpath.write_text(yaml.safe_dump(reference_matrix(v), sort_keys=False))
+        naive = run_mode(mpath, root, "naive")
+        shared = run_mode(mpath, root, "shared")
+        floor = floor_estimate(shared["sweep"].ctx, shared["sweep"].plan)
+        agree = agreement(naive["rows"], shared["rows"])
+        unions = sorted({json.dumps(r["telemetry"]["shared"], sort_keys=True) for r in shared["rows"]
+                         if "shared" in r["telemetry"]})
+    result = {
+        "variant": args.variant,
+        "device": torch.cuda.get_device_name(0) if v["device"] == "cuda" else "cpu",
+        "cells": len(naive["rows"]),
+        "naive_cells_s": naive["cells_s"],
+        "shared_cells_s": shared["cells_s"],
+        "speedup_shared_over_naive": naive["cells_s"] / shared["cells_s"],
+        "floor": floor,
+        "naive_over_floor": naive["cells_s"] / floor["floor_s"],
+        "shared_over_floor": shared["cells_s"] / floor["floor_s"],
+        "setup_s": {"naive": naive["setup_s"], "shared": shared["setup_s"]},
+        "peak_device_mb": {"naive": naive["peak_device_mb"], "shared": shared["peak_device_mb"]},
+        "errors": {"naive": naive["errors"], "shared": shared["errors"]},
+        "agreement": agree,
+        "dtype": v["dtype"],
+        "shared_union_calls": [json.loads(u) for u in unions],
+    }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(f"variant {args.variant} on {result['device']}: {result['cells']} cells")
+    print(f"  naive  {naive['cells_s']:8.1f} s   ({result['naive_over_floor']:.1f}x floor)")
+    print(f"  shared {shared['cells_s']:8.1f} s   ({result['shared_over_floor']:.1f}x floor)")
+    print(f"  speedup shared/naive {result['speedup_shared_over_naive']:.2f}x; floor {floor['floor_s']:.2f} s")
+    print(f"  agreement: {agree}")
+    print(f"  peak device MB: {result['peak_device_mb']}")
+    if result["errors"]["naive"] or result["errors"]["shared"]:
+        print(f"  errors: {result['errors']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -204,6 +204,8 @@ def test_kpi_report_without_matrix_uses_schema_defaults(tmp_path):
         (lambda d: d.update(kind="quantsweep.cell_manifest"), "s.json: kind: expected 'quantsweep.sweep_summary'"),
         (lambda d: d["matrix"]["kpi"].update(max_polluted_run_rate=2), "s.json: matrix.kpi.max_polluted_run_rate:"),
         (lambda d: d.update(canary=[1]), "s.json: canary: expected an object or null"),
+        (lambda d: d["rows"][0]["telemetry"].update(phases=[1]),
+         "s.json: rows[0].telemetry.phases: expected an object or null, got list [1]"),
     ],
 )
 def test_malformed_summary_names_file_and_field(tmp_path, mutate, message):

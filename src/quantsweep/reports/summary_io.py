@@ -99,6 +99,8 @@ def validate_summary(doc: Any, source: str) -> None:
         for name in _DICT:
             v = row.get(name)
             c.expect(f"{where}.{name}", v, v is None or isinstance(v, dict), "an object or null")
+        phases = (row.get("telemetry") or {}).get("phases")
+        c.expect(f"{where}.telemetry.phases", phases, phases is None or isinstance(phases, dict), "an object or null")
         for qk, qv in (row.get("quality") or {}).items():
             c.expect(f"{where}.quality.{qk}", qv, qv is None or _is_num(qv) or isinstance(qv, str),
                      "a number, string or null")

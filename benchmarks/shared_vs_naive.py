@@ -157,10 +157,11 @@ def agreement(naive_rows: list[dict], shared_rows: list[dict]) -> dict:
 
 
 def warm_up(device: str) -> None:
-    """The first FP8 fake-quant on a fresh GPU compiles a CUDA extension (~1 min): do it before timing."""
+    """Import ModelOpt (seconds) and, on a fresh GPU, compile its FP8 CUDA extension (~1 min) before timing."""
+    import modelopt.torch.quantization as mtq
+
     if device != "cuda":
         return
-    import modelopt.torch.quantization as mtq
 
     m = torch.nn.Sequential(torch.nn.Linear(64, 64)).cuda()
     x = torch.randn(4, 64, device="cuda")

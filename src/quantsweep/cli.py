@@ -294,6 +294,9 @@ def weights(
     top: Annotated[int, typer.Option("--top", min=0, help="hostile layers to show")] = 10,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto (for fake quantization)")] = "cpu",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads")] = None,
+    fake_quant_backend: Annotated[
+        str, typer.Option("--fake-quant-backend", help="NVFP4/MX: auto (PyTorch on a CPU), modelopt or torch")
+    ] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Data-free weight statistics and simulated weight-quantization error per matrix (docs/weights.md)."""
@@ -303,7 +306,7 @@ def weights(
     from .weights.command import RichProgress, WeightsOptions, hostile_table, run_weights
 
     _quiet_libraries()
-    opts = WeightsOptions(model, formats, delta, out_dir, strict, rules, top, device, threads)
+    opts = WeightsOptions(model, formats, delta, out_dir, strict, rules, top, device, threads, fake_quant_backend)
     res = run_weights(opts, RichProgress(err, quiet=as_json))
     if as_json:
         _emit_json({k: res.doc[k] for k in ("out_dir", "summary_md", "manifest", "files", "rows", "error_rows",

@@ -31,14 +31,45 @@ DTYPE_BYTES = {**FLOAT_DTYPES, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "
 INVENTORY_COLUMNS = ("file", "tensor", "dtype", "shape", "ndim", "numel", "bytes", "status", "rule", "matrices", "note")
 UNMATCHED_COLUMNS = ("file", "tensor", "dtype", "shape", "ndim", "reason")
 MATRIX_IDENTITY = (
-    "file", "tensor", "matrix", "rule", "role", "proj", "layer", "block4", "expert", "expert_kind", "split",
-    "rows", "cols", "dtype",
+    "file",
+    "tensor",
+    "matrix",
+    "rule",
+    "role",
+    "proj",
+    "layer",
+    "block4",
+    "expert",
+    "expert_kind",
+    "split",
+    "rows",
+    "cols",
+    "dtype",
 )
 STATS_COLUMNS = (*MATRIX_IDENTITY, *STAT_COLUMNS, "note")
 QUANT_COLUMNS = (
-    "file", "tensor", "matrix", "role", "proj", "layer", "block4", "expert", "expert_kind", "rows", "cols",
-    "format", "pair", "granularity", "weight_quantizer", "format_bits", "rel_fro", "rel_max", "max_abs_err",
-    "sqnr_db", "error",
+    "file",
+    "tensor",
+    "matrix",
+    "role",
+    "proj",
+    "layer",
+    "block4",
+    "expert",
+    "expert_kind",
+    "rows",
+    "cols",
+    "format",
+    "pair",
+    "granularity",
+    "weight_quantizer",
+    "format_bits",
+    "fake_quant_backend",
+    "rel_fro",
+    "rel_max",
+    "max_abs_err",
+    "sqnr_db",
+    "error",
 )
 
 
@@ -53,6 +84,7 @@ class WeightsOptions:
     top: int = 10
     device: str = "cpu"
     threads: int | None = None
+    fake_quant_backend: str = "auto"  # auto | modelopt | torch (NVFP4/MX), as autoquant.fake_quant_backend
 
 
 @dataclass
@@ -164,8 +196,16 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 
 def _plan_tensor(
-    src: ModelSource, rules: NamingRules, f: Path, name: str, dtype: str, shape: tuple[int, ...], rule: Rule,
-    strict: bool, failures: list[str], warnings: list[str],
+    src: ModelSource,
+    rules: NamingRules,
+    f: Path,
+    name: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    rule: Rule,
+    strict: bool,
+    failures: list[str],
+    warnings: list[str],
 ) -> TensorPlan:
     bank = len(shape) == 3
     r0, c0 = shape[-2], shape[-1]
@@ -177,7 +217,8 @@ def _plan_tensor(
         try:
             parts = plan_split(rule.split, rows, cols, src.config)
         except SplitError as exc:
-            msg = f"{name} (shape {list(shape)}, rule {rule.name}, split {rule.split.axis} into {list(rule.split.parts)}): {exc}"
+            how = f"split {rule.split.axis} into {list(rule.split.parts)}"
+            msg = f"{name} (shape {list(shape)}, rule {rule.name}, {how}): {exc}"
             if strict:
                 failures.append(msg)
             else:
@@ -195,7 +236,9 @@ def _plan_tensor(
         if parts:
             for p in parts:
                 prow, pcol = (p.length, cols) if p.axis == 0 else (rows, p.length)
-                matrices.append(MatrixRef(f"{base}::{p.proj}", p.proj, expert, kind, bank_index, p, prow, pcol, p.describe()))
+                matrices.append(
+                    MatrixRef(f"{base}::{p.proj}", p.proj, expert, kind, bank_index, p, prow, pcol, p.describe())
+                )
         else:
             matrices.append(MatrixRef(base, rule.proj, expert, kind, bank_index, None, rows, cols, split_note))
     note = "transposed on reading (stored in x out)" if rule.layout == "in_out" else ""
@@ -223,9 +266,17 @@ def plan(src: ModelSource, rules: NamingRules, strict: bool) -> Plan:
                 dtype, shape = sl.get_dtype(), tuple(int(s) for s in sl.get_shape())
                 numel = math.prod(shape)
                 row: dict[str, Any] = {
-                    "file": src.relative(f), "tensor": name, "dtype": dtype, "shape": _shape_text(shape),
-                    "ndim": len(shape), "numel": numel, "bytes": numel * DTYPE_BYTES.get(dtype, 0) or None,
-                    "status": "", "rule": None, "matrices": 0, "note": "",
+                    "file": src.relative(f),
+                    "tensor": name,
+                    "dtype": dtype,
+                    "shape": _shape_text(shape),
+                    "ndim": len(shape),
+                    "numel": numel,
+                    "bytes": numel * DTYPE_BYTES.get(dtype, 0) or None,
+                    "status": "",
+                    "rule": None,
+                    "matrices": 0,
+                    "note": "",
                 }
                 if name in seen:
                     warnings.append(f"tensor {name} appears in {seen[name]} and {src.relative(f)}; both analysed")
@@ -248,17 +299,26 @@ def plan(src: ModelSource, rules: NamingRules, strict: bool) -> Plan:
                 if rule is None:
                     reason = "no naming rule matches the name"
                 elif len(shape) > 3:
-                    reason = f"rule {rule.name} matches, but ndim {len(shape)} is neither a matrix (2) nor an expert bank (3)"
+                    reason = (
+                        f"rule {rule.name} matches, but ndim {len(shape)} is neither a matrix (2) "
+                        "nor an expert bank (3)"
+                    )
                 if reason:
                     row["status"], row["note"] = "unmatched", reason
                     row["rule"] = rule.name if rule else None
-                    unmatched.append({k: row[k] for k in ("file", "tensor", "dtype", "shape", "ndim")} | {"reason": reason})
+                    unmatched.append(
+                        {k: row[k] for k in ("file", "tensor", "dtype", "shape", "ndim")} | {"reason": reason}
+                    )
                     continue
                 assert rule is not None
                 tp = _plan_tensor(src, rules, f, name, dtype, shape, rule, strict, failures, warnings)
                 if dtype.startswith("F8"):
-                    tp.note = "; ".join(x for x in (tp.note, "float8 storage: statistics of the stored values, no scale applied") if x)
-                    warnings.append(f"{name}: stored as {dtype}; statistics describe the stored values (scales not applied)")
+                    tp.note = "; ".join(
+                        x for x in (tp.note, "float8 storage: statistics of the stored values, no scale applied") if x
+                    )
+                    warnings.append(
+                        f"{name}: stored as {dtype}; statistics describe the stored values (scales not applied)"
+                    )
                 row.update(status="matrix", rule=rule.name, matrices=len(tp.matrices), note=tp.note)
                 tensors.append(tp)
     if failures:
@@ -272,7 +332,9 @@ def plan(src: ModelSource, rules: NamingRules, strict: bool) -> Plan:
             f"checkpoint?), e.g. {not_float_2d[0]}"
         )
     if unmatched:
-        warnings.append(f"{len(unmatched)} float tensor(s) with 2+ dimensions match no naming rule (unmatched_tensors.csv)")
+        warnings.append(
+            f"{len(unmatched)} float tensor(s) with 2+ dimensions match no naming rule (unmatched_tensors.csv)"
+        )
     return Plan(inventory, unmatched, tensors, warnings)
 
 
@@ -305,17 +367,23 @@ def _slice(t: Any, p: Part | None) -> Any:
 
 
 def compute(
-    pl: Plan, formats: list[Any], device: str, progress: Progress, tied_note: str = ""
+    pl: Plan, formats: list[Any], device: str, progress: Progress, tied_note: str = "", backend: str = "auto"
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, float]]:
     import torch
     from safetensors import safe_open
 
-    from .quant_error import error_text, reference, simulate
+    from .quant_error import backend_name, error_text, reference, simulate
     from .stats import weight_stats
 
     stats_rows: list[dict[str, Any]] = []
     quant_rows: list[dict[str, Any]] = []
     seconds = {"stats": 0.0, **{f.name: 0.0 for f in formats}}
+    backends = {f.name: backend_name(f, backend, device) for f in formats}
+    if formats:  # import ModelOpt up front (tens of seconds without a bytecode cache), not inside a format's time
+        t0 = time.perf_counter()
+        import modelopt.torch.quantization.nn  # noqa: F401
+
+        seconds["modelopt_import"] = time.perf_counter() - t0
     progress.start(len(pl.tensors))
     by_file: dict[Path, list[TensorPlan]] = {}
     for tp in pl.tensors:
@@ -346,14 +414,21 @@ def compute(
                         ref = reference(w)
                         for fmt in formats:
                             q = {k: ident[k] for k in QUANT_COLUMNS if k in ident}
-                            q.update(format=fmt.name, pair=fmt.pair, granularity=fmt.granularity,
-                                     weight_quantizer=fmt.description, format_bits=fmt.format_bits, error=None)
+                            q.update(
+                                format=fmt.name,
+                                pair=fmt.pair,
+                                granularity=fmt.granularity,
+                                weight_quantizer=fmt.description,
+                                format_bits=fmt.format_bits,
+                                fake_quant_backend=backends[fmt.name],
+                                error=None,
+                            )
                             t0 = time.perf_counter()
                             try:
-                                q.update(simulate(w, fmt, device, ref))
+                                q.update(simulate(w, fmt, device, ref, backend))
                             except Exception as exc:  # noqa: BLE001 - any ModelOpt failure becomes an error row
                                 q.update({c: None for c in ("rel_fro", "rel_max", "max_abs_err", "sqnr_db")})
-                                q["error"] = error_text(exc, fmt, device)
+                                q["error"] = error_text(exc, fmt, device, backend)
                             seconds[fmt.name] += time.perf_counter() - t0
                             quant_rows.append(q)
                     del t
@@ -391,16 +466,12 @@ def _versions() -> dict[str, str | None]:
 
 def run_weights(opts: WeightsOptions, progress: Progress | None = None) -> WeightsOutcome:
     """Everything `quantsweep weights` does; raises InputError (exit 2) on invalid input before any output."""
-    from .tables import (
-        delta_rows, delta_summary, hostile_layers, quant_summary, weight_summary,
-    )
-    from .writer import render_markdown, write_tables
-    from ..store.atomic import atomic_write_json, atomic_write_text
-
     progress = progress or Progress()
     t_start = time.perf_counter()
     if opts.device not in ("cpu", "cuda", "auto"):
         raise InputError("--device must be cpu, cuda or auto")
+    if opts.fake_quant_backend not in ("auto", "modelopt", "torch"):
+        raise InputError("--fake-quant-backend must be auto, modelopt or torch")
     if opts.top < 0:
         raise InputError("--top must be >= 0")
     rules = load_rules(opts.rules)
@@ -412,8 +483,29 @@ def run_weights(opts: WeightsOptions, progress: Progress | None = None) -> Weigh
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available")
+    threads_before = torch.get_num_threads()
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    try:
+        return _run(opts, progress, rules, formats, deltas, notes, device, t_start)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(
+    opts: WeightsOptions,
+    progress: Progress,
+    rules: NamingRules,
+    formats: list[Any],
+    deltas: list[tuple[str, str]],
+    notes: list[str],
+    device: str,
+    t_start: float,
+) -> WeightsOutcome:
+    from ..store.atomic import atomic_write_json, atomic_write_text
+    from .tables import delta_rows, delta_summary, hostile_layers, quant_summary, weight_summary
+    from .writer import render_markdown, write_tables
+
     warnings: list[str] = [w for f in formats for w in f.warnings] + notes
 
     with open_source(opts.model, progress.message) as src:
@@ -426,7 +518,7 @@ def run_weights(opts: WeightsOptions, progress: Progress | None = None) -> Weigh
         warnings += pl.warnings
         tied = _tied_note(src, pl)
         t0 = time.perf_counter()
-        stats_rows, quant_rows, seconds = compute(pl, formats, device, progress, tied)
+        stats_rows, quant_rows, seconds = compute(pl, formats, device, progress, tied, opts.fake_quant_backend)
         t_compute = time.perf_counter() - t0
         source_doc = src.to_dict()
 
@@ -436,7 +528,9 @@ def run_weights(opts: WeightsOptions, progress: Progress | None = None) -> Weigh
         n_err = sum(1 for r in error_rows if r["format"] == f.name)
         if n_err:
             first = next(r["error"] for r in error_rows if r["format"] == f.name)
-            warnings.append(f"{f.name}: {n_err} of {sum(1 for r in quant_rows if r['format'] == f.name)} matrices failed: {first}")
+            warnings.append(
+                f"{f.name}: {n_err} of {sum(1 for r in quant_rows if r['format'] == f.name)} matrices failed: {first}"
+            )
     d_rows = delta_rows(quant_rows, deltas)
     w_sum = weight_summary(stats_rows)
     q_sum = quant_summary(quant_rows)
@@ -468,6 +562,7 @@ def run_weights(opts: WeightsOptions, progress: Progress | None = None) -> Weigh
         "deltas": [{"name": f"{a} - {b}", "a": a, "b": b} for a, b in deltas],
         "strict": opts.strict,
         "device": device,
+        "fake_quant_backend": opts.fake_quant_backend,
         "rules": rules.to_dict(),
         "rows": rows,
         "matrix_tensors": len(pl.tensors),
@@ -479,7 +574,13 @@ def run_weights(opts: WeightsOptions, progress: Progress | None = None) -> Weigh
         "warnings": warnings,
         "versions": _versions(),
     }
-    md_doc = {**doc, "_weight_summary": w_sum, "_quant_summary": q_sum, "_delta_summary": d_sum, "_unmatched": pl.unmatched}
+    md_doc = {
+        **doc,
+        "_weight_summary": w_sum,
+        "_quant_summary": q_sum,
+        "_delta_summary": d_sum,
+        "_unmatched": pl.unmatched,
+    }
     summary_md = out_dir / "summary.md"
     manifest = out_dir / "weights.json"
     doc["summary_md"] = str(summary_md)
@@ -511,8 +612,13 @@ def hostile_table(outcome: WeightsOutcome) -> Any:
         t.add_column(f"{f}\nrel_fro", justify="right")
     t.add_column("worst proj")
     for h in outcome.hostile:
-        t.add_row(str(h["rank"]), str(h["layer"]), f"{h['hostility']:.3f}",
-                  *[num(h["rel_fro_median"].get(f)) for f in outcome.formats], h["worst_proj"] or "-")
+        t.add_row(
+            str(h["rank"]),
+            str(h["layer"]),
+            f"{h['hostility']:.3f}",
+            *[num(h["rel_fro_median"].get(f)) for f in outcome.formats],
+            h["worst_proj"] or "-",
+        )
     return t
 
 
@@ -535,10 +641,18 @@ class RichProgress(Progress):
     def start(self, total: int) -> None:
         self._total = total
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RP
 
-            self._progress = RP(TextColumn("[bold]tensors"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                TextColumn("{task.description}"), console=self.console, transient=False)
+            self._progress = RP(
+                TextColumn("[bold]tensors"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=self.console,
+                transient=False,
+            )
             self._progress.start()
             self._task = self._progress.add_task("", total=total)
         elif not self.quiet:
@@ -555,4 +669,3 @@ class RichProgress(Progress):
             self._progress = None
         elif not self.quiet and self._total:
             self.console.print(f"analysed {self._done}/{self._total} tensors", highlight=False)
-

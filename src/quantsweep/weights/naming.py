@@ -237,18 +237,42 @@ def _default_rule_list() -> list[Rule]:
     gate_up = Split("rows", ("gate_proj", "up_proj"), None)
     return [
         # transformers >= 5 stacked expert banks that are stored in x out (bmm / x @ W): transposed on reading.
-        Rule("gpt_oss_gate_up", r"(?:^|\.)experts\.gate_up_proj$", "gate_up_proj", layout="in_out",
-             model_types=("gpt_oss",), split=Split("rows", ("gate_proj", "up_proj"), None, interleaved=True)),
+        Rule(
+            "gpt_oss_gate_up",
+            r"(?:^|\.)experts\.gate_up_proj$",
+            "gate_up_proj",
+            layout="in_out",
+            model_types=("gpt_oss",),
+            split=Split("rows", ("gate_proj", "up_proj"), None, interleaved=True),
+        ),
         Rule("gpt_oss_down", r"(?:^|\.)experts\.down_proj$", "down_proj", layout="in_out", model_types=("gpt_oss",)),
-        Rule("llama4_gate_up", r"(?:^|\.)experts\.gate_up_proj$", "gate_up_proj", layout="in_out",
-             model_types=("llama4", "llama4_text"), split=gate_up),
-        Rule("llama4_down", r"(?:^|\.)experts\.down_proj$", "down_proj", layout="in_out",
-             model_types=("llama4", "llama4_text")),
+        Rule(
+            "llama4_gate_up",
+            r"(?:^|\.)experts\.gate_up_proj$",
+            "gate_up_proj",
+            layout="in_out",
+            model_types=("llama4", "llama4_text"),
+            split=gate_up,
+        ),
+        Rule(
+            "llama4_down",
+            r"(?:^|\.)experts\.down_proj$",
+            "down_proj",
+            layout="in_out",
+            model_types=("llama4", "llama4_text"),
+        ),
         # fused tensors: gate|up (transformers-5 MoE banks E x 2I x H, Phi-3 MLP) and q|k|v (Phi-3)
         Rule("fused_gate_up", _tail("gate_up_proj|w13"), "gate_up_proj", split=gate_up),
-        Rule("fused_qkv", _tail("qkv_proj"), "qkv_proj", split=Split(
-            "rows", ("q_proj", "k_proj", "v_proj"),
-            ("num_attention_heads*head_dim", "num_key_value_heads*head_dim", "num_key_value_heads*head_dim"))),
+        Rule(
+            "fused_qkv",
+            _tail("qkv_proj"),
+            "qkv_proj",
+            split=Split(
+                "rows",
+                ("q_proj", "k_proj", "v_proj"),
+                ("num_attention_heads*head_dim", "num_key_value_heads*head_dim", "num_key_value_heads*head_dim"),
+            ),
+        ),
         # attention (Llama/Qwen; DeepSeek MLA low-rank projections)
         Rule("q_proj", _tail("q_proj|wq"), "q_proj"),
         Rule("k_proj", _tail("k_proj|wk"), "k_proj"),
@@ -263,11 +287,19 @@ def _default_rule_list() -> list[Rule]:
         Rule("up_proj", _tail("up_proj|w3"), "up_proj"),
         Rule("down_proj", _tail("down_proj|w2"), "down_proj"),
         # statistics only
-        Rule("router", r"(?:^|\.)(?:mlp|block_sparse_moe|moe)\.gate(?:\.weight)?$|(?:^|\.)router(?:\.weight)?$",
-             "router", role="router"),
+        Rule(
+            "router",
+            r"(?:^|\.)(?:mlp|block_sparse_moe|moe)\.gate(?:\.weight)?$|(?:^|\.)router(?:\.weight)?$",
+            "router",
+            role="router",
+        ),
         Rule("shared_expert_gate", _tail("shared_expert_gate"), "shared_expert_gate", role="router"),
-        Rule("embedding", _tail("embed_tokens|wte|tok_embeddings|word_embeddings|embed_in"), "embed_tokens",
-             role="embedding"),
+        Rule(
+            "embedding",
+            _tail("embed_tokens|wte|tok_embeddings|word_embeddings|embed_in"),
+            "embed_tokens",
+            role="embedding",
+        ),
         Rule("lm_head", _tail("lm_head|embed_out") + r"|^output\.weight$", "lm_head", role="lm_head"),
     ]
 
@@ -307,8 +339,9 @@ def rules_from_mapping(data: Mapping[str, Any], source: str = "<rules>") -> Nami
             role=r.role,
             layout=r.layout,
             model_types=tuple(r.model_types) if r.model_types is not None else None,
-            split=Split(r.split.axis, tuple(r.split.parts), tuple(r.split.sizes) if r.split.sizes else None,
-                        r.split.interleaved)
+            split=Split(
+                r.split.axis, tuple(r.split.parts), tuple(r.split.sizes) if r.split.sizes else None, r.split.interleaved
+            )
             if r.split is not None
             else None,
         )

@@ -10,8 +10,11 @@ Calibration is ModelOpt's max calibration on the matrix itself (`enable_stats_co
 `finish_stats_collection` done by hand: calibrate with quantization off, load amax, quantize); dynamic formats
 compute their scales on the fly. Data-dependent algorithms (AWQ, SmoothQuant) need activations, so their weights
 are simulated with max calibration and the format carries a warning. The matrix is fake-quantized in float32
-on `device` (the CPU by default); formats ModelOpt only fake-quantizes on CUDA (NVFP4, MX) raise there, and the
-caller turns that into an error row.
+on `device` (the CPU by default). ModelOpt fake-quantizes NVFP4 and MX only on CUDA; as in `quantsweep run`,
+the fake-quant backend ``auto`` routes those quantizers to quantsweep's pure-PyTorch backend
+(`quantsweep.engine.torch_formats`, which reproduces ModelOpt's kernels) on a CPU and keeps ModelOpt's kernels on
+CUDA; ``modelopt`` forces ModelOpt's, which then raises on a CPU, and the caller turns any such failure into an
+error row.
 
 Errors (W the matrix, Q its fake-quantized copy, eps = 1e-12; Q - W formed in float32, sums in float64):
 ``rel_fro`` = ||Q - W||_F / (||W||_F + eps), ``rel_max`` = max|Q - W| / (max|W| + eps),
@@ -88,7 +91,9 @@ def split_format_list(values: list[str] | None) -> list[str]:
 
 
 def resolve_format(name: str) -> WeightFormat:
-    """A `PAIR/GRANULARITY` catalogue name as a WeightFormat; InputError (exit 2) on an unknown name."""
+    """A `PAIR/GRANULARITY` (or `PAIR`) catalogue name as a WeightFormat; InputError (exit 2) on an unknown name."""
+    if "/" not in name:
+        name = f"{name}/default"
     if name.count("/") != 1:
         raise InputError(f"--formats: {name!r} is not PAIR/GRANULARITY (e.g. wint4_afp16/w_group64)")
     pair_name, gran_name = name.split("/")
@@ -98,9 +103,7 @@ def resolve_format(name: str) -> WeightFormat:
             "(`quantsweep catalogue` lists them)"
         )
     if gran_name not in GRANULARITIES:
-        raise InputError(
-            f"--formats: unknown granularity {gran_name!r} in {name!r}; known: {', '.join(GRANULARITIES)}"
-        )
+        raise InputError(f"--formats: unknown granularity {gran_name!r} in {name!r}; known: {', '.join(GRANULARITIES)}")
     pair = resolve_pair(pair_name)
     gran = resolve_granularity(gran_name)
     try:
@@ -136,11 +139,40 @@ def _quantizer(attrs: dict[str, Any]):
     return TensorQuantizer(QuantizerAttributeConfig(**attrs))
 
 
+BACKENDS = ("auto", "modelopt", "torch")
+
+
+def uses_torch_backend(fmt: WeightFormat, backend: str, device: torch.device | str) -> bool:
+    """Whether NVFP4/MX quantizers of `fmt` go to quantsweep's pure-PyTorch backend (`engine/torch_formats.py`):
+    always with ``torch``, on a non-CUDA device with ``auto`` (as `run` does), never with ``modelopt``."""
+    from ..engine.torch_formats import needs_torch_backend
+
+    if backend == "modelopt" or (backend == "auto" and torch.device(device).type == "cuda"):
+        return False
+    items = fmt.attributes if isinstance(fmt.attributes, list) else [fmt.attributes]
+    return any(needs_torch_backend(a) for a in items)
+
+
+def backend_name(fmt: WeightFormat, backend: str, device: torch.device | str) -> str:
+    from ..engine.torch_formats import BACKEND_NAME
+
+    return BACKEND_NAME if uses_torch_backend(fmt, backend, device) else "modelopt"
+
+
 @torch.no_grad()
-def fake_quantize(w: torch.Tensor, attributes: Any) -> torch.Tensor:
-    """Max-calibrate a fresh TensorQuantizer (or a sequence of them) on `w` and return its fake-quantized copy."""
+def fake_quantize(w: torch.Tensor, attributes: Any, torch_backend: bool = False) -> torch.Tensor:
+    """Max-calibrate a fresh TensorQuantizer (or a sequence of them) on `w` and return its fake-quantized copy.
+
+    `torch_backend`: NVFP4/MX quantizers use quantsweep's pure-PyTorch backend instead of ModelOpt's CUDA kernels.
+    """
     out = w
     for attrs in attributes if isinstance(attributes, list) else [attributes]:
+        if torch_backend:
+            from ..engine import torch_formats
+
+            if torch_formats.needs_torch_backend(attrs):
+                torch_formats.register()
+                attrs = {**attrs, "backend": torch_formats.BACKEND_NAME}
         tq = _quantizer(attrs).to(w.device)
         if not tq._disabled:
             if tq._calibrator is not None and not tq._dynamic:
@@ -184,18 +216,25 @@ def quant_errors(
 
 
 def simulate(
-    w: torch.Tensor, fmt: WeightFormat, device: torch.device | str = "cpu", ref: tuple[float, float] | None = None
+    w: torch.Tensor,
+    fmt: WeightFormat,
+    device: torch.device | str = "cpu",
+    ref: tuple[float, float] | None = None,
+    backend: str = "auto",
 ) -> dict[str, float]:
     """The ERROR_COLUMNS of one (out, in) matrix under one format; raises whatever ModelOpt raises."""
     w32 = w.detach().to(device=device, dtype=torch.float32).contiguous()
-    q = fake_quantize(w32, fmt.attributes)
+    q = fake_quantize(w32, fmt.attributes, uses_torch_backend(fmt, backend, device))
     if q.shape != w32.shape:
         raise RuntimeError(f"fake quantization changed the shape {tuple(w32.shape)} -> {tuple(q.shape)}")
     return quant_errors(w32, q, ref)
 
 
-def error_text(exc: BaseException, fmt: WeightFormat, device: torch.device | str = "cpu") -> str:
+def error_text(exc: BaseException, fmt: WeightFormat, device: torch.device | str = "cpu", backend: str = "auto") -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
-    if fmt.needs_gpu and torch.device(device).type != "cuda":
-        text += " (ModelOpt fake-quantizes this format only on CUDA; run with --device cuda on a GPU)"
+    if fmt.needs_gpu and torch.device(device).type != "cuda" and not uses_torch_backend(fmt, backend, device):
+        text += (
+            " (ModelOpt fake-quantizes this format only on CUDA: use --fake-quant-backend auto/torch, "
+            "or --device cuda on a GPU)"
+        )
     return text

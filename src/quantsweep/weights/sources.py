@@ -104,7 +104,7 @@ def folder_shards(folder: Path) -> list[Path]:
 def _gguf_error(path: str) -> InputError:
     return InputError(
         f"--model: {path} is a GGUF file; `quantsweep weights` reads safetensors tensor by tensor and does not "
-        "dequantize GGUF. Convert it once to a Hugging Face folder (python -c \"from transformers import "
+        'dequantize GGUF. Convert it once to a Hugging Face folder (python -c "from transformers import '
         "AutoModelForCausalLM as M; M.from_pretrained('DIR', gguf_file='FILE.gguf').save_pretrained('OUT')\") and "
         "pass --model OUT; the embedded SmolLM2 GGUF is available as --model embedded."
     )
@@ -128,9 +128,7 @@ def _synthetic_folder(preset: str, workdir: Path) -> Path:
     from ..presets import SYNTHETIC_PRESETS
 
     if preset not in SYNTHETIC_PRESETS:
-        raise InputError(
-            f"--model: unknown synthetic preset {preset!r}; known: {', '.join(sorted(SYNTHETIC_PRESETS))}"
-        )
+        raise InputError(f"--model: unknown synthetic preset {preset!r}; known: {', '.join(sorted(SYNTHETIC_PRESETS))}")
     from ..engine.models import load_model
     from ..schema import ModelSpec
 

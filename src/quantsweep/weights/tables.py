@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from .naming import BLOCK_LAYERS
-from .quant_error import ERROR_COLUMNS
 from .stats import STAT_COLUMNS, percentiles
 
 AGGREGATES = ("count", "mean", "std", "min", "median", "p90", "p99", "max")
@@ -36,7 +35,7 @@ QUANT_METRICS = ("rel_fro", "rel_max", "sqnr_db")
 DELTA_METRICS = ("delta_rel_fro", "ratio_rel_fro", "delta_rel_max")
 ALL = "*"
 
-IDENTITY = ("matrix", "tensor", "role", "proj", "layer", "block4", "expert", "expert_kind", "rows", "cols")
+IDENTITY = ("file", "matrix", "tensor", "role", "proj", "layer", "block4", "expert", "expert_kind", "rows", "cols")
 
 
 def summary_columns(metrics: Sequence[str], extra_keys: Sequence[str] = (), extra: Sequence[str] = ()) -> list[str]:
@@ -136,24 +135,17 @@ def weight_summary(stats_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def quant_summary(quant_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = linear_only(quant_rows)
-    ok = [r for r in rows if not r.get("error")]
-    summary = summarize(ok, QUANT_METRICS, ("format",))
-    errors: dict[tuple[Any, ...], int] = {}
-    for fields, members in _groups(rows, ("format",)):
-        errors[tuple(fields.values())] = sum(1 for r in members if r.get("error"))
-    present = {tuple(r[k] for k in ("scope", "layer", "block4", "proj", "format")) for r in summary}
-    for fields, members in _groups(rows, ("format",)):  # groups where every matrix failed: keep them visible
-        key = tuple(fields.values())
-        if key not in present:
-            row = {**fields, "n": 0}
-            for m in QUANT_METRICS:
-                for agg, v in aggregate([]).items():
-                    row[f"{m}__{agg}"] = v
-            summary.append(row)
-    for row in summary:
-        row["n_errors"] = errors.get(tuple(row[k] for k in ("scope", "layer", "block4", "proj", "format")), 0)
-    return summary
+    """Per group and format over the successful rows; `n_errors` counts the error rows (a group where every
+    matrix failed keeps its row, with n = 0 and NaN aggregates)."""
+    out = []
+    for fields, members in _groups(linear_only(quant_rows), ("format",)):
+        ok = [r for r in members if not r.get("error")]
+        row = {**fields, "n": len(ok), "n_errors": len(members) - len(ok)}
+        for m in QUANT_METRICS:
+            for agg, v in aggregate(r.get(m) for r in ok).items():
+                row[f"{m}__{agg}"] = v
+        out.append(row)
+    return out
 
 
 def default_deltas(formats: Sequence[str]) -> list[tuple[str, str]]:

@@ -140,7 +140,16 @@ def render_markdown(doc: dict[str, Any]) -> str:
     if glob_w:
         lines += ["## Weights (linear matrices, medians over matrices)", ""]
         lines += _md_table(
-            ["proj", "n", "std", "max/mean |w|", "p99/median |w|", "p99.9/median |w|", "g32 outlier p95", "g64 outlier p95"],
+            [
+                "proj",
+                "n",
+                "std",
+                "max/mean |w|",
+                "p99/median |w|",
+                "p99.9/median |w|",
+                "g32 outlier p95",
+                "g64 outlier p95",
+            ],
             [
                 [
                     r["proj"],
@@ -205,8 +214,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
         lines += _md_table(
             ["rank", "layer", "hostility", *[f"{f} rel_fro" for f in fmts], "worst proj"],
             [
-                [h["rank"], h["layer"], _num(h["hostility"], ".3f"), *[_num(h["rel_fro_median"].get(f)) for f in fmts],
-                 h["worst_proj"] or "-"]
+                [
+                    h["rank"],
+                    h["layer"],
+                    _num(h["hostility"], ".3f"),
+                    *[_num(h["rel_fro_median"].get(f)) for f in fmts],
+                    h["worst_proj"] or "-",
+                ]
                 for h in doc["hostile_layers"]
             ],
         )

@@ -58,8 +58,8 @@ def test_pair_name_matches_its_formats(name):
 
 
 @pytest.mark.parametrize("name", sorted(QUANT_PAIRS))
-def test_needs_gpu_exactly_for_fp4_weights(name):
-    assert QUANT_PAIRS[name].needs_gpu is (QUANT_PAIRS[name].weight == "fp4")
+def test_needs_gpu_exactly_for_nvfp4_and_mx(name):
+    assert QUANT_PAIRS[name].needs_gpu is (QUANT_PAIRS[name].weight == "fp4" or name.startswith("wmx"))
 
 
 @pytest.mark.parametrize("name", sorted(n for n, p in QUANT_PAIRS.items() if p.activation == "fp16"))

@@ -24,14 +24,21 @@ from quantsweep.catalogue import GRANULARITIES, INPUT_KEY, QUANT_PAIRS, WEIGHT_K
 from quantsweep.matrix_io import parse_matrix
 from quantsweep.overlay import apply_overlay, from_jsonable, to_jsonable
 from quantsweep.planning import expand
-from quantsweep.quant_summary import format_bits
+from quantsweep.quant_summary import format_bits, modelopt_violations
 
 BUILTIN_PAIRS = sorted(n for n, p in QUANT_PAIRS.items() if p.base_builtin)
 ALL_COMBOS = [(p, g) for p in sorted(QUANT_PAIRS) for g in sorted(GRANULARITIES)]
 
-# Every pair x granularity combination validates in ModelOpt 0.47 (checked exhaustively below). If a ModelOpt
-# upgrade starts rejecting one, move it here *and* report it: the planner would be offering a broken cell.
-REJECTED_BY_MODELOPT: set[tuple[str, str]] = set()
+# The combinations the planner predicts ModelOpt refuses (quant_summary.modelopt_violations, pure): MXFP6 (E3M2)
+# under an overlay that removes its dynamic blocks. The exhaustive test below checks the prediction is exact.
+REJECTED_BY_MODELOPT: set[tuple[str, str]] = {
+    (p, g)
+    for p in QUANT_PAIRS
+    for g in GRANULARITIES
+    if modelopt_violations(apply_overlay(QUANT_PAIRS[p].config(), GRANULARITIES[g].overrides())[0])
+}
+
+ACCEPTED_COMBOS = [c for c in ALL_COMBOS if c not in REJECTED_BY_MODELOPT]
 
 
 def _effective(pair: str, gran: str) -> tuple[dict, list[str]]:
@@ -59,6 +66,10 @@ def test_expected_builtins():
         "wint8_afp16": "INT8_WEIGHT_ONLY_CFG",
         "wint8_aint8": "INT8_DEFAULT_CFG",
         "wint8_aint8_sq": "INT8_SMOOTHQUANT_CFG",
+        "wmxfp4_amxfp4": "MXFP4_DEFAULT_CFG",
+        "wmxfp6_amxfp6": "MXFP6_DEFAULT_CFG",
+        "wmxfp8_amxfp8": "MXFP8_DEFAULT_CFG",
+        "wmxint8_amxint8": "MXINT8_DEFAULT_CFG",
     }
 
 
@@ -84,7 +95,7 @@ def test_format_bits_equals_modelopt_estimate_for_pairs(name):
     assert format_bits(cfg) == pytest.approx(_modelopt_bits(cfg), abs=0, rel=1e-12)
 
 
-@pytest.mark.parametrize("pair, gran", ALL_COMBOS)
+@pytest.mark.parametrize("pair, gran", ACCEPTED_COMBOS)
 def test_format_bits_equals_modelopt_estimate_for_overlays(pair, gran):
     cfg, _ = _effective(pair, gran)  # a no-op overlay (warning) leaves the pair's own config: still checked
     assert format_bits(cfg) == pytest.approx(_modelopt_bits(cfg), abs=0, rel=1e-12)
@@ -102,7 +113,7 @@ def test_effective_config_accepted_by_modelopt(pair, gran):
     assert [e.quantizer_name for e in qc.quant_cfg] == [e["quantizer_name"] for e in cfg["quant_cfg"]]
 
 
-@pytest.mark.parametrize("pair, gran", ALL_COMBOS)
+@pytest.mark.parametrize("pair, gran", ACCEPTED_COMBOS)
 def test_effective_config_from_disk_form_accepted_by_modelopt(pair, gran):
     """What a cell writes to disk (to_jsonable) and reads back (from_jsonable) is the same ModelOpt config."""
     cfg, _ = _effective(pair, gran)
@@ -120,7 +131,10 @@ def test_accepted_set_is_every_combination():
             continue
         accepted.add((pair, gran))
     assert accepted == set(ALL_COMBOS) - REJECTED_BY_MODELOPT
-    assert len(accepted) == 23 * 9
+    assert {g for p, g in REJECTED_BY_MODELOPT if p == "wmxfp6_amxfp6"} == {
+        "w_per_tensor", "w_per_out_channel", "w_per_in_channel", "a_per_tensor_static", "recipe_match_channel_token",
+    }
+    assert {p for p, _ in REJECTED_BY_MODELOPT} == {"wmxfp6_amxfp6"}
 
 
 def test_planned_cells_are_accepted_by_modelopt():
@@ -141,8 +155,12 @@ def test_planned_cells_are_accepted_by_modelopt():
         },
     }  # fmt: skip
     plan = expand(parse_matrix(data, "all.yaml"))
-    assert len(plan.cells) == 21 * 10
+    assert len(plan.cells) == (len(QUANT_PAIRS) + 2) * 10
     for cell in plan.cells:
+        if "invalid_for_modelopt" in cell.flags:  # predicted by the planner, shown by dry-run
+            with pytest.raises(ValueError):
+                QuantizeConfig.model_validate(copy.deepcopy(cell.config))
+            continue
         QuantizeConfig.model_validate(copy.deepcopy(cell.config))
         assert cell.format_bits == pytest.approx(_modelopt_bits(cell.config), abs=0, rel=1e-12)
 

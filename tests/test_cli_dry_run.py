@@ -271,7 +271,11 @@ def test_catalogue_json():
     pairs = {p["name"]: p for p in doc["quant_pairs"]}
     assert len(doc["quant_pairs"]) == len(pairs) == 23
     assert sum(1 for p in pairs.values() if not p["extra"]) == 16
-    assert {n for n, p in pairs.items() if p["extra"]} == {"wfp4_afp4", "wint4_afp16_awq", "wint8_aint8_sq"}
+    assert {n for n, p in pairs.items() if p["extra"]} == {
+        "wfp4_afp4", "wint4_afp16_awq", "wint8_aint8_sq", "wmxfp8_amxfp8", "wmxfp6_amxfp6", "wmxfp4_amxfp4",
+        "wmxint8_amxint8",
+    }
+    assert pairs["wmxfp8_amxfp8"]["calibration"] == "none"
     assert len(doc["granularities"]) == 9
     grans = {g["name"]: g for g in doc["granularities"]}
     assert grans["w_group64"]["overrides"] == {"*weight_quantizer": {"block_sizes": {"-1": 64}}}

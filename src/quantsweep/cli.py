@@ -230,7 +230,7 @@ def render_report(
 def catalogue(as_json: JsonOpt = False) -> None:
     """List the quant pairs and granularity overlays a matrix can name."""
     from .catalogue import GRANULARITIES, QUANT_PAIRS
-    from .quant_summary import describe_quantizer, format_bits
+    from .quant_summary import calibration_method, describe_quantizer, format_bits
 
     pairs = []
     for p in QUANT_PAIRS.values():
@@ -241,7 +241,7 @@ def catalogue(as_json: JsonOpt = False) -> None:
                 "format_bits": format_bits(cfg),
                 "weight_quantizer": describe_quantizer(cfg, "*weight_quantizer"),
                 "input_quantizer": describe_quantizer(cfg, "*input_quantizer"),
-                "calibration": cfg["algorithm"] if isinstance(cfg["algorithm"], str) else cfg["algorithm"]["method"],
+                "calibration": calibration_method(cfg) or "none",
             }
         )
     grans = [g.to_dict() for g in GRANULARITIES.values()]

@@ -19,7 +19,13 @@ from typing import Any
 from .catalogue import GRANULARITIES, QUANT_PAIRS, compose_config
 from .errors import MatrixError
 from .overlay import apply_overlay, canonical_json, to_jsonable
-from .quant_summary import calibration_method, describe_quantizer, format_bits, quantizer_summary
+from .quant_summary import (
+    calibration_method,
+    describe_quantizer,
+    format_bits,
+    modelopt_violations,
+    quantizer_summary,
+)
 from .schema import InlineGranularity, InlinePair, InlineSize, Matrix
 
 PREFIX_CALIBRATION_METHODS = frozenset({"max", None})
@@ -106,7 +112,9 @@ class Cell:
             out.append("needs_gpu")
         if self.budget < self.format_bits:
             out.append("budget_below_format_bits")
-        if self.warnings:
+        if any("rejected by ModelOpt" in w for w in self.warnings):
+            out.append("invalid_for_modelopt")
+        if any("does nothing" in w for w in self.warnings):
             out.append("overlay_noop")
         return out
 
@@ -282,6 +290,8 @@ def expand(m: Matrix, source: str = "<matrix>") -> Plan:
     for pair in pairs:
         for gran in grans:
             config, overlay_warnings = apply_overlay(pair.config, gran.overrides)
+            invalid = modelopt_violations(config)
+            overlay_warnings = overlay_warnings + [f"rejected by ModelOpt: {v}" for v in invalid]
             fbits = format_bits(config)
             for size_name, samples in sizes:
                 calib = samples if aq.calib_size == "dataset_size" else int(aq.calib_size)

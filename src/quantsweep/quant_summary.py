@@ -128,3 +128,30 @@ def calibration_method(config: Mapping[str, Any]) -> str | None:
     if isinstance(algo, Mapping):
         return algo.get("method")
     return algo
+
+
+_FP_FORMATS = {(4, 3), (5, 2), (2, 1), (1, 2), (0, 3), (3, 0), (3, 2), (2, 3)}
+
+
+def modelopt_violations(config: Mapping[str, Any]) -> list[str]:
+    """Quantizer attributes ModelOpt 0.47 refuses (`QuantizerAttributeConfig.validate_num_bits`), found without
+    importing it, so `dry-run` can flag a pair x granularity combination before a run turns it into an error row."""
+    problems: list[str] = []
+    for entry in config.get("quant_cfg", []):
+        cfg = entry.get("cfg")
+        if cfg is None or entry.get("enable", True) is False:
+            continue
+        for attrs in cfg if isinstance(cfg, list) else [cfg]:
+            nb = attrs.get("num_bits")
+            if not isinstance(nb, list | tuple):
+                continue
+            nb = tuple(nb)
+            block = attrs.get("block_sizes") or {}
+            if nb not in _FP_FORMATS:
+                problems.append(f"{entry['quantizer_name']}: FP format {nb} is not one ModelOpt supports")
+            elif nb not in {(4, 3), (2, 1)} and block.get("type") != "dynamic":
+                problems.append(
+                    f"{entry['quantizer_name']}: {_dtype_name(nb)} needs dynamic block quantization in ModelOpt "
+                    "(this overlay removes the blocks)"
+                )
+    return problems

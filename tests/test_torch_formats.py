@@ -126,3 +126,19 @@ def test_modelopt_quantize_runs_on_cpu_with_the_backend(pair):
     out = model(x.requires_grad_())
     out.sum().backward()  # the straight-through backward works
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_e4m3_rounding_matches_torch_cast_across_normals_and_subnormals():
+    from quantsweep.engine.torch_formats import _to_e4m3
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat(
+        [
+            torch.exp2(torch.empty(20000).uniform_(-14, 9, generator=g)) * torch.randn(20000, generator=g).sign(),
+            torch.tensor([0.0, 2.0**-9, 2.0**-10, 3 * 2.0**-11, 2.0**-6, 448.0, 464.0, 1e6, -1e6, 0.0625 + 2.0**-8]),
+        ]
+    )
+    expected = x.clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    assert torch.equal(_to_e4m3(x), expected)
+    # ties to even in the subnormal range: 2^-10 is half of the smallest subnormal 2^-9 -> 0
+    assert _to_e4m3(torch.tensor([2.0**-10, 3 * 2.0**-10])).tolist() == [0.0, 2.0**-8]

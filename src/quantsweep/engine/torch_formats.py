@@ -68,8 +68,16 @@ def _round_table(a: torch.Tensor, values: tuple[float, ...]) -> torch.Tensor:
 
 
 def _to_e4m3(x: torch.Tensor) -> torch.Tensor:
-    """Round to FP8 E4M3 (nearest even), saturating at +-448 like CUDA's __NV_SATFINITE."""
-    return x.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32)
+    """Round float32 to FP8 E4M3 (nearest, ties to even), subnormals included, saturating at +-448 like CUDA's
+    __NV_SATFINITE. Done arithmetically rather than with a `float8_e4m3fn` cast, whose CPU rounding of
+    subnormals has differed between torch releases: scaling by a power of two is exact in float32, so
+    `round(x / q) * q` with the quantum q of x's binade is exact rounding."""
+    x = x.to(torch.float32).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX)
+    _, exp = torch.frexp(x)  # x = m * 2^exp, 0.5 <= |m| < 1
+    # quantum: 2^(exp-1-3) for normal values (3 mantissa bits); 2^-9 below the smallest normal 2^-6
+    q_exp = torch.clamp(exp - 4, min=-9).to(torch.float32)
+    quantum = torch.ldexp(torch.ones_like(x), q_exp)
+    return torch.round(x / quantum) * quantum
 
 
 def _blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:

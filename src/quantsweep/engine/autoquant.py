@@ -123,6 +123,23 @@ def instrument_search() -> Iterator[dict[str, Any]]:
             setattr(cls, name, original)
 
 
+def counting_forward_step(state: dict[str, Any], method: str, on_step: StepCallback | None) -> Callable[..., Any]:
+    """The `forward_step` handed to AutoQuantize: the model's output (logits for kl_div), while counting calls
+    and tokens per phase (from `instrument_search`'s state) and reporting each step for progress bars."""
+
+    def forward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        phase = state["phase"]
+        state["calls"][phase] = state["calls"].get(phase, 0) + 1
+        state["tokens"][phase] = state["tokens"].get(phase, 0) + int(batch["input_ids"].numel())
+        if on_step is not None:
+            on_step(phase)
+        if method == "kl_div":
+            return m(input_ids=batch["input_ids"]).logits
+        return m(**batch)
+
+    return forward_step
+
+
 def _label_for(recipe: Any, format_labels: dict[str, str]) -> str:
     sig = recipe.checkpoint_signature
     if sig in format_labels:
@@ -173,15 +190,7 @@ def run_auto_quantize(
 
     with instrument_search() as state:
 
-        def forward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-            phase = state["phase"]
-            state["calls"][phase] = state["calls"].get(phase, 0) + 1
-            state["tokens"][phase] = state["tokens"].get(phase, 0) + int(batch["input_ids"].numel())
-            if on_step is not None:
-                on_step(phase)
-            if method == "kl_div":
-                return m(input_ids=batch["input_ids"]).logits
-            return m(**batch)
+        forward_step = counting_forward_step(state, method, on_step)
 
         t0 = time.perf_counter()
         kwargs: dict[str, Any] = {}

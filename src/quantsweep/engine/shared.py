@@ -33,7 +33,7 @@ from torch import nn
 
 from ..overlay import canonical_json, to_jsonable
 from ..quant_summary import calibration_method, format_bits
-from .autoquant import NONE_LABEL, CellError, LayerGroup, SearchResult, instrument_search
+from .autoquant import NONE_LABEL, CellError, LayerGroup, SearchResult, counting_forward_step, instrument_search
 
 StepCallback = Callable[[str], None]
 
@@ -199,15 +199,7 @@ def run_union(
 
     with instrument_search() as state:
 
-        def forward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-            phase = state["phase"]
-            state["calls"][phase] = state["calls"].get(phase, 0) + 1
-            state["tokens"][phase] = state["tokens"].get(phase, 0) + int(batch["input_ids"].numel())
-            if on_step is not None:
-                on_step(phase)
-            if method == "kl_div":
-                return m(input_ids=batch["input_ids"]).logits
-            return m(**batch)
+        forward_step = counting_forward_step(state, method, on_step)
 
         def forward_backward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> None:
             out = forward_step(m, batch)

@@ -108,6 +108,16 @@ def cell_format_config(ctx: SweepContext, cell: Cell) -> tuple[dict[str, Any], s
     return cell.config, "modelopt"
 
 
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """(error text for the row, error type): a CellError's own message and reason, else the exception type,
+    message and where it was raised; out-of-memory errors get the type OOM."""
+    if isinstance(exc, CellError):
+        return str(exc), exc.reason
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}", "OOM" if _is_oom(exc) else type(exc).__name__
+
+
 def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
     """Run one cell; never raises except KeyboardInterrupt."""
     m = ctx.matrix
@@ -146,13 +156,8 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
         run.status, run.result, run.quality = "ok", result, quality
     except KeyboardInterrupt:
         raise
-    except CellError as exc:
-        run.error, run.error_type = str(exc), exc.reason
     except Exception as exc:  # a failing cell becomes an error row; the sweep goes on
-        run.error_type = "OOM" if _is_oom(exc) else type(exc).__name__
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
-        run.error = f"{type(exc).__name__}: {exc}{where}"
+        run.error, run.error_type = describe_failure(exc)
     finally:
         del model
         gc.collect()

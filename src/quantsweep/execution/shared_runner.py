@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import gc
 import time
-import traceback
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..engine.autoquant import CellError
 from ..engine.quality import compare_to_baseline
 from ..engine.shared import UnionCall, UnionResult, calibration_depends_on_data, run_union, solve_cell
 from ..planning import Cell
-from .cell_runner import CellRun, SweepContext, _is_oom, _now, cell_format_config
+from .cell_runner import CellRun, SweepContext, _now, cell_format_config, describe_failure
 from .telemetry import PeakMemory
 
 
@@ -49,13 +46,7 @@ def plan_union_calls(ctx: SweepContext, cells: list[Cell]) -> list[tuple[UnionCa
 
 def _error_run(cell: Cell, exc: BaseException, started: str) -> CellRun:
     run = CellRun(cell=cell, status="error", started_at=started, finished_at=_now())
-    if isinstance(exc, CellError):
-        run.error, run.error_type = str(exc), exc.reason
-    else:
-        run.error_type = "OOM" if _is_oom(exc) else type(exc).__name__
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
-        run.error = f"{type(exc).__name__}: {exc}{where}"
+    run.error, run.error_type = describe_failure(exc)
     return run
 
 
@@ -116,8 +107,7 @@ def execute_shared(
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
-                failed = _error_run(cell, exc, run.started_at)
-                run.error, run.error_type = failed.error, failed.error_type
+                run.error, run.error_type = describe_failure(exc)
             run.finished_at = _now()
             amortised = {
                 "copy": copy_s / share,

@@ -205,7 +205,7 @@ def test_help_exit_0(cli):
     assert "dry-run" in out and "catalogue" in out
 
 
-@pytest.mark.parametrize("args", [("dry-run",), ("dry-run", "--matrix"), ("bogus-command",), ()])
+@pytest.mark.parametrize("args", [("dry-run",), ("dry-run", "--matrix"), ("bogus-command",)])
 def test_usage_error_exit_2(cli, args):
     code, _, _ = cli(*args)
     assert code == 2
@@ -289,3 +289,9 @@ def test_catalogue_human(cli):
     code, out, err = cli("catalogue")
     assert code == 0, err
     assert "wint8_afp16" in out and "recipe_match_channel_token" in out
+
+
+def test_bare_command_prints_help_and_exits_0(cli):
+    code, out, err = cli()
+    assert code == 0
+    assert "dry-run" in out + err and "run" in out + err

@@ -100,3 +100,21 @@ def test_shared_engine_groups_cells_and_amortises_telemetry(both_engines):
     assert unions["data-free"]["cells"] == 12 and unions["data-free"]["formats"] == 3
     assert unions["calib-4"]["cells"] == unions["calib-8"]["cells"] == 2
     assert all(r["valid"] for r in shared.summary["rows"])
+
+
+def test_a_cell_modelopt_refuses_is_an_error_row_without_sinking_its_union_call(tmp_path):
+    """MXFP6 without dynamic blocks is refused by ModelOpt: that cell (only) becomes an error row."""
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = "refused"
+    data["canary"]["enabled"] = False
+    data["axes"] = {"quant_pairs": ["wmxfp6_amxfp6", "wint8_afp16"], "granularities": ["w_per_tensor"], "dataset_sizes": ["a"]}
+    path = write_matrix(tmp_path, data)
+    outcome = run_sweep(path, RunOptions(output_root=str(tmp_path / "runs"), engine="shared"))
+    rows = {r["pair"]: r for r in outcome.summary["rows"]}
+    assert outcome.exit_code == ExitCode.CELLS_FAILED
+    assert rows["wmxfp6_amxfp6"]["status"] == "error" and "ModelOpt refuses" in rows["wmxfp6_amxfp6"]["error"]
+    assert rows["wint8_afp16"]["status"] == "ok" and rows["wint8_afp16"]["engine"] == "shared"
+    # nothing left to run: the rewritten summary keeps what the first run knew about the model and baseline
+    again = run_sweep(path, RunOptions(output_root=str(tmp_path / "runs"), engine="shared"))
+    assert again.rows_written == 0
+    assert again.summary["model"]["name"] == "synthetic-llama-tiny" and again.summary["baseline"]["perplexity"] > 1

@@ -89,7 +89,7 @@ class QuantPair:
     base_builtin: str | None = None  # the ModelOpt preset this pair *is*, when one exists
     experimental: bool = False  # no mainstream deployment kernel; a research point, not a recipe
     needs_gpu: bool = False  # ModelOpt can only fake-quantize it on CUDA (NVFP4 / MX block formats)
-    extra: bool = False  # outside the 16-pair core grid (a calibration-algorithm variant or 4-bit activations)
+    extra: bool = False  # outside the 16-pair core grid (calibration variants, NVFP4 W4A4, the MX formats)
 
     def config(self) -> dict[str, Any]:
         """A fresh deep copy of the ModelOpt quantization config."""

@@ -349,7 +349,8 @@ def main() -> None:
         sys.exit(int(ExitCode.INTERRUPTED))
     except usage_errors as exc:
         exc.show()
-        sys.exit(int(ExitCode.INVALID_INPUT))
+        # bare `quantsweep` prints the help (NoArgsIsHelpError): that is not an error
+        sys.exit(0 if type(exc).__name__ == "NoArgsIsHelpError" else int(ExitCode.INVALID_INPUT))
     # With standalone_mode=False, click returns the code of a `typer.Exit` instead of raising it.
     sys.exit(rc if isinstance(rc, int) else 0)
 

@@ -353,7 +353,7 @@ def expand(m: Matrix, source: str = "<matrix>") -> Plan:
         by_hash.setdefault(c.config_hash, []).append(c.key)
     for keys in by_hash.values():
         if len(keys) > 1:
-            warnings.append(f"cells {', '.join(keys)} resolve to the same configuration (expect DUPLICATE_RESULT)")
+            warnings.append(f"cells {', '.join(keys)} resolve to the same configuration: they compute the same thing twice")
     if aq.score_size and aq.score_size > max(s for _, s in sizes):
         warnings.append(f"autoquant.score_size {aq.score_size} exceeds every dataset size; scoring uses all samples")
 

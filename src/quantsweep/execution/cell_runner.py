@@ -70,6 +70,7 @@ class CellRun:
     error: str | None = None
     error_type: str | None = None
     fake_quant_backend: str = "modelopt"
+    engine: str = "naive"  # which path produced it: "naive" (one AutoQuantize call) or "shared"
 
     def fingerprint(self) -> str | None:
         """Hash of what the cell computed (chosen recipe + raw scores), for DUPLICATE_RESULT and determinism."""
@@ -256,7 +257,7 @@ def build_manifest(ctx: SweepContext, run: CellRun) -> dict[str, Any]:
             "calib_steps": cell.calib_steps,
             "score_steps": cell.score_steps,
             "disabled_layers": list(m.autoquant.disabled_layers),
-            "engine": ctx.engine,
+            "engine": run.engine,
             "fake_quant_backend": run.fake_quant_backend,
             "modelopt_call": "mtq.auto_quantize(quantization_formats=[effective_config], ...)",
         },
@@ -301,7 +302,7 @@ def build_row(ctx: SweepContext, run: CellRun, det: dict[str, Any] | None, attem
         "input_quantizer": qs["*input_quantizer"]["description"],
         "calibration": qs["algorithm"] if isinstance(qs["algorithm"], str | None) else qs["algorithm"].get("method"),
         "method": ctx.matrix.autoquant.method,
-        "engine": ctx.engine,
+        "engine": run.engine,
         "device": str(ctx.loaded.device),
         "fake_quant_backend": run.fake_quant_backend,
         "status": run.status,

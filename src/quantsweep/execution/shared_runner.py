@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..engine.autoquant import CellError
 from ..engine.quality import compare_to_baseline
 from ..engine.shared import UnionCall, UnionResult, calibration_depends_on_data, run_union, solve_cell
 from ..planning import Cell
@@ -45,7 +46,7 @@ def plan_union_calls(ctx: SweepContext, cells: list[Cell]) -> list[tuple[UnionCa
 
 
 def _error_run(cell: Cell, exc: BaseException, started: str) -> CellRun:
-    run = CellRun(cell=cell, status="error", started_at=started, finished_at=_now())
+    run = CellRun(cell=cell, status="error", started_at=started, finished_at=_now(), engine="shared")
     run.error, run.error_type = describe_failure(exc)
     return run
 
@@ -58,6 +59,11 @@ def execute_shared(
 ) -> Iterator[CellRun]:
     """Yield one CellRun per cell (in union-call order); never raises except KeyboardInterrupt."""
     m = ctx.matrix
+    invalid = [c for c in cells if "invalid_for_modelopt" in c.flags]
+    for cell in invalid:  # kept out of union calls: one refused format would fail the whole call
+        reasons = "; ".join(w for w in cell.warnings if "rejected by ModelOpt" in w)
+        yield _error_run(cell, CellError(f"ModelOpt refuses this configuration: {reasons}"), _now())
+    cells = [c for c in cells if c not in invalid]
     for call, members in plan_union_calls(ctx, cells):
         if on_union is not None:
             on_union(call, len(members))
@@ -91,7 +97,10 @@ def execute_shared(
             "peak_device_mb": None if mem.peak_device is None else round(mem.peak_device / 2**20, 1),
         }
         for cell, label, config, backend in members:
-            run = CellRun(cell=cell, status="error", started_at=_now(), finished_at=_now(), fake_quant_backend=backend)
+            run = CellRun(
+                cell=cell, status="error", started_at=_now(), finished_at=_now(), fake_quant_backend=backend,
+                engine="shared",
+            )
             cell_mem = PeakMemory(ctx.loaded.device)
             phases: dict[str, float] = {}
             try:

@@ -135,6 +135,9 @@ class Sweep:
 
         rows = finalize_rows(self._rows_in_plan())
         kpis = compute_kpis(rows, self.canary, self.matrix.kpi.model_dump(mode="json"))
+        # A run with nothing left to do loads no model: keep what the previous summary knew about it.
+        previous = _read_json(self.summary_path) if self.ctx is None else None
+        carried = {k: (previous or {}).get(k) for k in ("model", "dataset", "setup", "baseline")}
         doc = {
             "schema_version": SCHEMA_VERSION,
             "kind": "quantsweep.sweep_summary",
@@ -146,10 +149,10 @@ class Sweep:
             "versions": library_versions(),
             "matrix": self.matrix.model_dump(mode="json"),
             "labels": dict(self.matrix.labels),
-            "model": self.ctx.loaded.info if self.ctx else None,
-            "dataset": self.ctx.samples.describe() if self.ctx else None,
-            "setup": self.setup,
-            "baseline": None
+            "model": self.ctx.loaded.info if self.ctx else carried["model"],
+            "dataset": self.ctx.samples.describe() if self.ctx else carried["dataset"],
+            "setup": self.setup if self.ctx else (carried["setup"] or {}),
+            "baseline": carried["baseline"]
             if self.ctx is None
             else {
                 "perplexity": self.ctx.baseline.perplexity,

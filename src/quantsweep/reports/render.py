@@ -190,7 +190,7 @@ def _header(rep: dict[str, Any]) -> list[str]:
         "Labels: " + (", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "—"),
         f"Hardware: {hw.get('fingerprint', '—')}",
         "Versions: " + (", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "—"),
-        f"Commit: {d.get('commit') or 'unknown'}",
+        f"Commit: {_commit_text(d.get('commit'))}",
         f"Canary: {can}",
         f"Summary: {s.path} (written {d.get('generated_at', '—')})",
         f"Report generated at: {rep['generated_at']}; include_invalid: {str(rep['include_invalid']).lower()}",
@@ -435,3 +435,10 @@ def render_report(
 
 
 __all__ = ["build_report", "render_html", "render_markdown", "render_report", "scatter_doc"]
+
+
+def _commit_text(commit: Any) -> str:
+    """`{"sha": ..., "dirty": bool}` -> `4b02c1d9e8aa (dirty)`; anything else as written, or `unknown`."""
+    if isinstance(commit, dict) and commit.get("sha"):
+        return str(commit["sha"])[:12] + (" (dirty)" if commit.get("dirty") else "")
+    return str(commit) if commit else "unknown"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -140,6 +141,114 @@ def counting_forward_step(state: dict[str, Any], method: str, on_step: StepCallb
     return forward_step
 
 
+WEIGHT_CACHE_BYTES = int(float(os.environ.get("QUANTSWEEP_WEIGHT_CACHE_GB", "16")) * 2**30)
+
+
+@contextlib.contextmanager
+def cached_weight_quantization(state: dict[str, Any], budget_bytes: int = WEIGHT_CACHE_BYTES) -> Iterator[dict]:
+    """During scoring, fake-quantize each (module, format) weight once instead of once per batch.
+
+    ModelOpt's score replay calls the weight quantizer on every batch for every format (profiled on an H100:
+    ~80 % of a union call). Weights and calibrated quantizers do not change while scoring, so the result is the
+    same tensor each time; it is cached (up to `budget_bytes`, `QUANTSWEEP_WEIGHT_CACHE_GB`) only in the score
+    phase and only under `no_grad` (the replay), never during calibration, where the quantizer collects stats.
+    """
+    from modelopt.torch.quantization.nn.modules.quant_module import QuantLinearConvBase
+
+    original = QuantLinearConvBase.__dict__["_get_quantized_weight"]
+    fn = original.__func__
+    cache: dict[tuple[int, int, int], torch.Tensor] = {}
+    used = [0]
+
+    def cached(module: Any, weight: torch.Tensor) -> torch.Tensor:
+        if state.get("phase") != "score" or torch.is_grad_enabled() or not module._enable_weight_quantization:
+            return fn(module, weight)
+        key = (id(module.weight_quantizer), weight.data_ptr(), weight._version)
+        hit = cache.get(key)
+        if hit is None:
+            hit = fn(module, weight)
+            size = hit.numel() * hit.element_size()
+            if used[0] + size <= budget_bytes:
+                cache[key] = hit
+                used[0] += size
+        return hit
+
+    QuantLinearConvBase._get_quantized_weight = staticmethod(cached)
+    try:
+        yield cache
+    finally:
+        QuantLinearConvBase._get_quantized_weight = original
+        cache.clear()
+
+
+@dataclass
+class CallOutcome:
+    model: nn.Module
+    search_state: dict[str, Any]
+    phases: dict[str, float]
+    calls: dict[str, int]
+    tokens: dict[str, int]
+
+
+def call_auto_quantize(
+    model: nn.Module,
+    *,
+    configs: list[dict[str, Any]],
+    budget: float,
+    batches: list[dict[str, torch.Tensor]],
+    calib_steps: int,
+    score_steps: int,
+    method: str,
+    disabled_layers: list[str] | None,
+    on_step: StepCallback | None = None,
+    after_batch: Callable[[nn.Module], None] | None = None,
+    cache_weights: bool = False,
+    stdout: Any = None,
+) -> CallOutcome:
+    """The one place that calls `mtq.auto_quantize`: phase timing, call/token counts, ModelOpt's stdout kept off
+    ours (`--json`), its refusals turned into CellError. `after_batch(model)` runs after each score batch's
+    backward (gradient method), when ModelOpt's score accumulators hold the sum so far."""
+    import modelopt.torch.quantization as mtq
+
+    with instrument_search() as state:
+        forward_step = counting_forward_step(state, method, on_step)
+        kwargs: dict[str, Any] = {}
+        if method == "gradient" and after_batch is None:
+            kwargs["loss_func"] = lambda output, batch: output.loss
+        elif method == "gradient":
+
+            def forward_backward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+                forward_step(m, batch).loss.backward()  # what ModelOpt builds from loss_func
+                after_batch(m)
+
+            kwargs["forward_backward_step"] = forward_backward_step
+        cache = cached_weight_quantization(state) if cache_weights else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(stdout or io.StringIO()), cache:
+                model, search_state = mtq.auto_quantize(
+                    model,
+                    constraints={"effective_bits": float(budget)},
+                    quantization_formats=configs,
+                    data_loader=batches,
+                    forward_step=forward_step,
+                    disabled_layers=list(disabled_layers or []) or None,
+                    num_calib_steps=calib_steps,
+                    num_score_steps=score_steps,
+                    method=method,
+                    verbose=False,
+                    **kwargs,
+                )
+        except (ValueError, AssertionError) as exc:
+            raise CellError(f"ModelOpt rejected the search: {exc}") from exc
+        t_end = time.perf_counter()
+    marks = state["marks"]
+    score_start = marks.get("score_start", t_end)
+    score_end = marks.get("score_end", score_start)
+    phases = {"calibrate": score_start - t0, "score": score_end - score_start, "search": t_end - score_end}
+    return CallOutcome(model, search_state, phases, dict(state["calls"]), dict(state["tokens"]))
+
+
 def _label_for(recipe: Any, format_labels: dict[str, str]) -> str:
     sig = recipe.checkpoint_signature
     if sig in format_labels:
@@ -188,42 +297,19 @@ def run_auto_quantize(
     for label, cfg in formats:
         format_labels[QuantRecipe(cfg, name=label).checkpoint_signature] = label
 
-    with instrument_search() as state:
-
-        forward_step = counting_forward_step(state, method, on_step)
-
-        t0 = time.perf_counter()
-        kwargs: dict[str, Any] = {}
-        if method == "gradient":
-            kwargs["loss_func"] = lambda output, batch: output.loss
-        try:
-            # ModelOpt prints progress to stdout; keep stdout clean for `--json` (discarded, or to stderr).
-            with contextlib.redirect_stdout(sys.stderr if verbose_to_stderr else io.StringIO()):
-                model, search_state = mtq.auto_quantize(
-                    model,
-                    constraints={"effective_bits": float(budget)},
-                    quantization_formats=[cfg for _, cfg in formats],
-                    data_loader=batches,
-                    forward_step=forward_step,
-                    disabled_layers=list(disabled_layers or []) or None,
-                    num_calib_steps=calib_steps,
-                    num_score_steps=score_steps,
-                    method=method,
-                    verbose=False,
-                    **kwargs,
-                )
-        except (ValueError, AssertionError) as exc:
-            raise CellError(f"ModelOpt rejected the search: {exc}") from exc
-        t_end = time.perf_counter()
-
-    marks = state["marks"]
-    score_start = marks.get("score_start", t_end)
-    score_end = marks.get("score_end", score_start)
-    phases = {
-        "calibrate": score_start - t0,
-        "score": score_end - score_start,
-        "search": t_end - score_end,
-    }
+    outcome = call_auto_quantize(
+        model,
+        configs=[cfg for _, cfg in formats],
+        budget=budget,
+        batches=batches,
+        calib_steps=calib_steps,
+        score_steps=score_steps,
+        method=method,
+        disabled_layers=disabled_layers,
+        on_step=on_step,
+        stdout=sys.stderr if verbose_to_stderr else None,
+    )
+    model, search_state, phases = outcome.model, outcome.search_state, outcome.phases
 
     stats = search_state["candidate_stats"]
     groups: list[LayerGroup] = []
@@ -259,8 +345,8 @@ def run_auto_quantize(
         satisfied=bool(best["is_satisfied"]),
         recipe_config=recipe_config,
         phases=phases,
-        forward_calls=dict(state["calls"]),
-        tokens=dict(state["tokens"]),
+        forward_calls=outcome.calls,
+        tokens=outcome.tokens,
     )
     return model, result
 

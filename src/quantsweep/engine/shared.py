@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from torch import nn
 
 from ..overlay import canonical_json, to_jsonable
 from ..quant_summary import calibration_method, format_bits
-from .autoquant import NONE_LABEL, CellError, LayerGroup, SearchResult, counting_forward_step, instrument_search
+from .autoquant import NONE_LABEL, CellError, LayerGroup, SearchResult, call_auto_quantize
 
 StepCallback = Callable[[str], None]
 
@@ -56,46 +55,6 @@ def calibration_depends_on_data(config: dict[str, Any]) -> bool:
                 continue  # MX: E8M0 block scales from each input, no calibrated amax
             return True
     return False
-
-
-WEIGHT_CACHE_BYTES = int(float(os.environ.get("QUANTSWEEP_WEIGHT_CACHE_GB", "16")) * 2**30)
-
-
-@contextlib.contextmanager
-def cached_weight_quantization(state: dict[str, Any], budget_bytes: int = WEIGHT_CACHE_BYTES):
-    """During scoring, fake-quantize each (module, format) weight once instead of once per batch.
-
-    ModelOpt's score replay calls the weight quantizer on every batch for every format (profiled on an H100:
-    ~80 % of a union call). Weights and calibrated quantizers do not change while scoring, so the result is the
-    same tensor each time; it is cached (up to `budget_bytes`, `QUANTSWEEP_WEIGHT_CACHE_GB`) only in the score
-    phase and only under `no_grad` (the replay), never during calibration, where the quantizer collects stats.
-    """
-    from modelopt.torch.quantization.nn.modules.quant_module import QuantLinearConvBase
-
-    original = QuantLinearConvBase.__dict__["_get_quantized_weight"]
-    fn = original.__func__
-    cache: dict[tuple[int, int, int], torch.Tensor] = {}
-    used = [0]
-
-    def cached(module: Any, weight: torch.Tensor) -> torch.Tensor:
-        if state.get("phase") != "score" or torch.is_grad_enabled() or not module._enable_weight_quantization:
-            return fn(module, weight)
-        key = (id(module.weight_quantizer), weight.data_ptr(), weight._version)
-        hit = cache.get(key)
-        if hit is None:
-            hit = fn(module, weight)
-            size = hit.numel() * hit.element_size()
-            if used[0] + size <= budget_bytes:
-                cache[key] = hit
-                used[0] += size
-        return hit
-
-    QuantLinearConvBase._get_quantized_weight = staticmethod(cached)
-    try:
-        yield cache
-    finally:
-        QuantLinearConvBase._get_quantized_weight = original
-        cache.clear()
 
 
 @dataclass
@@ -185,7 +144,6 @@ def run_union(
     SmoothQuant scales into the weights: every format's quantizers stay as calibrated, ready to be switched on
     per cell.
     """
-    import modelopt.torch.quantization as mtq
     from modelopt.torch.quantization.algorithms import QuantRecipe
 
     snapshots: list[dict[str, dict[str, list[torch.Tensor | None]]]] = []
@@ -197,42 +155,22 @@ def run_union(
     none = QuantRecipe(quant_cfg=None)
     recipes[none.checkpoint_signature] = none
 
-    with instrument_search() as state:
-
-        forward_step = counting_forward_step(state, method, on_step)
-
-        def forward_backward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> None:
-            out = forward_step(m, batch)
-            out.loss.backward()
-            snapshots.append(_snapshot(m))  # ModelOpt's accumulators after this batch
-
-        kwargs: dict[str, Any] = {}
-        if method == "gradient":
-            kwargs["forward_backward_step"] = forward_backward_step
-        if torch.cuda.is_available() and next(model.parameters()).is_cuda:
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), cached_weight_quantization(state):
-                model, search_state = mtq.auto_quantize(
-                    model,
-                    constraints={"effective_bits": 16.0},
-                    quantization_formats=[f.config for f in call.formats],
-                    data_loader=batches,
-                    forward_step=forward_step,
-                    disabled_layers=list(disabled_layers or []) or None,
-                    num_calib_steps=call.calib_steps,
-                    num_score_steps=call.score_steps,
-                    method=method,
-                    verbose=False,
-                    **kwargs,
-                )
-        except (ValueError, AssertionError) as exc:
-            raise CellError(f"ModelOpt rejected the shared search: {exc}") from exc
-        t_end = time.perf_counter()
-    marks = state["marks"]
-    score_start = marks.get("score_start", t_end)
-    score_end = marks.get("score_end", score_start)
+    if torch.cuda.is_available() and next(model.parameters()).is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    outcome = call_auto_quantize(
+        model,
+        configs=[f.config for f in call.formats],
+        budget=16.0,
+        batches=batches,
+        calib_steps=call.calib_steps,
+        score_steps=call.score_steps,
+        method=method,
+        disabled_layers=disabled_layers,
+        on_step=on_step,
+        after_batch=lambda m: snapshots.append(_snapshot(m)),  # ModelOpt's accumulators after this batch
+        cache_weights=True,
+    )
+    model, search_state = outcome.model, outcome.search_state
     if method == "kl_div" or not snapshots:
         snapshots = [_snapshot(model)]  # kl_div: cells of this call all score every batch (no prefixes)
     floats = [_as_floats(s) for s in snapshots]
@@ -248,9 +186,9 @@ def run_union(
         state=search_state,
         cumulative=cumulative,
         recipes=recipes,
-        phases={"calibrate": score_start - t0, "score": score_end - score_start, "search": t_end - score_end},
-        tokens=dict(state["tokens"]),
-        forward_calls=dict(state["calls"]),
+        phases=outcome.phases,
+        tokens=outcome.tokens,
+        forward_calls=outcome.calls,
         peak_device_mb=peak,
     )
 

@@ -31,6 +31,11 @@ from ..store.validity import row_reasons
 from .telemetry import PeakMemory
 
 ROW_SCHEMA_VERSION = "1"
+# fields a row copies from the planned cell (`Cell.summary`)
+ROW_PLAN_FIELDS = (
+    "config_hash", "search_hash", "key", "pair", "weight", "activation", "granularity", "dataset_size", "samples",
+    "effective_bits_target", "format_bits", "weight_quantizer", "input_quantizer", "calibration",
+)
 
 
 @dataclass
@@ -282,25 +287,12 @@ def build_manifest(ctx: SweepContext, run: CellRun) -> dict[str, Any]:
 
 def build_row(ctx: SweepContext, run: CellRun, det: dict[str, Any] | None, attempt: int) -> dict[str, Any]:
     cell, res = run.cell, run.result
-    qs = quantizer_summary(cell.config)
+    plan = cell.summary()  # the cell's axes and effective quantizers, as dry-run shows them
     row: dict[str, Any] = {
         "schema_version": ROW_SCHEMA_VERSION,
         "cell_id": cell.id,
-        "config_hash": cell.config_hash,
-        "search_hash": cell.search_hash,
-        "key": cell.key,
+        **{k: plan[k] for k in ROW_PLAN_FIELDS},
         "model": ctx.loaded.info.get("name"),
-        "pair": cell.pair.name,
-        "weight": cell.pair.weight,
-        "activation": cell.pair.activation,
-        "granularity": cell.granularity.name,
-        "dataset_size": cell.size_name,
-        "samples": cell.samples,
-        "effective_bits_target": cell.budget,
-        "format_bits": cell.format_bits,
-        "weight_quantizer": qs["*weight_quantizer"]["description"],
-        "input_quantizer": qs["*input_quantizer"]["description"],
-        "calibration": qs["algorithm"] if isinstance(qs["algorithm"], str | None) else qs["algorithm"].get("method"),
         "method": ctx.matrix.autoquant.method,
         "engine": run.engine,
         "device": str(ctx.loaded.device),

@@ -36,6 +36,7 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
     from quantsweep.engine.shared import run_union
+    from quantsweep.execution.context import prepare_context
     from quantsweep.execution.shared_runner import plan_union_calls
     from quantsweep.execution.sweep import Reporter, RunOptions, Sweep
 
@@ -45,9 +46,8 @@ def main() -> None:
         mpath = Path(tmp) / "m.yaml"
         mpath.write_text(yaml.safe_dump(reference_matrix(v), sort_keys=False))
         sweep = Sweep(mpath, RunOptions(output_root=tmp), Reporter())
-        sweep.ctx = sweep._prepare()
-        ctx = sweep.ctx
-        calls = plan_union_calls(ctx, sweep.plan.cells)
+        ctx, _setup = prepare_context(sweep.matrix, sweep.plan, "shared")
+        calls = plan_union_calls(ctx.matrix, ctx.loaded.device.type, sweep.plan.cells)
         call, members = max(calls, key=lambda cm: len(cm[0].formats) * cm[0].score_steps)
         n = max(max(c.calib_samples, c.score_samples) for c, *_ in members)
         batches = ctx.batches(n)

@@ -73,6 +73,24 @@ def run(
             "naive: one mtq.auto_quantize call per cell (the reference)",
         ),
     ] = "shared",
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            "--executor",
+            help="local: this process, one device (default); ray: workers on a Ray cluster (needs quantsweep[ray]). "
+            "Overrides the matrix's execution.executor",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="join this Ray cluster ('auto' or host:port); default: start a local one"),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Ray workers (default: one per --gpus-per-worker GPUs)")
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option("--gpus-per-worker", min=0, help="GPUs per Ray worker (default 1, 0 without GPUs)")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the canary gate, then AutoQuantize for every cell; resumes where a previous run stopped."""
@@ -83,6 +101,8 @@ def run(
         raise QuantsweepError("--engine must be shared or naive", ExitCode.INVALID_INPUT)
     if device not in (None, "auto", "cpu", "cuda"):
         raise QuantsweepError("--device must be auto, cpu or cuda", ExitCode.INVALID_INPUT)
+    if executor not in (None, "local", "ray"):
+        raise QuantsweepError("--executor must be local or ray", ExitCode.INVALID_INPUT)
     from .execution.sweep import RunOptions, run_sweep
     from .ui import RichReporter, render_rows_table
 
@@ -97,6 +117,10 @@ def run(
         threads=threads,
         output_root=output_root,
         engine=engine,
+        executor=executor,
+        ray_address=ray_address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
     )
     try:
         outcome = run_sweep(matrix, opts, reporter)
@@ -126,22 +150,9 @@ def run(
 
 
 def _quiet_libraries() -> None:
-    import logging
-    import warnings
+    from .quiet import quiet_libraries
 
-    warnings.filterwarnings("ignore", module=r"modelopt\..*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=r".*not tested with current version of modelopt.*")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    quiet_libraries()
 
 
 # --- report -----------------------------------------------------------------------------------------------

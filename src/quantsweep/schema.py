@@ -295,6 +295,35 @@ class KpiThresholds(StrictModel):
     max_quality: float = Field(default=0.1, gt=0, description="a cell 'meets quality' when its metric is <= this")
 
 
+class ExecutionSpec(StrictModel):
+    """Where the cells run (docs/distributed.md). `quantsweep run` flags of the same names win over these."""
+
+    executor: Literal["local", "ray"] = Field(
+        default="local", description="local: this process, one device; ray: workers on a Ray cluster"
+    )
+    ray_address: str | None = Field(
+        default=None,
+        min_length=1,
+        description="join this Ray cluster ('auto' or host:port); none: start a local Ray instance for the run",
+    )
+    workers: PositiveInt | None = Field(
+        default=None, description="Ray workers; default: one per gpus_per_worker GPUs, or 2 without GPUs"
+    )
+    gpus_per_worker: float | None = Field(
+        default=None, ge=0, description="GPUs per Ray worker; default 1 when the cluster has GPUs, else 0"
+    )
+    cpus_per_worker: PositiveInt | None = Field(
+        default=None, description="CPUs reserved per Ray worker (and its torch threads); default: CPUs / workers"
+    )
+    artifacts: Literal["auto", "workers", "driver"] = Field(
+        default="auto",
+        description="who writes cell artifacts: auto = workers when they share the driver's filesystem",
+    )
+    worker_start_timeout_s: float = Field(
+        default=900.0, gt=0, description="give up on cells when no worker can be started for this long"
+    )
+
+
 class Matrix(StrictModel):
     """A whole sweep. `schema_version` is optional in files; when present it must match."""
 
@@ -310,3 +339,4 @@ class Matrix(StrictModel):
     labels: dict[SafeName, str | int | float | bool] = Field(default_factory=dict)
     kpi: KpiThresholds = Field(default_factory=KpiThresholds)
     output_root: str = Field(default="runs", min_length=1)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)

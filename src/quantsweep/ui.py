@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .execution.sweep import Reporter
+from .execution.progress import Reporter
 from .planning import Cell
 
 
@@ -29,6 +30,7 @@ class RichReporter(Reporter):
         self.phase_task: Any = None
         self.steps: dict[str, int] = {}
         self.label = ""
+        self.worker_tasks: dict[str, Any] = {}
 
     def _ensure_progress(self) -> Progress:
         if self.progress is None:
@@ -45,7 +47,7 @@ class RichReporter(Reporter):
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]·[/] {text}", highlight=False)
+            self.console.print(f"[dim]·[/] {escape(text)}", highlight=False)
 
     def start_cells(self, total: int, done: int) -> None:
         if self.live:
@@ -91,6 +93,25 @@ class RichReporter(Reporter):
         else:
             text = f"[red]error[/] {row['key']}: {row['error']}"
         self.console.print(text, highlight=False)
+
+    def worker_started(self, name: str, info: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        where = f"{info.get('host')} pid {info.get('pid')}, {info.get('device')}"
+        if info.get("gpu_ids"):
+            where += f" (GPU {','.join(info['gpu_ids'])})"
+        load = (info.get("setup") or {}).get("prepare_s")
+        self.console.print(f"[dim]·[/] worker {escape(name)} ready on {escape(where)}, loaded in {_fmt(load, '.1f')} s", highlight=False)
+
+    def worker_status(self, name: str, text: str) -> None:
+        """One line per worker under the bars (live), saying what it runs; plain lines otherwise."""
+        if self.live:
+            p = self._ensure_progress()
+            if name not in self.worker_tasks:
+                self.worker_tasks[name] = p.add_task("", total=None)
+            p.update(self.worker_tasks[name], description=f"  {escape(name)}: {escape(text)}")
+        elif not self.quiet and not text.startswith(("idle", "starting")):
+            self.console.print(f"[dim]·[/] worker {escape(name)}: {escape(text)}", highlight=False)
 
     def stop(self) -> None:
         if self.progress is not None:

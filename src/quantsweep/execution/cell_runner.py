@@ -19,46 +19,12 @@ from typing import Any
 
 import torch
 
-from ..engine.autoquant import CellError, SearchResult, nonfinite_scores, run_auto_quantize
-from ..engine.data import TokenSamples, make_batches
-from ..engine.models import LoadedModel
-from ..engine.quality import BaselineOutputs, compare_to_baseline
-from ..overlay import to_jsonable
+from ..engine.autoquant import CellError, SearchResult, run_auto_quantize
+from ..engine.quality import compare_to_baseline
 from ..planning import Cell
-from ..quant_summary import quantizer_summary
 from ..schema import Matrix
-from ..store.validity import row_reasons
+from .context import SweepContext
 from .telemetry import PeakMemory
-
-ROW_SCHEMA_VERSION = "1"
-# fields a row copies from the planned cell (`Cell.summary`)
-ROW_PLAN_FIELDS = (
-    "config_hash", "search_hash", "key", "pair", "weight", "activation", "granularity", "dataset_size", "samples",
-    "effective_bits_target", "format_bits", "weight_quantizer", "input_quantizer", "calibration",
-)
-
-
-@dataclass
-class SweepContext:
-    """What every cell of a sweep shares: loaded once, reused."""
-
-    matrix: Matrix
-    loaded: LoadedModel
-    samples: TokenSamples
-    eval_batches: list[dict[str, torch.Tensor]]
-    baseline: BaselineOutputs
-    versions: dict[str, Any]
-    engine: str = "naive"
-    _batch_cache: dict[tuple[int, bool], list[dict[str, torch.Tensor]]] = field(default_factory=dict)
-
-    def batches(self, n_samples: int) -> list[dict[str, torch.Tensor]]:
-        labels = self.matrix.autoquant.method == "gradient"
-        key = (n_samples, labels)
-        if key not in self._batch_cache:
-            self._batch_cache[key] = make_batches(
-                self.samples.pool(n_samples), self.matrix.autoquant.batch_size, self.loaded.device, labels
-            )
-        return self._batch_cache[key]
 
 
 @dataclass
@@ -97,21 +63,26 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def cell_format_config(ctx: SweepContext, cell: Cell) -> tuple[dict[str, Any], str]:
+def format_config_for(matrix: Matrix, device_type: str, cell: Cell) -> tuple[dict[str, Any], str]:
     """The config handed to ModelOpt and the fake-quant backend it uses for NVFP4/MX quantizers.
 
     On a CPU ModelOpt cannot fake-quantize NVFP4/MX, so `auto` routes those quantizers to quantsweep's
-    pure-PyTorch backend (`engine/torch_formats.py`); on CUDA `auto` keeps ModelOpt's own kernels.
+    pure-PyTorch backend (`engine/torch_formats.py`); on CUDA `auto` keeps ModelOpt's own kernels. It needs only
+    the device type, so a Ray driver that loaded no model plans union calls exactly as its workers run them.
     """
     from ..engine import torch_formats
 
-    choice = ctx.matrix.autoquant.fake_quant_backend
-    if choice == "torch" or (choice == "auto" and ctx.loaded.device.type != "cuda"):
+    choice = matrix.autoquant.fake_quant_backend
+    if choice == "torch" or (choice == "auto" and device_type != "cuda"):
         config, used = torch_formats.with_torch_backend(cell.config)
         if used:
             torch_formats.register()
             return config, torch_formats.BACKEND_NAME
     return cell.config, "modelopt"
+
+
+def cell_format_config(ctx: SweepContext, cell: Cell) -> tuple[dict[str, Any], str]:
+    return format_config_for(ctx.matrix, ctx.loaded.device.type, cell)
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str]:
@@ -216,105 +187,3 @@ def determinism(runs: list[CellRun], rtol: float) -> dict[str, Any] | None:
         "rtol": rtol,
         "deterministic": identical and max_rel <= rtol,
     }
-
-
-def build_manifest(ctx: SweepContext, run: CellRun) -> dict[str, Any]:
-    cell, m = run.cell, ctx.matrix
-    res = run.result
-    return {
-        "schema_version": ROW_SCHEMA_VERSION,
-        "kind": "quantsweep.cell_manifest",
-        "created_at": run.finished_at,
-        "cell": {
-            "id": cell.id,
-            "config_hash": cell.config_hash,
-            "key": cell.key,
-            "pair": cell.pair.name,
-            "granularity": cell.granularity.name,
-            "dataset_size": cell.size_name,
-            "samples": cell.samples,
-            "effective_bits_target": cell.budget,
-            "path": str(cell.path),
-        },
-        "model": ctx.loaded.info,
-        "dataset": {
-            **m.dataset.model_dump(mode="json", exclude={"sizes"}),
-            "calib_samples": cell.calib_samples,
-            "score_samples": cell.score_samples,
-            "fingerprint": ctx.samples.fingerprint,
-        },
-        "quantization": {
-            "pair": cell.pair.to_dict(),
-            "granularity": {
-                "name": cell.granularity.name,
-                "overrides": to_jsonable(cell.granularity.overrides),
-                "description": cell.granularity.description,
-            },
-            "effective_quantizer_summary": to_jsonable(quantizer_summary(cell.config)),
-            "effective_config": to_jsonable(cell.config),
-            "format_bits": cell.format_bits,
-            "overlay_warnings": list(cell.warnings),
-        },
-        "autoquant": {
-            "method": m.autoquant.method,
-            "batch_size": m.autoquant.batch_size,
-            "effective_bits_target": cell.budget,
-            "calib_steps": cell.calib_steps,
-            "score_steps": cell.score_steps,
-            "disabled_layers": list(m.autoquant.disabled_layers),
-            "engine": run.engine,
-            "fake_quant_backend": run.fake_quant_backend,
-            "modelopt_call": "mtq.auto_quantize(quantization_formats=[effective_config], ...)",
-        },
-        "search": None
-        if res is None
-        else {
-            "achieved_bits": res.achieved_bits,
-            "total_score": res.total_score,
-            "satisfied": res.satisfied,
-            "layer_groups": len(res.groups),
-            "quantized_groups": res.quantized_groups,
-        },
-        "layers": [] if res is None else [g.to_dict() for g in res.groups],
-        "quality": run.quality,
-        "telemetry": run.telemetry,
-        "status": run.status,
-        "error": run.error,
-        "versions": ctx.versions,
-        "recipe_file": "recipe.json" if res is not None else None,
-    }
-
-
-def build_row(ctx: SweepContext, run: CellRun, det: dict[str, Any] | None, attempt: int) -> dict[str, Any]:
-    cell, res = run.cell, run.result
-    plan = cell.summary()  # the cell's axes and effective quantizers, as dry-run shows them
-    row: dict[str, Any] = {
-        "schema_version": ROW_SCHEMA_VERSION,
-        "cell_id": cell.id,
-        **{k: plan[k] for k in ROW_PLAN_FIELDS},
-        "model": ctx.loaded.info.get("name"),
-        "method": ctx.matrix.autoquant.method,
-        "engine": run.engine,
-        "device": str(ctx.loaded.device),
-        "fake_quant_backend": run.fake_quant_backend,
-        "status": run.status,
-        "error": run.error,
-        "error_type": run.error_type,
-        "achieved_bits": res.achieved_bits if res else None,
-        "total_score": res.total_score if res else None,
-        "satisfied": res.satisfied if res else None,
-        "layer_count": len(res.groups) if res else None,
-        "quantized_layer_count": res.quantized_groups if res else None,
-        "scores_finite": (not nonfinite_scores(res)) if res else None,
-        "quality": run.quality,
-        "telemetry": run.telemetry,
-        "determinism": det,
-        "result_fingerprint": run.fingerprint(),
-        "path": str(cell.path),
-        "attempt": attempt,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-    }
-    row["reasons"] = row_reasons(row)
-    row["valid"] = not row["reasons"]
-    return row

@@ -7,6 +7,7 @@ tokens divided by the number of cells); the full figures of the union call are k
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,18 +16,31 @@ import torch
 
 from ..engine.autoquant import CellError
 from ..engine.quality import compare_to_baseline
-from ..engine.shared import UnionCall, UnionResult, calibration_depends_on_data, run_union, solve_cell
+from ..engine.shared import (
+    UnionCall,
+    UnionResult,
+    calibration_depends_on_data,
+    run_union,
+    solve_cell,
+)
 from ..planning import Cell
-from .cell_runner import CellRun, SweepContext, _now, cell_format_config, describe_failure
+from ..schema import Matrix
+from .cell_runner import CellRun, _now, describe_failure, format_config_for
+from .context import SweepContext
 from .telemetry import PeakMemory
+from .work_units import UnitMember, WorkUnit
 
 
-def plan_union_calls(ctx: SweepContext, cells: list[Cell]) -> list[tuple[UnionCall, list[tuple[Cell, str, dict, str]]]]:
-    """Group cells so that every group can share one AutoQuantize call (see engine/shared.py)."""
-    method = ctx.matrix.autoquant.method
+def plan_union_calls(
+    matrix: Matrix, device_type: str, cells: list[Cell]
+) -> list[tuple[UnionCall, list[tuple[Cell, str, dict, str]]]]:
+    """Group cells so that every group can share one AutoQuantize call (see engine/shared.py).
+
+    Needs only the matrix and the device type, so a Ray driver groups cells exactly as its workers will."""
+    method = matrix.autoquant.method
     groups: dict[tuple, tuple[UnionCall, list[tuple[Cell, str, dict, str]]]] = {}
     for cell in cells:
-        config, backend = cell_format_config(ctx, cell)
+        config, backend = format_config_for(matrix, device_type, cell)
         free = method == "gradient" and not calibration_depends_on_data(config)
         if free:
             key: tuple = ("data-free",)
@@ -45,6 +59,37 @@ def plan_union_calls(ctx: SweepContext, cells: list[Cell]) -> list[tuple[UnionCa
     return list(groups.values())
 
 
+def refused_cells(cells: list[Cell]) -> list[Cell]:
+    """Cells whose configuration ModelOpt refuses: kept out of union calls (one refused format would fail the
+    whole call) and recorded as error rows straight away."""
+    return [c for c in cells if "invalid_for_modelopt" in c.flags]
+
+
+def work_units(matrix: Matrix, device_type: str, engine: str, cells: list[Cell]) -> list[WorkUnit]:
+    """The cells as units of work for distributed execution: one per union call (shared engine; the cells
+    ModelOpt refuses form one unit of their own, which only writes their error rows), one per cell (naive)."""
+    eval_steps = max(1, math.ceil(matrix.dataset.eval_samples / matrix.autoquant.batch_size))
+    if engine != "shared" or matrix.repeats > 1:
+        return [
+            WorkUnit(c.key, [UnitMember(c.id, c.key, c.calib_steps, c.score_steps)], matrix.repeats, eval_steps)
+            for c in cells
+        ]
+    units = []
+    refused = refused_cells(cells)
+    if refused:
+        units.append(WorkUnit("refused by ModelOpt", [UnitMember(c.id, c.key, 0, 0) for c in refused], 1, 0))
+    for call, members in plan_union_calls(matrix, device_type, [c for c in cells if c not in refused]):
+        units.append(
+            WorkUnit(
+                f"union {call.key}",
+                [UnitMember(c.id, label, call.calib_steps, c.score_steps) for c, label, _cfg, _b in members],
+                1,
+                eval_steps,
+            )
+        )
+    return units
+
+
 def _error_run(cell: Cell, exc: BaseException, started: str) -> CellRun:
     run = CellRun(cell=cell, status="error", started_at=started, finished_at=_now(), engine="shared")
     run.error, run.error_type = describe_failure(exc)
@@ -59,12 +104,12 @@ def execute_shared(
 ) -> Iterator[CellRun]:
     """Yield one CellRun per cell (in union-call order); never raises except KeyboardInterrupt."""
     m = ctx.matrix
-    invalid = [c for c in cells if "invalid_for_modelopt" in c.flags]
+    invalid = refused_cells(cells)
     for cell in invalid:  # kept out of union calls: one refused format would fail the whole call
         reasons = "; ".join(w for w in cell.warnings if "rejected by ModelOpt" in w)
         yield _error_run(cell, CellError(f"ModelOpt refuses this configuration: {reasons}"), _now())
     cells = [c for c in cells if c not in invalid]
-    for call, members in plan_union_calls(ctx, cells):
+    for call, members in plan_union_calls(m, ctx.loaded.device.type, cells):
         if on_union is not None:
             on_union(call, len(members))
         started = _now()
@@ -152,4 +197,4 @@ def execute_shared(
             torch.cuda.empty_cache()
 
 
-__all__ = ["execute_shared", "plan_union_calls", "Any"]
+__all__ = ["execute_shared", "plan_union_calls", "refused_cells", "work_units", "Any"]

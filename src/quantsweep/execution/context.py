@@ -1,0 +1,115 @@
+"""What every cell of a sweep shares (the model, the tokenised data, the baseline's outputs), built once per
+process: by the driver with the local executor, by each worker with the Ray executor.
+
+`RecordContext` is the small, picklable part of it that writing a row or a manifest needs, so that a driver that
+loaded no model (Ray) can still write the row of a cell whose worker died.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..engine.data import TokenSamples, make_batches
+from ..engine.models import LoadedModel
+from ..engine.quality import BaselineOutputs
+from ..planning import Plan
+from ..schema import Matrix
+
+
+@dataclass(frozen=True)
+class RecordContext:
+    """The facts about the sweep's process that rows and manifests repeat."""
+
+    matrix: Matrix
+    model_info: dict[str, Any]
+    device: str
+    samples_fingerprint: str
+    versions: dict[str, Any]
+
+
+@dataclass
+class SweepContext:
+    """What every cell of a sweep shares: loaded once, reused."""
+
+    matrix: Matrix
+    loaded: LoadedModel
+    samples: TokenSamples
+    eval_batches: list[dict[str, torch.Tensor]]
+    baseline: BaselineOutputs
+    versions: dict[str, Any]
+    engine: str = "naive"
+    _batch_cache: dict[tuple[int, bool], list[dict[str, torch.Tensor]]] = field(default_factory=dict)
+
+    def batches(self, n_samples: int) -> list[dict[str, torch.Tensor]]:
+        labels = self.matrix.autoquant.method == "gradient"
+        key = (n_samples, labels)
+        if key not in self._batch_cache:
+            self._batch_cache[key] = make_batches(
+                self.samples.pool(n_samples), self.matrix.autoquant.batch_size, self.loaded.device, labels
+            )
+        return self._batch_cache[key]
+
+    @property
+    def record(self) -> RecordContext:
+        return RecordContext(
+            matrix=self.matrix,
+            model_info=self.loaded.info,
+            device=str(self.loaded.device),
+            samples_fingerprint=self.samples.fingerprint,
+            versions=self.versions,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What the sweep summary says about the model, the data and the baseline (JSON-ready)."""
+        return {
+            "model": self.loaded.info,
+            "dataset": self.samples.describe(),
+            "baseline": {
+                "perplexity": self.baseline.perplexity,
+                "mean_nll": self.baseline.mean_nll,
+                "eval_tokens": self.baseline.tokens,
+                "kl_method": self.baseline.method,
+            },
+        }
+
+
+def prepare_context(
+    matrix: Matrix, plan: Plan, engine: str, message: Callable[[str], None] = lambda _t: None
+) -> tuple[SweepContext, dict[str, Any]]:
+    """Load the model, tokenise the data a plan needs and compute the baseline's outputs; (context, timings)."""
+    from ..engine.data import build_samples
+    from ..engine.models import load_model
+    from ..engine.quality import baseline_outputs
+    from .telemetry import library_versions
+
+    setup: dict[str, Any] = {}
+    t = time.perf_counter()
+    message(f"loading model ({matrix.model.source})")
+    loaded = load_model(matrix.model, progress=message)
+    setup["model_load_s"] = round(time.perf_counter() - t, 3)
+    needed = max(max(c.calib_samples, c.score_samples) for c in plan.cells)
+    t = time.perf_counter()
+    message(f"tokenising dataset ({matrix.dataset.source})")
+    samples = build_samples(matrix.dataset, loaded.tokenizer, needed)
+    setup["data_s"] = round(time.perf_counter() - t, 3)
+    eval_batches = make_batches(samples.eval_ids, matrix.autoquant.batch_size, loaded.device, labels=False)
+    t = time.perf_counter()
+    message("computing baseline outputs on the held-out samples")
+    base = baseline_outputs(loaded.model, eval_batches)
+    setup["baseline_s"] = round(time.perf_counter() - t, 3)
+    setup["torch_threads"] = torch.get_num_threads()
+    ctx = SweepContext(
+        engine=engine,
+        matrix=matrix,
+        loaded=loaded,
+        samples=samples,
+        eval_batches=eval_batches,
+        baseline=base,
+        versions=library_versions(),
+    )
+    return ctx, setup

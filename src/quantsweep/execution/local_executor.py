@@ -1,0 +1,50 @@
+"""The local executor: every cell in this process, on one device (the default, and the reference the Ray
+executor's rows must equal)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ..planning import Cell, Plan
+from ..schema import Matrix
+from .progress import Reporter
+from .records import CellRecord, make_record
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, matrix: Matrix, plan: Plan, engine: str, threads: int | None, reporter: Reporter):
+        self.matrix, self.plan, self.engine, self.threads, self.reporter = matrix, plan, engine, threads, reporter
+        self.ctx: Any = None
+
+    def start(self) -> dict[str, Any]:
+        """Load the model, data and baseline; what the summary says about them ({model, dataset, baseline, setup})."""
+        from .context import prepare_context
+
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        self.ctx, setup = prepare_context(self.matrix, self.plan, self.engine, self.reporter.message)
+        return {**self.ctx.describe(), "setup": setup}
+
+    def canary(self, cell: Cell, attempt: int) -> tuple[dict[str, Any], CellRecord | None]:
+        from .canary import run_canary
+
+        doc, runs = run_canary(self.ctx, cell, self.reporter)
+        record = make_record(self.ctx.record, runs, attempt, from_canary=True) if runs else None
+        return doc, record
+
+    def run(self, cells: list[Cell], attempt_of: dict[str, int]) -> Iterator[CellRecord]:
+        from .engines import execute_cells
+
+        for cell, runs in execute_cells(self.ctx, cells, self.reporter):
+            yield make_record(self.ctx.record, runs, attempt_of.get(cell.id, 0) + 1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"executor": "local", "engine": self.engine}
+
+    def close(self) -> None:
+        self.ctx = None

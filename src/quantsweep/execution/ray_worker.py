@@ -1,0 +1,119 @@
+"""A Ray worker of a sweep: a long-lived process that loads the model, the tokenised data and the baseline's
+outputs once (`prepare`), then runs the canary or the work units the driver gives it, with the same engines as
+the local executor (`engines.execute_cells`), so its rows are the local executor's rows.
+
+It never writes a row or the summary: it streams one `CellRecord` per finished cell back to the driver, the
+single writer. When it shares the driver's filesystem (checked with a probe file the driver wrote, never
+assumed) it writes each cell's artifacts itself before handing the record back; otherwise the driver writes them
+from the record.
+
+This module does not import ray: `ray_executor.py` wraps the class with `ray.remote` at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..planning import Cell, Plan
+from ..schema import Matrix
+from .progress import Reporter
+from .records import CellRecord, make_record, write_artifacts
+
+
+class SweepWorker:
+    def __init__(
+        self,
+        name: str,
+        matrix: Matrix,
+        plan: Plan,
+        engine: str,
+        threads: int | None,
+        base_dir: str,
+        probe: tuple[str, str] | None,
+    ):
+        self.name = name
+        self.matrix, self.plan, self.engine, self.threads = matrix, plan, engine, threads
+        self.base_dir = Path(base_dir)
+        self.probe = probe
+        self.ctx: Any = None
+        self.setup: dict[str, Any] = {}
+        self.shared_fs = False
+
+    def prepare(self) -> dict[str, Any]:
+        """Load everything once; what the driver needs to know about this worker (see `describe`)."""
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        from ..quiet import quiet_libraries
+        from .context import prepare_context
+
+        quiet_libraries()
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        t = time.perf_counter()
+        self.ctx, self.setup = prepare_context(self.matrix, self.plan, self.engine)
+        self.setup["prepare_s"] = round(time.perf_counter() - t, 3)
+        self.shared_fs = self._sees_probe()
+        return self.describe()
+
+    def _sees_probe(self) -> bool:
+        """True when the file the driver wrote is here, at the same path, with the same content."""
+        if self.probe is None:
+            return False
+        path, token = self.probe
+        try:
+            return Path(path).read_text(encoding="utf-8") == token
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    def describe(self) -> dict[str, Any]:
+        import torch
+
+        try:
+            import ray
+
+            rt = ray.get_runtime_context()
+            node_id, gpu_ids = rt.get_node_id(), [str(g) for g in ray.get_gpu_ids()]
+        except Exception:  # not running under Ray (tests call the class directly)
+            node_id, gpu_ids = None, []
+        device = self.ctx.loaded.device
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "host": platform.node(),
+            "node_id": node_id,
+            "gpu_ids": gpu_ids,
+            "device": str(device),
+            "device_type": device.type,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "torch_threads": torch.get_num_threads(),
+            "shared_fs": self.shared_fs,
+            "setup": self.setup,
+            "sweep": self.ctx.describe(),
+            "record_context": self.ctx.record,
+        }
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def canary(self, cell: Cell, attempt: int) -> tuple[dict[str, Any], CellRecord | None]:
+        from .canary import run_canary
+
+        doc, runs = run_canary(self.ctx, cell, Reporter())
+        return doc, (make_record(self.ctx.record, runs, attempt, from_canary=True) if runs else None)
+
+    def run_unit(self, cells: list[Cell], attempt_of: dict[str, int], write_here: bool) -> Iterator[CellRecord]:
+        """One record per cell, as each finishes (a Ray streaming generator on the driver's side)."""
+        from .engines import execute_cells
+
+        for cell, runs in execute_cells(self.ctx, cells, Reporter()):
+            record = make_record(self.ctx.record, runs, attempt_of.get(cell.id, 0) + 1)
+            if write_here:
+                write_artifacts(record, self.base_dir)
+                record.artifacts_written = True
+            yield record

@@ -113,7 +113,7 @@ def run_mode(matrix_path: Path, root: Path, engine: str) -> dict:
     t0 = time.perf_counter()
     outcome = sweep.run()
     total = time.perf_counter() - t0
-    setup = sum(v for k, v in sweep.setup.items() if k.endswith("_s"))
+    setup = sum(v for k, v in ((sweep.info or {}).get("setup") or {}).items() if k.endswith("_s"))
     rows = outcome.summary["rows"]
     peaks = [r["telemetry"].get("peak_device_mb") for r in rows if r["telemetry"].get("peak_device_mb") is not None]
     return {

@@ -415,3 +415,25 @@ def test_every_preset_loads_and_expands(path):
     assert m.name == path.stem
     if m.canary.enabled:
         assert plan.canary_cell is not None
+
+
+# --- execution ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "execution,field",
+    [
+        ({"executor": "slurm"}, "execution.executor"),
+        ({"workers": 0}, "execution.workers"),
+        ({"gpus_per_worker": -1}, "execution.gpus_per_worker"),
+        ({"artifacts": "nobody"}, "execution.artifacts"),
+        ({"ray_adress": "auto"}, "execution.ray_adress"),
+    ],
+)
+def test_execution_errors_name_the_field(execution, field):
+    assert one_error({**minimal(), "execution": execution}).startswith(f"{SRC}: {field}: ")
+
+
+def test_execution_defaults_to_local_and_never_changes_cell_ids():
+    base = parse_matrix(minimal(), SRC)
+    ray = parse_matrix({**minimal(), "execution": {"executor": "ray", "workers": 4, "gpus_per_worker": 2}}, SRC)
+    assert base.execution.executor == "local" and ray.execution.workers == 4
+    assert [c.id for c in expand(base).cells] == [c.id for c in expand(ray).cells]

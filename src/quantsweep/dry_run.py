@@ -43,6 +43,7 @@ def build_dry_run(matrix_path: Path) -> dict[str, Any]:
         "canary": canary,
         "labels": dict(m.labels),
         "kpi_thresholds": m.kpi.model_dump(mode="json"),
+        "execution": m.execution.model_dump(mode="json"),
         "warnings": plan.warnings,
         "estimate": plan.estimate(),
     }
@@ -97,6 +98,16 @@ def render_dry_run(doc: dict[str, Any], console: Console) -> None:
     if doc["labels"]:
         console.print("[bold]Labels[/] " + ", ".join(f"{k}={v}" for k, v in doc["labels"].items()))
     console.print("[bold]KPI thresholds[/] " + ", ".join(f"{k}={v}" for k, v in doc["kpi_thresholds"].items()))
+    ex = doc["execution"]
+    if ex["executor"] == "ray":
+        where = ex["ray_address"] or "a local Ray instance"
+        console.print(
+            f"[bold]Execution[/] Ray ({where}): workers {ex['workers'] or 'one per GPU'}, "
+            f"GPUs per worker {ex['gpus_per_worker'] if ex['gpus_per_worker'] is not None else 'auto'}",
+            highlight=False,
+        )
+    else:
+        console.print("[bold]Execution[/] local (this process)")
     est = doc["estimate"]
     console.print(
         f"[bold]Work[/] {est['cells']} AutoQuantize calls, {est['unique_formats']} unique formats; "

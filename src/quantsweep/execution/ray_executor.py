@@ -107,6 +107,7 @@ class RayExecutor:
         self.probe: tuple[str, str] | None = None
         self.base_dir = Path.cwd()
         self._remote_cls: Any = None
+        self.timings: dict[str, float] = {}  # start_s (to the first worker ready), canary_s, cells_s
         self._generation = 0
 
     # -- cluster and workers ---------------------------------------------------------------------------------
@@ -249,6 +250,7 @@ class RayExecutor:
 
     # -- the executor interface --------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
         self._connect()
         workers = self._size_workers()
         self.replacements_left = workers
@@ -261,9 +263,17 @@ class RayExecutor:
         for i in range(workers):
             self._spawn(f"w{i}")
         first = self._first_idle(time.monotonic() + self.spec.worker_start_timeout_s)
+        self.timings["start_s"] = round(time.perf_counter() - t0, 3)
         return {**first.info["sweep"], "setup": first.info["setup"]}
 
     def canary(self, cell: Cell, attempt: int) -> tuple[dict[str, Any], CellRecord | None]:
+        t0 = time.perf_counter()
+        try:
+            return self._canary(cell, attempt)
+        finally:
+            self.timings["canary_s"] = round(time.perf_counter() - t0, 3)
+
+    def _canary(self, cell: Cell, attempt: int) -> tuple[dict[str, Any], CellRecord | None]:
         last: BaseException | None = None
         tried: set[str] = set()
         for _ in range(2):  # a worker that dies running the canary: once more on another worker
@@ -299,6 +309,7 @@ class RayExecutor:
         units = balance(units, len(live))
         self.units_planned, self.units_split = len(units), len(units) - planned
         queue: deque[WorkUnit] = deque(units)
+        t0 = time.perf_counter()
         inflight: dict[Any, _Inflight] = {}
         stalled_since: float | None = None
         while queue or inflight:
@@ -323,6 +334,7 @@ class RayExecutor:
                     self._on_ready(starting[obj])
                     continue
                 yield from self._advance(obj, inflight, queue, by_id, attempt_of)
+            self.timings["cells_s"] = round(time.perf_counter() - t0, 3)
 
     def _assign(
         self, queue: deque[WorkUnit], inflight: dict[Any, _Inflight], by_id: dict[str, Cell], attempt_of: dict[str, int]
@@ -428,6 +440,7 @@ class RayExecutor:
             "units_split": self.units_split,
             "retries": self.retries,
             "lost_cells": self.lost_cells,
+            "timings": dict(self.timings),
             "workers": [s.summary() for s in self.slots],
         }
 

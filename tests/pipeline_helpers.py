@@ -43,5 +43,30 @@ def cli(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProc
     )
 
 
+def kill_run_after_rows(args: list[str], cwd: Path, rows_file: Path, rows: int = 2) -> subprocess.Popen[bytes]:
+    """Start `quantsweep ARGS` in its own session and SIGKILL it (the process only) once `rows_file` holds
+    `rows` rows; fails the test if the run ends first."""
+    import signal
+    import time
+
+    import pytest
+
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantsweep", *args], cwd=cwd, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if rows_file.exists() and len(load_rows(rows_file)) >= rows:
+            break
+        if proc.poll() is not None:
+            pytest.fail("the run finished before it could be interrupted")
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc
+
+
 def load_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -28,6 +28,10 @@ def test_quickstart_on_smollm2(tmp_path):
     for r in rows:
         assert r["layer_count"] == 121  # 30 layers x (qkv, o, gate/up, down) + lm_head
         assert r["achieved_bits"] <= 8.0 + 1e-6 and r["satisfied"]
+        # the recipe is the exact optimum of the cell's knapsack: never worse than ModelOpt's own solve
+        sol = r["solver"]
+        assert sol["exact_objective"] is not None and sol["exact_objective"] <= sol["modelopt_objective"]
+        assert r["total_score"] == pytest.approx(min(sol["exact_objective"], sol["modelopt_objective"]), rel=1e-9)
         assert r["quality"]["kl_mean"] >= 0
     by = {(r["pair"], r["granularity"], r["dataset_size"]): r for r in rows}
     for gran in ("default", "w_group64"):

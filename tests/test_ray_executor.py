@@ -11,14 +11,12 @@ import copy
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_helpers import TINY_MATRIX, cli, load_rows, write_matrix
+from pipeline_helpers import TINY_MATRIX, cli, kill_run_after_rows, load_rows, write_matrix
 
 from quantsweep.errors import ExitCode, InputError
 from quantsweep.execution.progress import Reporter
@@ -179,20 +177,8 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     root = tmp_path / "runs"
     rows_file = root / "raydriver" / "rows.jsonl"
     args = ["run", "--matrix", str(path), "--output-root", str(root), "--executor", "ray", "--workers", "2"]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "quantsweep", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-    )
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if rows_file.exists() and len(load_rows(rows_file)) >= 2:
-            break
-        if proc.poll() is not None:
-            pytest.fail("the run finished before it could be interrupted")
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)  # the driver only: its Ray instance and workers are left to fend for themselves
-    proc.wait()
+    # the driver only: its local Ray instance and workers are left to fend for themselves
+    proc = kill_run_after_rows(args, tmp_path, rows_file)
     first = load_rows(rows_file)
     assert 2 <= len(first) < 8
     try:

@@ -106,7 +106,7 @@ def test_render_default_view(rendered):
     assert "- missing_telemetry_rate: 0.1 (1/10) > max_missing_telemetry_rate 0" in md
     cells = table(md, "Cells")
     assert len(cells) == 8
-    assert cells[0] == ["wint8_afp16/default/tiny", "wint8_afp16", "default", "tiny", "8", "8.000", "0.001",
+    assert cells[0] == ["wint8_afp16/default/tiny", "wint8_afp16", "default", "tiny", "8", "8.000", "—", "0.001",
                         "1.0010", "0.900", "0", "yes", "baseline"]
     assert [c[-1] for c in cells[4:]] == ["baseline", "best_value", "minimum_viable", "frontier"]
     recs = table(md, "Recommendations")
@@ -141,7 +141,7 @@ def test_include_invalid_changes_views_not_kpis(rendered):
     md_a, md_b = ((tmp_path / d / "report.md").read_text() for d in "ab")
     assert table(md_a, "Stability KPIs") == table(md_b, "Stability KPIs")
     assert len(table(md_b, "Cells")) == 10
-    assert table(md_b, "Cells")[8][10] == "no: MISSING_TELEMETRY"
+    assert table(md_b, "Cells")[8][11] == "no: MISSING_TELEMETRY"
     assert "10 of 10 rows shown." in md_b
     assert build_report(load_summary(sweep), True, STAMP)["kpis"] == build_report(load_summary(sweep), False,
                                                                                   STAMP)["kpis"]
@@ -242,3 +242,32 @@ def test_render_real_quickstart_summary_byte_identical_across_processes(tmp_path
     assert all(float(r[3]) > 0.99 for r in conv)
     top = table(md, "Most sensitive layers across cells")
     assert top[0][:4] == ["lm_head", "1.000", "8", "8"]
+
+
+def test_report_shows_the_solver_gap_resolved_differences_and_storage_bits(tmp_path):
+    """Rows that carry solver records, per-sequence quality and storage bits (as `run` writes them now)."""
+    rows = [row("wint8_afp16", size="tiny", bits=8.0, kl=0.001), row("wint4_afp16", size="tiny", bits=4.2, kl=0.2),
+            row("wint8_afp16", size="small", bits=8.0, kl=0.0011)]
+    per = ([0.0010, 0.0011, 0.0009, 0.0010], [0.20, 0.22, 0.19, 0.19], [0.0011, 0.0010, 0.0012, 0.0011])
+    for r, kl in zip(rows, per, strict=True):
+        r["quality"]["per_sequence"] = {"kl": kl, "ln_ppl_ratio": [0.0, 0.0, 0.0, 0.0]}
+        r["solver"] = {"used": "modelopt", "modelopt_objective": 1.0, "exact_objective": 1.0, "objective_gap": 0.0,
+                       "groups_differing": 0}
+        r["storage_bits"] = r["achieved_bits"] + 0.125
+    rows[1]["solver"] = {"used": "exact", "modelopt_objective": 2.0e-3, "exact_objective": 1.9e-3,
+                         "objective_gap": 0.05, "groups_differing": 3}
+    path = write(tmp_path / "sweep-summary.json", summary(rows))
+    render_report(path, tmp_path / "out", generated_at=STAMP)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert table(md, "Solver: exact optimum vs ModelOpt's") == [
+        ["wint4_afp16/default/tiny", "2.0000e-03", "1.9000e-03", "5.00 %", "3"]]
+    assert "In 1 of 3 cells ModelOpt's recipe was not optimal" in md
+    noise = {(r[1], r[2]): r for r in table(md, "Which differences are resolved")}
+    assert noise[("wint8_afp16/default/tiny", "wint8_afp16/default/small")][4] == "within noise"
+    assert noise[("wint8_afp16/default/tiny", "wint4_afp16/default/tiny")][4] == "resolved"
+    assert table(md, "Cells")[0][6] == "8.125"
+    # the frontier can be drawn against storage bits
+    render_report(path, tmp_path / "storage", generated_at=STAMP, bits="storage")
+    scatter = json.loads((tmp_path / "storage" / "scatter.json").read_text())
+    assert sorted(p["achieved_bits"] for p in scatter["points"]) == [4.325, 8.125, 8.125]
+    assert len(scatter["comparisons"]) == 2

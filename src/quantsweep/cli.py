@@ -221,12 +221,18 @@ def render_report(
     generated_at: Annotated[
         str | None, typer.Option("--generated-at", help="timestamp written into the report (default: now, UTC)")
     ] = None,
+    bits: Annotated[
+        str,
+        typer.Option("--bits", help="frontier x axis: achieved (AutoQuantize's budget bits) or storage (scales counted)"),
+    ] = "achieved",
     as_json: JsonOpt = False,
 ) -> None:
     """Render a sweep report (markdown, HTML, scatter JSON, PNG/SVG plots) from a summary alone. See docs/reports.md."""
     from .reports.render import render_report as render
 
-    res = render(summary, out_dir, include_invalid, generated_at)
+    if bits not in ("achieved", "storage"):
+        raise QuantsweepError("--bits must be achieved or storage", ExitCode.INVALID_INPUT)
+    res = render(summary, out_dir, include_invalid, generated_at, bits)
     if as_json:
         _emit_json(res)
     else:

@@ -7,6 +7,7 @@ budget below it and counts costs with it; a test checks it against ModelOpt itse
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -155,3 +156,74 @@ def modelopt_violations(config: Mapping[str, Any]) -> list[str]:
                     "(this overlay removes the blocks)"
                 )
     return problems
+
+
+# --- storage bits: what a checkpoint really stores per weight ------------------------------------------------
+SCALE_BITS_DEFAULT = 16  # a block / channel scale kept in the model's 16-bit dtype unless the format names its type
+TENSOR_SCALE_BITS = 32  # one FP32 scale per tensor (FP8 per-tensor, NVFP4's second-level scale)
+
+
+def _element_bits(attrs: Mapping[str, Any]) -> float:
+    nb = attrs.get("num_bits", 8)
+    return float(sum(nb) + 1) if isinstance(nb, list | tuple) else float(nb)
+
+
+def _scale_overhead(attrs: Mapping[str, Any], shape: tuple[int, ...] | None) -> float:
+    """Scale bits per weight element for one quantizer stage on a [out, in] weight (zero points: none, every
+    ModelOpt weight format is symmetric)."""
+    numel = math.prod(shape) if shape else None
+    per_tensor = TENSOR_SCALE_BITS / numel if numel else 0.0
+    block = attrs.get("block_sizes")
+    if block:
+        sizes = [v for k, v in block.items() if isinstance(k, int) and v]
+        if sizes:
+            sb = block.get("scale_bits")
+            # a named scale type: E4M3 is 8 bits with its sign; E8M0 (MX) is 8 bits without one
+            unsigned = sb is not None and tuple(sb) == (8, 0)
+            if sb is None:
+                scale_bits = float(SCALE_BITS_DEFAULT)
+            else:
+                scale_bits = 8.0 if unsigned else _element_bits({"num_bits": sb})
+            two_level = sb is not None and tuple(sb) == (4, 3)  # NVFP4: E4M3 block scales under an FP32 tensor scale
+            second_level = per_tensor if two_level else 0.0
+            if shape and len(sizes) == 1:  # a block longer than the row holds the whole row: one scale per row
+                sizes = [min(sizes[0], shape[-1])]
+            return scale_bits / math.prod(sizes) + second_level
+    axis = attrs.get("axis")
+    if axis is None:
+        return per_tensor
+    if shape and len(shape) == 2:
+        per_row = shape[1] if axis == 0 else shape[0]  # axis 0: one scale per output channel, over its inputs
+        return SCALE_BITS_DEFAULT / per_row
+    return 0.0
+
+
+def storage_bits(config: Mapping[str, Any], shape: tuple[int, ...] | None = None) -> float:
+    """Bits per weight element a deployed checkpoint stores in this format for a weight of `shape` ([out, in]):
+    the element bits plus the scales (block scales at their named type, else 16 bits; per-channel scales over
+    the channel's inputs; one FP32 scale per tensor). 16.0 when the weight is not quantized. Without a shape,
+    per-channel and per-tensor scales (which depend on it) count as zero."""
+    state = _quantizer_state(config, WEIGHT_KEY)
+    stages = [s for s in (state if isinstance(state, list) else [state]) if isinstance(s, Mapping)]
+    if not stages or stages[0].get("enable", True) is False:
+        return 16.0
+    return _element_bits(stages[0]) + sum(_scale_overhead(s, shape) for s in stages)
+
+
+def recipe_storage_bits(
+    config: Mapping[str, Any], layers: list[tuple[list[list[int]], bool]]
+) -> tuple[float | None, float | None]:
+    """(bits per weight of the chosen recipe, of the format on every layer it could quantize) counting scales:
+    `layers` = per decision group, (its modules' weight shapes, whether the recipe quantizes it). Unquantized
+    weights count 16 bits. None when the shapes are unknown (rows written before they were recorded)."""
+    total = chosen = everywhere = 0.0
+    for shapes, quantized in layers:
+        for shape in shapes:
+            n = math.prod(shape)
+            bits = storage_bits(config, tuple(shape))
+            total += n
+            chosen += n * (bits if quantized else 16.0)
+            everywhere += n * bits
+    if total == 0:
+        return None, None
+    return chosen / total, everywhere / total

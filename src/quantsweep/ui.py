@@ -101,7 +101,8 @@ class RichReporter(Reporter):
         if info.get("gpu_ids"):
             where += f" (GPU {','.join(info['gpu_ids'])})"
         load = (info.get("setup") or {}).get("prepare_s")
-        self.console.print(f"[dim]·[/] worker {escape(name)} ready on {escape(where)}, loaded in {_fmt(load, '.1f')} s", highlight=False)
+        text = f"[dim]·[/] worker {escape(name)} ready on {escape(where)}, loaded in {_fmt(load, '.1f')} s"
+        self.console.print(text, highlight=False)
 
     def worker_status(self, name: str, text: str) -> None:
         """One line per worker under the bars (live), saying what it runs; plain lines otherwise."""

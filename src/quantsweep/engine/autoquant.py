@@ -50,6 +50,7 @@ class LayerGroup:
     costs: list[float]
     chosen: str
     chosen_bits: float
+    weight_shapes: list[list[int]] = field(default_factory=list)  # per module, for the bits that count scales
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class LayerGroup:
             "costs": self.costs,
             "chosen": self.chosen,
             "chosen_bits": self.chosen_bits,
+            "weight_shapes": self.weight_shapes,
         }
 
 
@@ -75,6 +77,7 @@ class SearchResult:
     phases: dict[str, float] = field(default_factory=dict)
     forward_calls: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
+    solver: dict[str, Any] | None = None  # exact vs ModelOpt solve of this cell (engine/exact_solver.py)
 
     @property
     def quantized_groups(self) -> int:
@@ -188,6 +191,7 @@ class CallOutcome:
     phases: dict[str, float]
     calls: dict[str, int]
     tokens: dict[str, int]
+    solver: Any = None  # the SolverRecord of the call's search, when `exact` was asked for
 
 
 def call_auto_quantize(
@@ -203,12 +207,16 @@ def call_auto_quantize(
     on_step: StepCallback | None = None,
     after_batch: Callable[[nn.Module], None] | None = None,
     cache_weights: bool = False,
+    exact: bool = False,
     stdout: Any = None,
 ) -> CallOutcome:
     """The one place that calls `mtq.auto_quantize`: phase timing, call/token counts, ModelOpt's stdout kept off
     ours (`--json`), its refusals turned into CellError. `after_batch(model)` runs after each score batch's
-    backward (gradient method), when ModelOpt's score accumulators hold the sum so far."""
+    backward (gradient method), when ModelOpt's score accumulators hold the sum so far. `exact`: the gradient
+    search's recipe is the exact optimum when ModelOpt's is not (engine/exact_solver.py)."""
     import modelopt.torch.quantization as mtq
+
+    from .exact_solver import exact_search
 
     with instrument_search() as state:
         forward_step = counting_forward_step(state, method, on_step)
@@ -223,9 +231,10 @@ def call_auto_quantize(
 
             kwargs["forward_backward_step"] = forward_backward_step
         cache = cached_weight_quantization(state) if cache_weights else contextlib.nullcontext()
+        solve = exact_search() if exact and method == "gradient" else contextlib.nullcontext([])
         t0 = time.perf_counter()
         try:
-            with contextlib.redirect_stdout(stdout or io.StringIO()), cache:
+            with contextlib.redirect_stdout(stdout or io.StringIO()), cache, solve as records:
                 model, search_state = mtq.auto_quantize(
                     model,
                     constraints={"effective_bits": float(budget)},
@@ -246,7 +255,8 @@ def call_auto_quantize(
     score_start = marks.get("score_start", t_end)
     score_end = marks.get("score_end", score_start)
     phases = {"calibrate": score_start - t0, "score": score_end - score_start, "search": t_end - score_end}
-    return CallOutcome(model, search_state, phases, dict(state["calls"]), dict(state["tokens"]))
+    record = records[-1] if records else None
+    return CallOutcome(model, search_state, phases, dict(state["calls"]), dict(state["tokens"]), record)
 
 
 def _label_for(recipe: Any, format_labels: dict[str, str]) -> str:
@@ -255,6 +265,19 @@ def _label_for(recipe: Any, format_labels: dict[str, str]) -> str:
         return format_labels[sig]
     text = str(recipe)
     return NONE_LABEL if text.startswith("NONE(") else text
+
+
+def weight_shapes(model: nn.Module, module_names: list[str]) -> list[list[int]]:
+    """The weight shape of each named module (what the storage bits of a recipe depend on)."""
+    shapes = []
+    for name in module_names:
+        try:
+            w = getattr(model.get_submodule(name), "weight", None)
+        except AttributeError:
+            w = None
+        if w is not None:
+            shapes.append([int(d) for d in w.shape])
+    return shapes
 
 
 def _finite(x: float) -> bool:
@@ -307,6 +330,7 @@ def run_auto_quantize(
         method=method,
         disabled_layers=disabled_layers,
         on_step=on_step,
+        exact=True,
         stdout=sys.stderr if verbose_to_stderr else None,
     )
     model, search_state, phases = outcome.model, outcome.search_state, outcome.phases
@@ -334,6 +358,7 @@ def run_auto_quantize(
                 costs=[float(c) for c in stat["costs"]],
                 chosen=chosen,
                 chosen_bits=float(hp.active.compression * 16),
+                weight_shapes=weight_shapes(model, list(stat["module_names"])),
             )
         )
     best = search_state["best"]
@@ -347,6 +372,7 @@ def run_auto_quantize(
         phases=phases,
         forward_calls=outcome.calls,
         tokens=outcome.tokens,
+        solver=outcome.solver.to_dict() if outcome.solver is not None else None,
     )
     return model, result
 

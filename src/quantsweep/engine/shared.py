@@ -32,7 +32,8 @@ from torch import nn
 
 from ..overlay import canonical_json, to_jsonable
 from ..quant_summary import calibration_method, format_bits
-from .autoquant import NONE_LABEL, CellError, LayerGroup, SearchResult, call_auto_quantize
+from .autoquant import NONE_LABEL, CellError, LayerGroup, SearchResult, call_auto_quantize, weight_shapes
+from .exact_solver import exact_search
 
 StepCallback = Callable[[str], None]
 
@@ -256,7 +257,8 @@ def solve_cell(
         "active_moe_expert_ratio": searcher.active_moe_expert_ratio,
     }
     total = searcher._get_total_weight_size_from_candidate_stats(cell_stats)
-    with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings():
+    solve = exact_search() if method == "gradient" else contextlib.nullcontext([])
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings(), solve as records:
         best, satisfied = searcher.run_search_with_stats(total * budget / 16.0, verbose=False)
     groups: list[LayerGroup] = []
     chosen_cost = 0.0
@@ -278,6 +280,7 @@ def solve_cell(
                 costs=[float(c) for c in stat["costs"]],
                 chosen=NONE_LABEL if chosen == none else label,
                 chosen_bits=float(chosen.compression * 16),
+                weight_shapes=weight_shapes(union.model, list(stat["module_names"])),
             )
         )
     cell_state = {
@@ -296,6 +299,7 @@ def solve_cell(
         satisfied=bool(satisfied),
         recipe_config=recipe_config,
         phases={"search": time.perf_counter() - t0},
+        solver=records[-1].to_dict() if records else None,
     )
 
 

@@ -150,7 +150,8 @@ class RayExecutor:
         cpw = spec.cpus_per_worker or max(1, cpus // workers)
         if workers * cpw > cpus:
             raise InputError(
-                f"execution.workers: {workers} workers x {cpw} CPUs need {workers * cpw} CPUs; the Ray cluster has {cpus}"
+                f"execution.workers: {workers} workers x {cpw} CPUs need {workers * cpw} CPUs; "
+                f"the Ray cluster has {cpus}"
             )
         self.gpus_per_worker, self.cpus_per_worker = gpw, cpw
         return workers

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine.autoquant import nonfinite_scores
+from ..engine.autoquant import NONE_LABEL, nonfinite_scores
 from ..overlay import to_jsonable
-from ..quant_summary import quantizer_summary
+from ..quant_summary import quantizer_summary, recipe_storage_bits
 from ..reports.layer_report import MANIFEST, write_reports
 from ..store.atomic import atomic_write_json
 from ..store.validity import row_reasons
@@ -57,6 +57,15 @@ def make_record(
         manifest=build_manifest(ctx, first),
         recipe=first.result.recipe_config if first.result is not None else None,
     )
+
+
+def _storage_bits(config: dict[str, Any], res: Any) -> dict[str, float | None]:
+    """Bits per weight counting scales (docs/metrics.md): of the chosen recipe, and of the format everywhere."""
+    if res is None:
+        return {"storage_bits": None, "format_storage_bits": None}
+    layers = [(g.weight_shapes, g.chosen != NONE_LABEL) for g in res.groups]
+    chosen, everywhere = recipe_storage_bits(config, layers)
+    return {"storage_bits": chosen, "format_storage_bits": everywhere}
 
 
 def write_artifacts(record: CellRecord, base: Path | None = None) -> None:
@@ -124,6 +133,7 @@ def build_manifest(ctx: RecordContext, run: CellRun) -> dict[str, Any]:
             "satisfied": res.satisfied,
             "layer_groups": len(res.groups),
             "quantized_groups": res.quantized_groups,
+            "solver": res.solver,
         },
         "layers": [] if res is None else [g.to_dict() for g in res.groups],
         "quality": run.quality,
@@ -153,6 +163,8 @@ def build_row(ctx: RecordContext, run: CellRun, det: dict[str, Any] | None, atte
         "achieved_bits": res.achieved_bits if res else None,
         "total_score": res.total_score if res else None,
         "satisfied": res.satisfied if res else None,
+        "solver": res.solver if res else None,
+        **_storage_bits(cell.config, res),
         "layer_count": len(res.groups) if res else None,
         "quantized_layer_count": res.quantized_groups if res else None,
         "scores_finite": (not nonfinite_scores(res)) if res else None,

@@ -70,7 +70,8 @@ class WorkUnit:
             tag = "formats"
         else:
             top = max(m.score_steps for m in self.members)
-            parts = ([m for m in self.members if m.score_steps == top], [m for m in self.members if m.score_steps != top])
+            largest = [m for m in self.members if m.score_steps == top]
+            parts = (largest, [m for m in self.members if m.score_steps != top])
             tag = "sizes"
         a, b = parts
         return self._child(a, f"{tag} 1/2"), self._child(b, f"{tag} 2/2")

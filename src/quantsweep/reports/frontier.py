@@ -14,6 +14,8 @@ bits and a finite quality value ("rankable"):
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 from ..kpis import IDEAL_QUALITY, bits_value, group_key, quality_value
@@ -52,9 +54,9 @@ def value_score(bits: float, quality: float, base_bits: float, mv_bits: float, m
     return round(saved - used, 9)
 
 
-def _point(r: dict[str, Any], metric: str, limit: float) -> dict[str, Any]:
+def _point(r: dict[str, Any], metric: str, limit: float, bits: str = "achieved") -> dict[str, Any]:
     q = quality_value(r, metric)
-    b = bits_value(r)
+    b = bits_value(r) if bits == "achieved" else _storage(r)
     return {
         "key": r["key"],
         "cell_id": r.get("cell_id"),
@@ -88,14 +90,19 @@ def _pick(cands: list[dict[str, Any]], key: Any) -> dict[str, Any] | None:
     return min(cands, key=key) if cands else None
 
 
+def _storage(r: dict[str, Any]) -> float | None:
+    v = r.get("storage_bits")
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
 def build_frontier(
-    rows: list[dict[str, Any]], metric: str, limit: float, include_invalid: bool = False
+    rows: list[dict[str, Any]], metric: str, limit: float, include_invalid: bool = False, bits: str = "achieved"
 ) -> dict[str, Any]:
     """`{"metric", "max_quality", "include_invalid", "points": [one per shown row, in row order], "groups": [...]}`.
 
     Groups appear in the order of their first shown row (the plan's order in a summary written by `run`).
     """
-    points = [_point(r, metric, limit) for r in shown_rows(rows, include_invalid)]
+    points = [_point(r, metric, limit, bits) for r in shown_rows(rows, include_invalid)]
     by_group: dict[str, list[dict[str, Any]]] = {}
     for p in points:
         by_group.setdefault(p["group"], []).append(p)
@@ -151,7 +158,7 @@ def build_frontier(
                 "recommendation": _recommendation(base, mv, bv, metric, limit),
             }
         )
-    return {"metric": metric, "max_quality": limit, "include_invalid": include_invalid, "points": points,
+    return {"metric": metric, "max_quality": limit, "include_invalid": include_invalid, "bits": bits, "points": points,
             "groups": groups}
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from ..kpis import GATES, KPI_NAMES, compute_kpis, evaluate_gate
 from ..store.atomic import atomic_write_text, dumps
 from . import layers as L
+from . import noise
 from . import plots
 from .frontier import build_frontier
 from .summary_io import Summary, load_summary
@@ -63,12 +64,12 @@ def _text(v: Any, limit: int = 160) -> str:
 
 
 # --- the report model --------------------------------------------------------------------------------------------
-def build_report(summary: Summary, include_invalid: bool, generated_at: str) -> dict[str, Any]:
+def build_report(summary: Summary, include_invalid: bool, generated_at: str, bits: str = "achieved") -> dict[str, Any]:
     """Everything the report shows, as data (also what the tests assert on)."""
     metric, limit = summary.metric, summary.max_quality
     kpis = compute_kpis(summary.rows, summary.canary, summary.thresholds)
     gate = evaluate_gate(kpis, summary.thresholds)
-    view = build_frontier(summary.rows, metric, limit, include_invalid)
+    view = build_frontier(summary.rows, metric, limit, include_invalid, bits)
     rows_by_key = {r["key"]: r for r in summary.rows}
     cells: dict[str, dict[str, float]] = {}
     notes: list[str] = []
@@ -104,6 +105,7 @@ def build_report(summary: Summary, include_invalid: bool, generated_at: str) -> 
             "convergence": plots.convergence_plot_data(conv),
         },
         "notes": notes,
+        "comparisons": noise.comparisons([rows_by_key[p["key"]] for p in view["points"]]),
     }
 
 
@@ -127,6 +129,7 @@ def scatter_doc(rep: dict[str, Any]) -> dict[str, Any]:
         "quality_metric": rep["view"]["metric"],
         "max_quality": rep["view"]["max_quality"],
         "points": [{k: p[k] for k in keep} for p in rep["view"]["points"]],
+        "comparisons": rep["comparisons"],
     }
 
 
@@ -252,15 +255,65 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
                      + (f"; {hidden} invalid rows hidden (render with --include-invalid to show them)." if hidden
                         else ".")))
     cell_rows = []
+    rows_by_key_ = {r["key"]: r for r in s.rows}
     for p in view["points"]:
         cell_rows.append([
             p["key"], _s(p["pair"]), _s(p["granularity"]), _s(p["dataset_size"]),
-            _num(p["effective_bits_target"], "g"), _num(p["achieved_bits"], ".3f"), _num(p["kl_mean"], ".4g"),
+            _num(p["effective_bits_target"], "g"), _num(p["achieved_bits"], ".3f"),
+            _num(rows_by_key_[p["key"]].get("storage_bits"), ".3f"), _num(p["kl_mean"], ".4g"),
             _num(p["ppl_ratio"], ".4f"), _num(p["top1_agreement"], ".3f"), _num(p["quality_per_bit_saved"], ".3g"),
             "yes" if p["valid"] else "no: " + ", ".join(p["reasons"]), p["frontier_role"] or "—",
         ])
-    out.append(("table", ["cell", "pair", "granularity", "size", "budget", "bits", "KL mean", "ppl ratio", "top-1",
+    out.append(("p", "bits: the frontier's x axis (" + ("AutoQuantize's effective bits, scales not counted"
+                     if view.get("bits", "achieved") == "achieved" else "storage bits, scales counted")
+                     + "); storage bits: what a checkpoint of the recipe stores per weight, scales included "
+                     "(docs/metrics.md)."))
+    out.append(("table", ["cell", "pair", "granularity", "size", "budget", "bits", "storage bits", "KL mean",
+                          "ppl ratio", "top-1",
                           f"Δ{metric}/bit saved", "valid", "role"], cell_rows))
+
+    # solver
+    out.append(("h2", "Solver: exact optimum vs ModelOpt's"))
+    solved = [r for r in s.rows if r.get("status") == "ok" and isinstance(r.get("solver"), dict)]
+    better = [r for r in solved if r["solver"].get("used") == "exact"]
+    if solved:
+        out.append(("p", f"Each cell's recipe is the exact optimum of its knapsack (HiGHS, zero gap); ModelOpt's own "
+                         f"solve is kept for reference. In {len(better)} of {len(solved)} cells ModelOpt's recipe "
+                         "was not optimal and the exact one is used (docs/running.md)."))
+        if better:
+            out.append(("table", ["cell", "ModelOpt total score", "exact total score", "gap", "groups differing"],
+                        [[r["key"], _num(r["solver"].get("modelopt_objective"), ".4e"),
+                          _num(r["solver"].get("exact_objective"), ".4e"),
+                          _num(100 * (r["solver"].get("objective_gap") or 0), ".2f") + " %",
+                          str(r["solver"].get("groups_differing"))] for r in better]))
+    else:
+        out.append(("p", "No solver records in these rows (rows written before quantsweep recorded them, or the "
+                         "kl_div method, which keeps ModelOpt's threshold search)."))
+
+    # noise
+    out.append(("h2", "Which differences are resolved"))
+    comps = rep["comparisons"]
+    if comps:
+        quiet = noise.within_noise(comps)
+        out.append(("p", f"Cells differing in one axis (everything else equal), compared pairwise on the same "
+                         f"held-out sequences: Δ = a − b with its standard error clustered by sequence; "
+                         f"'within noise' = |Δ| ≤ {noise.Z:g} SE. {len(quiet)} of {len(comps)} KL differences are "
+                         "within noise: do not choose between those cells on this evidence (docs/metrics.md)."))
+        ordered = sorted(comps, key=lambda e: (e["metrics"].get("kl", {}).get("resolved", True), e["axis"], e["a"]))
+        table = []
+        for e in ordered[:60]:
+            kl, lr = e["metrics"].get("kl"), e["metrics"].get("ln_ppl_ratio")
+            table.append([e["axis"], e["a"], e["b"],
+                          f"{_num(kl and kl['delta'], '.3e')} ± {_num(kl and kl['stderr'], '.1e')}",
+                          "resolved" if kl and kl["resolved"] else "within noise",
+                          f"{_num(lr and lr['delta'], '.4f')} ± {_num(lr and lr['stderr'], '.4f')}",
+                          "resolved" if lr and lr["resolved"] else "within noise"])
+        out.append(("table", ["axis", "cell a", "cell b", "ΔKL mean", "KL", "Δln(PPL ratio)", "PPL"], table))
+        if len(ordered) > 60:
+            out.append(("p", f"{len(ordered) - 60} more comparisons in scatter.json."))
+    else:
+        out.append(("p", "Not available: needs ok cells that differ in one axis and carry per-sequence quality "
+                         "(rows written by quantsweep 0.1 after clustered error bars were added)."))
 
     # layers
     out.append(("h2", "Most sensitive layers across cells"))
@@ -394,11 +447,16 @@ def render_html(bl: list[Block], svgs: dict[str, str], title: str) -> str:
 
 # --- the command -------------------------------------------------------------------------------------------------
 def render_report(
-    summary_path: str | Path, out_dir: str | Path, include_invalid: bool = False, generated_at: str | None = None
+    summary_path: str | Path,
+    out_dir: str | Path,
+    include_invalid: bool = False,
+    generated_at: str | None = None,
+    bits: str = "achieved",
 ) -> dict[str, Any]:
-    """Write the report into `out_dir`; return what was written and the counts the CLI prints."""
+    """Write the report into `out_dir`; return what was written and the counts the CLI prints. `bits`: the
+    frontier's x axis, AutoQuantize's budget bits (`achieved`) or the bits a checkpoint stores (`storage`)."""
     summary = load_summary(summary_path)
-    rep = build_report(summary, include_invalid, generated_at or now_utc())
+    rep = build_report(summary, include_invalid, generated_at or now_utc(), bits)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pd = rep["plot_data"]

@@ -26,7 +26,7 @@ MANIFEST = "manifest.json"
 _STR = ("cell_id", "model", "pair", "weight", "activation", "granularity", "dataset_size", "path", "error",
         "error_type", "result_fingerprint", "config_hash", "search_hash")
 _NUM = ("achieved_bits", "effective_bits_target", "total_score", "format_bits", "samples", "layer_count",
-        "quantized_layer_count", "attempt")
+        "quantized_layer_count", "attempt", "storage_bits", "format_storage_bits")
 _BOOL = ("satisfied", "scores_finite", "valid", "from_canary")
 _DICT = ("quality", "telemetry", "determinism")
 
@@ -102,8 +102,19 @@ def validate_summary(doc: Any, source: str) -> None:
         phases = (row.get("telemetry") or {}).get("phases")
         c.expect(f"{where}.telemetry.phases", phases, phases is None or isinstance(phases, dict), "an object or null")
         for qk, qv in (row.get("quality") or {}).items():
+            if qk == "per_sequence":  # per held-out sequence means: lists of numbers (reports/noise.py)
+                ok = isinstance(qv, dict) and all(
+                    isinstance(vals, list) and all(_is_num(x) for x in vals) for vals in qv.values()
+                )
+                c.expect(f"{where}.quality.per_sequence", qv, qv is None or ok, "an object of lists of numbers")
+                continue
             c.expect(f"{where}.quality.{qk}", qv, qv is None or _is_num(qv) or isinstance(qv, str),
                      "a number, string or null")
+        solver = row.get("solver")
+        c.expect(f"{where}.solver", solver, solver is None or isinstance(solver, dict), "an object or null")
+        for sk in ("modelopt_objective", "exact_objective", "objective_gap", "groups_differing"):
+            sv = (solver or {}).get(sk)
+            c.expect(f"{where}.solver.{sk}", sv, sv is None or _is_num(sv), "a number or null")
         reasons = row.get("reasons", [])
         c.expect(f"{where}.reasons", reasons,
                  isinstance(reasons, list) and all(isinstance(x, str) for x in reasons), "a list of strings")

@@ -179,6 +179,10 @@ def main() -> None:
             n = run["workers"]
             t1, tn = base["timings"]["cells_s"], run["timings"]["cells_s"]
             run["efficiency_cells"] = round(t1 / (n / base["workers"] * tn), 3)
+            # the same, on the busiest worker's busy time: leaves out the wait for a worker still loading
+            b1 = max(w["busy_s"] for w in base["per_worker"])
+            bn = max(w["busy_s"] for w in run["per_worker"])
+            run["efficiency_busy"] = round(b1 / (n / base["workers"] * bn), 3)
             run["efficiency_wall"] = round(base["wall_s"] / (n / base["workers"] * run["wall_s"]), 3)
             run["agreement_with_first"] = agreement(base, run, cwd, cwd)
         if args.two_node:

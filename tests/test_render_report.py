@@ -260,7 +260,7 @@ def test_report_shows_the_solver_gap_resolved_differences_and_storage_bits(tmp_p
     render_report(path, tmp_path / "out", generated_at=STAMP)
     md = (tmp_path / "out" / "report.md").read_text()
     assert table(md, "Solver: exact optimum vs ModelOpt's") == [
-        ["wint4_afp16/default/tiny", "2.0000e-03", "1.9000e-03", "5.00 %", "3"]]
+        ["wint4_afp16/default/tiny", "2.0000e-03", "1.9000e-03", "5 %", "3"]]
     assert "In 1 of 3 cells ModelOpt's recipe was not optimal" in md
     noise = {(r[1], r[2]): r for r in table(md, "Which differences are resolved")}
     assert noise[("wint8_afp16/default/tiny", "wint8_afp16/default/small")][4] == "within noise"

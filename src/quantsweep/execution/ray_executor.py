@@ -107,7 +107,10 @@ class RayExecutor:
         self.probe: tuple[str, str] | None = None
         self.base_dir = Path.cwd()
         self._remote_cls: Any = None
-        self.timings: dict[str, float] = {}  # start_s (to the first worker ready), canary_s, cells_s
+        # start_s: to the first worker ready; all_ready_s: to every first-generation worker ready (both from the
+        # start of `start`); canary_s; cells_s: from the start of `run` to its last record
+        self.timings: dict[str, float] = {}
+        self._t0: float | None = None
         self._generation = 0
 
     # -- cluster and workers ---------------------------------------------------------------------------------
@@ -220,6 +223,8 @@ class RayExecutor:
             self._mark_dead(slot, exc)
             return
         slot.info, slot.state = info, "idle"
+        if self._t0 is not None and not any(s.state == "starting" for s in self.slots):
+            self.timings.setdefault("all_ready_s", round(time.perf_counter() - self._t0, 3))
         if self.record_context is None:
             self.record_context = info["record_context"]
         self.reporter.worker_started(slot.name, info)
@@ -251,7 +256,7 @@ class RayExecutor:
 
     # -- the executor interface --------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         self._connect()
         workers = self._size_workers()
         self.replacements_left = workers

@@ -59,11 +59,14 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     continue
                 mean, se = diff
                 resolved = abs(mean) > Z * se if se > 0 else mean != 0
-                entry["metrics"][name] = {"delta": mean, "stderr": se, "resolved": resolved}
+                identical = mean == 0 and se == 0  # the same model (e.g. every layer quantized in both)
+                entry["metrics"][name] = {"delta": mean, "stderr": se, "resolved": resolved, "identical": identical}
             if entry["metrics"]:
                 out.append(entry)
     return out
 
 
 def within_noise(entries: list[dict[str, Any]], metric: str = "kl") -> list[dict[str, Any]]:
-    return [e for e in entries if metric in e["metrics"] and not e["metrics"][metric]["resolved"]]
+    """Comparisons whose difference in `metric` is not resolved (identical pairs are not noise: left out)."""
+    return [e for e in entries if metric in e["metrics"] and not e["metrics"][metric]["resolved"]
+            and not e["metrics"][metric]["identical"]]

@@ -284,7 +284,7 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
             out.append(("table", ["cell", "ModelOpt total score", "exact total score", "gap", "groups differing"],
                         [[r["key"], _num(r["solver"].get("modelopt_objective"), ".4e"),
                           _num(r["solver"].get("exact_objective"), ".4e"),
-                          _num(100 * (r["solver"].get("objective_gap") or 0), ".2f") + " %",
+                          _num(100 * (r["solver"].get("objective_gap") or 0), ".3g") + " %",
                           str(r["solver"].get("groups_differing"))] for r in better]))
     else:
         out.append(("p", "No solver records in these rows (rows written before quantsweep recorded them, or the "
@@ -297,17 +297,16 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
         quiet = noise.within_noise(comps)
         out.append(("p", f"Cells differing in one axis (everything else equal), compared pairwise on the same "
                          f"held-out sequences: Δ = a − b with its standard error clustered by sequence; "
-                         f"'within noise' = |Δ| ≤ {noise.Z:g} SE. {len(quiet)} of {len(comps)} KL differences are "
-                         "within noise: do not choose between those cells on this evidence (docs/metrics.md)."))
+                         f"'within noise' = |Δ| ≤ {noise.Z:g} SE; 'identical' = the same outputs. {len(quiet)} of "
+                         f"{len(comps)} KL differences are within noise: do not choose between those cells on this "
+                         "evidence (docs/metrics.md)."))
         ordered = sorted(comps, key=lambda e: (e["metrics"].get("kl", {}).get("resolved", True), e["axis"], e["a"]))
         table = []
         for e in ordered[:60]:
             kl, lr = e["metrics"].get("kl"), e["metrics"].get("ln_ppl_ratio")
             table.append([e["axis"], e["a"], e["b"],
-                          f"{_num(kl and kl['delta'], '.3e')} ± {_num(kl and kl['stderr'], '.1e')}",
-                          "resolved" if kl and kl["resolved"] else "within noise",
-                          f"{_num(lr and lr['delta'], '.4f')} ± {_num(lr and lr['stderr'], '.4f')}",
-                          "resolved" if lr and lr["resolved"] else "within noise"])
+                          f"{_num(kl and kl['delta'], '.3e')} ± {_num(kl and kl['stderr'], '.1e')}", _verdict(kl),
+                          f"{_num(lr and lr['delta'], '.4f')} ± {_num(lr and lr['stderr'], '.4f')}", _verdict(lr)])
         out.append(("table", ["axis", "cell a", "cell b", "ΔKL mean", "KL", "Δln(PPL ratio)", "PPL"], table))
         if len(ordered) > 60:
             out.append(("p", f"{len(ordered) - 60} more comparisons in scatter.json."))
@@ -362,6 +361,14 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
         out.append(("h2", "Notes"))
         out.append(("ul", notes))
     return out
+
+
+def _verdict(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "—"
+    if m["delta"] == 0 and m["stderr"] == 0:
+        return "identical"
+    return "resolved" if m["resolved"] else "within noise"
 
 
 # --- renderers ---------------------------------------------------------------------------------------------------

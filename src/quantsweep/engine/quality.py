@@ -189,6 +189,7 @@ def compare_to_baseline(
         "kl_method": base.method,
         "ppl_base": ppl_b,
         "ppl_quant": ppl_q,
+        "ppl_quant_stderr": ppl_q * clustered_stderr(nll_q, clusters),  # delta method on the mean NLL
         "ppl_ratio": ppl_q / ppl_b,
         "ppl_ratio_stderr": ppl_q / ppl_b * ln_ratio_se,  # delta method on the log ratio
         "ln_ppl_ratio": float(nll_q.mean()) - base.mean_nll,

@@ -68,5 +68,18 @@ def kill_run_after_rows(args: list[str], cwd: Path, rows_file: Path, rows: int =
     return proc
 
 
+def assert_resumed(res: subprocess.CompletedProcess[str], rows_file: Path, first: list[dict[str, Any]], total: int):
+    """The rerun (`run --json`) after a kill skipped the recorded cells, ran the others once, and left the rows
+    recorded before the kill untouched; returns all rows."""
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["cells_skipped"] == len(first) and doc["rows_written"] == total - len(first)
+    rows = load_rows(rows_file)
+    ids = [r["cell_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == total
+    assert rows[: len(first)] == first  # what was recorded before the kill is untouched
+    return rows
+
+
 def load_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

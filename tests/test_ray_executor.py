@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_helpers import TINY_MATRIX, cli, kill_run_after_rows, load_rows, write_matrix
+from pipeline_helpers import TINY_MATRIX, assert_resumed, cli, kill_run_after_rows, load_rows, write_matrix
 
 from quantsweep.errors import ExitCode, InputError
 from quantsweep.execution.progress import Reporter
@@ -188,13 +188,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert res.returncode == 0, res.stderr[-3000:]
-    doc = json.loads(res.stdout)
-    assert doc["cells_skipped"] == len(first) and doc["rows_written"] == 8 - len(first)
-    rows = load_rows(rows_file)
-    ids = [r["cell_id"] for r in rows]
-    assert len(ids) == len(set(ids)) == 8
-    assert rows[: len(first)] == first  # what was recorded before the kill is untouched
+    assert_resumed(res, rows_file, first, 8)
 
 
 def test_ray_executor_without_the_extra_is_a_clear_input_error(tmp_path, monkeypatch):

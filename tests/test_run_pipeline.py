@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import TINY_MATRIX, cli, kill_run_after_rows, load_rows, write_matrix
+from pipeline_helpers import TINY_MATRIX, assert_resumed, cli, kill_run_after_rows, load_rows, write_matrix
 
 from quantsweep.errors import ExitCode
 from quantsweep.execution.sweep import RunOptions, run_sweep
@@ -259,13 +259,8 @@ def test_resume_after_killed_process_loses_and_duplicates_nothing(tmp_path):
     with rows_file.open("ab") as fh:  # a torn write, as if killed inside `write`
         fh.write(b'{"cell_id": "torn')
     res = cli("run", "--matrix", str(path), "--output-root", str(tmp_path / "runs"), "--json", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    doc = json.loads(res.stdout)
-    assert doc["cells_skipped"] == len(first) and doc["rows_written"] == 8 - len(first)
-    rows = load_rows(rows_file)
+    rows = assert_resumed(res, rows_file, first, 8)
     ids = [r["cell_id"] for r in rows]
-    assert len(ids) == len(set(ids)) == 8
-    assert rows[: len(first)] == first  # what was recorded before the crash is untouched
     plan = expand(load_matrix(path))
     assert set(ids) == {c.id for c in plan.cells}
 

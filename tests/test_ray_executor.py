@@ -205,3 +205,14 @@ def test_asking_for_more_gpus_than_the_cluster_has_exits_2(tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     assert "execution.gpus_per_worker" in res.stderr and "has 0 GPUs" in res.stderr
     assert not (tmp_path / "runs" / "toomany" / "rows.jsonl").exists()
+
+
+def test_a_model_the_workers_cannot_load_is_the_same_one_line_input_error(tmp_path):
+    data = _tiny("badmodel")
+    data["model"] = {"source": "hf", "path": str(tmp_path / "no-such-model")}
+    path = write_matrix(tmp_path, data)
+    res = cli("run", "--matrix", str(path), "--output-root", str(tmp_path / "runs"), "--executor", "ray",
+              "--workers", "2", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "model.path" in res.stderr and "is not a Hugging Face model folder" in res.stderr
+    assert "Traceback" not in res.stderr and "RayTaskError" not in res.stderr

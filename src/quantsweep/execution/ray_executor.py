@@ -214,11 +214,11 @@ class RayExecutor:
         """A starting worker answered: it is idle, or it failed to load (which may be the user's input)."""
         try:
             info = self.ray.get(slot.ready_ref)
-        except QuantsweepError:
-            raise  # e.g. a model folder that does not load: the same error, and exit code, as the local executor
         except self.ray.exceptions.RayError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, QuantsweepError):
+                # e.g. a model folder that does not load: the worker's own one-line error and exit code, as with
+                # the local executor (not Ray's wrapper, which carries the remote traceback)
                 raise cause from None
             self._mark_dead(slot, exc)
             return

@@ -77,7 +77,7 @@ def run(
         str | None,
         typer.Option(
             "--executor",
-            help="local: this process, one device (default); ray: workers on a Ray cluster (needs quantsweep[ray]). "
+            help="local: this process, one device (default); ray: workers on a Ray cluster (needs the optional ray extra). "
             "Overrides the matrix's execution.executor",
         ),
     ] = None,

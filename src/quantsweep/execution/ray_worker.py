@@ -98,9 +98,6 @@ class SweepWorker:
             "record_context": self.ctx.record,
         }
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def canary(self, cell: Cell, attempt: int) -> tuple[dict[str, Any], CellRecord | None]:
         from .canary import run_canary
 

@@ -54,7 +54,7 @@ def main() -> None:
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         prof.enable()
-        union = run_union(ctx.loaded.fresh_copy(), call, batches, "gradient", [])
+        union = run_union(ctx.loaded.take_model(), call, batches, "gradient", [])
         prof.disable()
         wall = time.perf_counter() - t0
     buf = io.StringIO()

@@ -69,7 +69,7 @@ def _sync(device: torch.device) -> None:
 
 def floor_estimate(ctx, plan) -> dict:
     """Time the floor's building blocks on the loaded master model, in this process."""
-    model = ctx.loaded.fresh_copy()
+    model = ctx.loaded.take_model()
     device = ctx.loaded.device
     n_max = max(max(c.calib_samples, c.score_samples) for c in plan.cells)
     batches = ctx.batches(n_max)

@@ -26,7 +26,7 @@ GOOD_TELEMETRY: dict[str, Any] = {
     "peak_host_rss_mb": 1000.0,
     "peak_device_mb": None,
     "tokens_processed": 2048,
-    "phases": {"copy": 0.1, "calibrate": 1.0, "score": 2.0, "search": 0.1, "evaluate": 1.0},
+    "phases": {"model": 0.1, "calibrate": 1.0, "score": 2.0, "search": 0.1, "evaluate": 1.0},
 }
 
 SIZES = {"tiny": 4, "small": 8, "medium": 32}
@@ -89,7 +89,7 @@ def row(
 
 def error_row(pair: str = "wint8_afp16", granularity: str = "default", size: str = "small", **kw: Any) -> dict[str, Any]:
     tel = copy.deepcopy(GOOD_TELEMETRY)
-    tel["phases"] = {"copy": 0.1}
+    tel["phases"] = {"model": 0.1}
     r = row(pair, granularity, size, None, None, status="error", error="RuntimeError: boom", error_type="RuntimeError",
             total_score=None, satisfied=None, scores_finite=None, result_fingerprint=None, telemetry=tel,
             reasons=["ERROR"], valid=False)

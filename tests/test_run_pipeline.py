@@ -129,7 +129,7 @@ def test_summary_has_provenance_canary_and_kpis(tiny_sweep):
     canary_rows = [r for r in s["rows"] if r["from_canary"]]
     assert len(canary_rows) == 1 and canary_rows[0]["cell_id"] == s["canary"]["cell_id"]
     tel = s["rows"][0]["telemetry"]
-    assert set(tel["phases"]) >= {"copy", "calibrate", "score", "search", "evaluate"}
+    assert set(tel["phases"]) >= {"model", "calibrate", "score", "search", "evaluate"}
     assert tel["tokens"]["calibration"] > 0 and tel["tokens_processed"] == sum(tel["tokens"].values())
 
 
@@ -279,7 +279,7 @@ def test_recipe_applies_directly_with_mtq_quantize(tiny_sweep):
     manifest = json.loads((Path(row["path"]) / "manifest.json").read_text())
     chosen = {g["name"] for g in manifest["layers"] if g["chosen"] != "none"}
     assert chosen  # the budget forces at least lm_head into INT4
-    model = load_model(ModelSpec(source="synthetic", preset="llama-tiny")).fresh_copy()
+    model = load_model(ModelSpec(source="synthetic", preset="llama-tiny")).take_model()
     ids = torch.randint(0, 1000, (2, 16))
     model = mtq.quantize(model, load_recipe(Path(row["path"]) / "recipe.json"), lambda m: m(input_ids=ids))
     enabled = {

@@ -253,7 +253,7 @@ def _shared_context(m: Matrix) -> dict[str, Any]:
     """Everything outside the axes that can change a cell's result."""
     d = m.dataset
     return {
-        "model": m.model.model_dump(mode="json", exclude={"name"}),
+        "model": m.model.model_dump(mode="json", exclude={"name", "device_map", "max_memory"}),  # placement only
         "dataset": {
             "source": d.source,
             "path": d.path,

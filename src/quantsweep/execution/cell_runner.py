@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..engine.autoquant import CellError, SearchResult, run_auto_quantize
+from ..engine.host_memory import trim_host_memory
 from ..engine.quality import compare_to_baseline
 from ..planning import Cell
 from ..schema import Matrix
@@ -102,13 +103,13 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
     run = CellRun(cell=cell, status="error", started_at=started, finished_at=started)
-    mem = PeakMemory(ctx.loaded.device)
+    mem = PeakMemory(ctx.loaded.devices)
     model = None
     try:
         with mem:
             t = time.perf_counter()
-            model = ctx.loaded.fresh_copy()
-            phases["copy"] = time.perf_counter() - t
+            model = ctx.loaded.take_model()  # the master the first time, then rebuilt: never two copies
+            phases["model"] = time.perf_counter() - t
             n = max(cell.calib_samples, cell.score_samples)
             batches = ctx.batches(n)
             label = f"{cell.pair.name}/{cell.granularity.name}"
@@ -138,6 +139,7 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
     finally:
         del model
         gc.collect()
+        trim_host_memory()
         if ctx.loaded.device.type == "cuda":
             torch.cuda.empty_cache()
     run.finished_at = _now()

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..engine.data import TokenSamples, make_batches
+from ..engine.host_memory import trim_host_memory
 from ..engine.models import LoadedModel
 from ..engine.quality import BaselineOutputs
 from ..planning import Plan
@@ -78,6 +79,13 @@ class SweepContext:
         }
 
 
+def import_modelopt() -> None:
+    """Import ModelOpt before any model exists. Its first import runs pulp's solver probes, which keep the
+    tracebacks of the imports they tried (cplex, copt ...) and with them every frame up the stack: imported
+    inside an AutoQuantize call, that kept the call's whole model alive for the rest of the process."""
+    import modelopt.torch.quantization  # noqa: F401
+
+
 def prepare_context(
     matrix: Matrix, plan: Plan, engine: str, message: Callable[[str], None] = lambda _t: None
 ) -> tuple[SweepContext, dict[str, Any]]:
@@ -88,6 +96,9 @@ def prepare_context(
     from .telemetry import library_versions
 
     setup: dict[str, Any] = {}
+    t = time.perf_counter()
+    import_modelopt()
+    setup["import_s"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     message(f"loading model ({matrix.model.source})")
     loaded = load_model(matrix.model, progress=message)
@@ -101,6 +112,7 @@ def prepare_context(
     t = time.perf_counter()
     message("computing baseline outputs on the held-out samples")
     base = baseline_outputs(loaded.model, eval_batches)
+    trim_host_memory()
     setup["baseline_s"] = round(time.perf_counter() - t, 3)
     if loaded.device.type == "cuda":  # first-use costs (CUDA extensions, kernels) are a GPU affair: time them apart
         from ..engine.warm_up import warm_up_formats

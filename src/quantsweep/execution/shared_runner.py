@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..engine.autoquant import CellError
+from ..engine.host_memory import trim_host_memory
 from ..engine.quality import compare_to_baseline
 from ..engine.shared import (
     UnionCall,
@@ -27,7 +28,7 @@ from ..planning import Cell
 from ..schema import Matrix
 from .cell_runner import CellRun, _now, describe_failure, format_config_for
 from .context import SweepContext
-from .telemetry import PeakMemory
+from .telemetry import PeakMemory, by_device_mb
 from .work_units import UnitMember, WorkUnit
 
 
@@ -114,12 +115,13 @@ def execute_shared(
             on_union(call, len(members))
         started = _now()
         union: UnionResult | None = None
-        mem = PeakMemory(ctx.loaded.device)
+        mem = PeakMemory(ctx.loaded.devices)
+        model = None
         try:
             with mem:
                 t = time.perf_counter()
-                model = ctx.loaded.fresh_copy()
-                copy_s = time.perf_counter() - t
+                model = ctx.loaded.take_model()  # the master the first time, then rebuilt: never two copies
+                model_s = time.perf_counter() - t
                 n = max(max(c.calib_samples, c.score_samples) for c, *_ in members)
                 union = run_union(
                     model, call, ctx.batches(n), m.autoquant.method, m.autoquant.disabled_layers, on_step
@@ -127,6 +129,8 @@ def execute_shared(
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # the whole group fails: one error row per cell
+            model = None
+            _release(ctx)
             for cell, *_ in members:
                 yield _error_run(cell, exc, started)
             continue
@@ -135,18 +139,20 @@ def execute_shared(
             "union": call.key,
             "cells": share,
             "formats": len(call.formats),
-            "copy_s": round(copy_s, 3),
+            "model_s": round(model_s, 3),
             **{f"{k}_s": round(v, 3) for k, v in union.phases.items()},
             "tokens": union.tokens,
             "peak_host_rss_mb": round(mem.peak_rss / 2**20, 1),
             "peak_device_mb": None if mem.peak_device is None else round(mem.peak_device / 2**20, 1),
         }
+        if len(mem.peak_by_device) > 1:
+            shared_tel["peak_device_mb_by_device"] = by_device_mb([mem])
         for cell, label, config, backend in members:
             run = CellRun(
                 cell=cell, status="error", started_at=_now(), finished_at=_now(), fake_quant_backend=backend,
                 engine="shared",
             )
-            cell_mem = PeakMemory(ctx.loaded.device)
+            cell_mem = PeakMemory(ctx.loaded.devices)
             phases: dict[str, float] = {}
             try:
                 with cell_mem:
@@ -164,7 +170,7 @@ def execute_shared(
                 run.error, run.error_type = describe_failure(exc)
             run.finished_at = _now()
             amortised = {
-                "copy": copy_s / share,
+                "model": model_s / share,
                 "calibrate": union.phases["calibrate"] / share,
                 "score": union.phases["score"] / share,
             }
@@ -190,11 +196,19 @@ def execute_shared(
                 "torch_threads": torch.get_num_threads(),
                 "shared": shared_tel,
             }
+            if len(mem.peak_by_device) > 1:
+                run.telemetry["peak_device_mb_by_device"] = by_device_mb([mem, cell_mem])
             yield run
         del union, model
-        gc.collect()
-        if ctx.loaded.device.type == "cuda":
-            torch.cuda.empty_cache()
+        _release(ctx)
+
+
+def _release(ctx: SweepContext) -> None:
+    """Give the finished call's model back before the next one is built (one model in memory at a time)."""
+    gc.collect()
+    trim_host_memory()
+    if ctx.loaded.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 __all__ = ["execute_shared", "plan_union_calls", "refused_cells", "work_units", "Any"]

@@ -28,15 +28,21 @@ def _rss_bytes() -> int:
 
 
 class PeakMemory:
-    """Context manager measuring peak host RSS (sampled) and peak device memory (exact, CUDA only)."""
+    """Context manager measuring peak host RSS (sampled) and peak device memory (exact, every CUDA device the
+    model is on: a model spread over two GPUs reports both, and `peak_device` is the larger, the one that
+    decides whether it fits)."""
 
-    def __init__(self, device: torch.device, interval: float = 0.05):
-        self.device = device
+    def __init__(self, devices: torch.device | list[torch.device], interval: float = 0.05):
+        self.devices = [d for d in (devices if isinstance(devices, list) else [devices]) if d.type == "cuda"]
         self.interval = interval
         self.peak_rss = 0
-        self.peak_device: int | None = None
+        self.peak_by_device: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def peak_device(self) -> int | None:
+        return max(self.peak_by_device.values()) if self.peak_by_device else None
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -45,9 +51,9 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         self.peak_rss = _rss_bytes()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+        for d in self.devices:
+            torch.cuda.synchronize(d)
+            torch.cuda.reset_peak_memory_stats(d)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -57,15 +63,31 @@ class PeakMemory:
         if self._thread is not None:
             self._thread.join()
         self.peak_rss = max(self.peak_rss, _rss_bytes())
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_device = int(torch.cuda.max_memory_allocated(self.device))
+        for d in self.devices:
+            torch.cuda.synchronize(d)
+            self.peak_by_device[str(_indexed(d))] = int(torch.cuda.max_memory_allocated(d))
 
-    def as_mb(self) -> dict[str, float | None]:
-        return {
+    def as_mb(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "peak_host_rss_mb": round(self.peak_rss / 2**20, 1),
             "peak_device_mb": None if self.peak_device is None else round(self.peak_device / 2**20, 1),
         }
+        if len(self.peak_by_device) > 1:
+            out["peak_device_mb_by_device"] = by_device_mb([self])
+        return out
+
+
+def _indexed(d: torch.device) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device() if d.index is None else d.index)
+
+
+def by_device_mb(meters: list[PeakMemory]) -> dict[str, float]:
+    """The peak of each device over several meters, in MB."""
+    out: dict[str, float] = {}
+    for m in meters:
+        for d, v in m.peak_by_device.items():
+            out[d] = max(out.get(d, 0.0), round(v / 2**20, 1))
+    return out
 
 
 def _cpu_model() -> str:

@@ -159,6 +159,18 @@ class RayExecutor:
         self.gpus_per_worker, self.cpus_per_worker = gpw, cpw
         return workers
 
+    def _spread_over_worker_gpus(self) -> None:
+        """A worker given several GPUs spreads its model over them (accelerate's `auto` device map) unless the
+        matrix chose a device map itself; placement is not part of a cell's identity, so rows are unchanged."""
+        if self.gpus_per_worker >= 2 and self.matrix.model.device_map == "none":
+            self.matrix = self.matrix.model_copy(
+                update={"model": self.matrix.model.model_copy(update={"device_map": "auto"})}
+            )
+            self.reporter.message(
+                f"{self.gpus_per_worker:g} GPUs per worker: each worker spreads its model over its GPUs "
+                "(model.device_map auto)"
+            )
+
     def _write_probe(self) -> None:
         if self.spec.artifacts == "driver":
             return
@@ -260,6 +272,7 @@ class RayExecutor:
         self._connect()
         workers = self._size_workers()
         self.replacements_left = workers
+        self._spread_over_worker_gpus()
         self._write_probe()
         where = f"Ray cluster {self.address}" if self.address != "local" else "a local Ray instance"
         self.reporter.message(

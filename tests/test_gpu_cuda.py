@@ -66,11 +66,11 @@ def _assert_same_rows(a, b) -> None:
 def test_model_spread_over_two_gpus_gives_the_rows_of_one_gpu(tmp_path):
     _need_gpus(2)
     data = copy.deepcopy(TINY_MATRIX)
-    data["model"].update(device="cuda")
+    data["model"].update(device="cuda", preset="qwen3-0.6b")  # 1.2 GB in bf16: big enough to split
     data["canary"] = {"enabled": False}
     one = run_sweep(write_matrix(tmp_path, data, "one.yaml"), RunOptions(output_root=str(tmp_path / "one")))
-    # a cap of 8 MiB on GPU 0 leaves it the embedding only: every decoder layer goes to GPU 1
-    data["model"].update(device_map="sequential", max_memory={"0": "8MiB", "1": "4GiB"})
+    # a cap of 600 MiB on GPU 0 leaves it the embedding and a few layers: the rest goes to GPU 1
+    data["model"].update(device_map="sequential", max_memory={"0": "600MiB", "1": "8GiB"})
     two = run_sweep(write_matrix(tmp_path, data, "two.yaml"), RunOptions(output_root=str(tmp_path / "two")))
     assert two.exit_code == ExitCode.OK, [r.get("error") for r in two.summary["rows"]]
     placement = two.summary["model"]["placement"]
@@ -85,7 +85,7 @@ def test_model_spread_over_two_gpus_gives_the_rows_of_one_gpu(tmp_path):
 def test_ray_worker_with_two_gpus_spreads_its_model_over_them(tmp_path):
     _need_gpus(2)
     data = copy.deepcopy(TINY_MATRIX)
-    data["model"].update(device="cuda")
+    data["model"].update(device="cuda", preset="qwen3-0.6b")  # balanced over two GPUs: half the layers each
     data["canary"] = {"enabled": False}
     data["axes"]["dataset_sizes"] = ["a"]
     path = write_matrix(tmp_path, data)
@@ -93,5 +93,5 @@ def test_ray_worker_with_two_gpus_spreads_its_model_over_them(tmp_path):
     ray = run_sweep(path, RunOptions(output_root=str(tmp_path / "ray"), executor="ray", workers=1, gpus_per_worker=2))
     assert ray.exit_code == ExitCode.OK, [r.get("error") for r in ray.summary["rows"]]
     placement = ray.summary["model"]["placement"]
-    assert placement["device_map"] == "auto" and len(placement["devices"]) == 2, placement
+    assert placement["device_map"] == "auto" and sorted(placement["devices"]) == ["cuda:0", "cuda:1"], placement
     _assert_same_rows(local, ray)

@@ -214,7 +214,8 @@ def load_model(spec: ModelSpec, progress: Any = None) -> LoadedModel:
 
         def rebuild() -> nn.Module:
             model, device_map = build_synthetic(spec, config, dtype, placement)
-            model.hf_device_map = device_map
+            if placement.spread:
+                model.hf_device_map = device_map  # what transformers records for a model it dispatched
             return _finish(model)
 
     else:

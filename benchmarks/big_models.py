@@ -146,6 +146,11 @@ def summarise(res: dict) -> dict:
     }
 
 
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=["8b", "70b"], required=True)
@@ -162,32 +167,22 @@ def main() -> None:
         if args.part == "8b":
             m = matrix("llama3-8b", {"n8": 8, "n16": 16}, ["wint4_afp16", "wint8_afp16"], ["default", "w_group64"],
                        "none")
-            path = root / "m.yaml"
-            path.write_text(yaml.safe_dump(m, sort_keys=False))
+            path = _write(root / "m.yaml", m)
             naive = run(path, root, "naive")
             shared = run(path, root, "shared")
-            result["agreement"] = agreement(naive["rows"], shared["rows"])
-            result["naive"], result["shared"] = summarise(naive), summarise(shared)
-            result["calls"] = {"naive": naive["calls"], "shared": shared["calls"]}
-            result["model"] = shared["model"]
-            result["process_peak_device_mb_by_device"] = shared["process_peak_device_mb_by_device"]
         else:
             m = matrix("llama3-70b", {"n4": 4, "n8": 8}, ["wint4_afp16", "wint8_afp16"], ["default"], "auto")
-            path = root / "m.yaml"
-            path.write_text(yaml.safe_dump(m, sort_keys=False))
-            shared = run(path, root, "shared")
+            shared = run(_write(root / "m.yaml", m), root, "shared")
             one = dict(m, axes={"quant_pairs": ["wint4_afp16"], "granularities": ["default"], "dataset_sizes": ["n8"]})
-            path1 = root / "one.yaml"
-            path1.write_text(yaml.safe_dump(one, sort_keys=False))
-            naive = run(path1, root, "naive")
-            result["agreement"] = agreement(naive["rows"], shared["rows"])
-            result["shared"], result["naive"] = summarise(shared), summarise(naive)
-            result["calls"] = {"shared": shared["calls"], "naive": naive["calls"]}
-            result["setup"] = shared["setup"]
-            result["model"] = shared["model"]
-            result["process_peak_device_mb_by_device"] = shared["process_peak_device_mb_by_device"]
-            result["quality"] = {r["key"]: {k: r["quality"].get(k) for k in ("kl_mean", "ppl_ratio")}
-                                 for r in shared["rows"] if r["status"] == "ok"}
+            naive = run(_write(root / "one.yaml", one), root, "naive")  # one cell, to check against its shared twin
+        result["agreement"] = agreement(naive["rows"], shared["rows"])
+        result["naive"], result["shared"] = summarise(naive), summarise(shared)
+        result["calls"] = {"naive": naive["calls"], "shared": shared["calls"]}
+        result["setup"] = shared["setup"]
+        result["model"] = shared["model"]
+        result["process_peak_device_mb_by_device"] = shared["process_peak_device_mb_by_device"]
+        result["quality"] = {r["key"]: {k: r["quality"].get(k) for k in ("kl_mean", "ppl_ratio")}
+                             for r in shared["rows"] if r["status"] == "ok"}
     print(json.dumps({k: v for k, v in result.items() if k not in ("calls",)}, indent=1, default=str))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, default=str))

@@ -161,31 +161,22 @@ def test_report_regenerates_from_manifest_alone(tiny_sweep):
 def test_scores_equal_a_direct_modelopt_call(tiny_sweep):
     """The per-layer raw scores of one cell equal those of an independent mtq.auto_quantize call."""
     import modelopt.torch.quantization as mtq
-    import torch
     from modelopt.torch.opt.utils import named_hparams
     from modelopt.torch.quantization.algorithms import QuantRecipeHparam
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from quantsweep.catalogue import QUANT_PAIRS
     from quantsweep.engine.data import build_samples
-    from quantsweep.engine.models import embedded_model_folder
-    from quantsweep.presets import SYNTHETIC_PRESETS
-    from quantsweep.schema import DatasetSpec
+    from quantsweep.engine.models import load_model
+    from quantsweep.schema import DatasetSpec, ModelSpec
 
     _, _, outcome = tiny_sweep
     row = next(r for r in outcome.summary["rows"] if r["key"] == "wint8_afp16/default/b")
     manifest = json.loads((Path(row["path"]) / "manifest.json").read_text())
 
-    from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(embedded_model_folder())
-    preset = dict(SYNTHETIC_PRESETS["llama-tiny"])
-    cfg = AutoConfig.for_model(
-        preset.pop("model_type"), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, **preset,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    # the same synthetic model, handed straight to ModelOpt (our loader only builds it: seeded per parameter)
+    loaded = load_model(ModelSpec(source="synthetic", preset="llama-tiny", device="cpu", dtype="float32"))
+    tok, model = loaded.tokenizer, loaded.take_model()
     spec = DatasetSpec(**TINY_MATRIX["dataset"])
     ids = build_samples(spec, tok, 8).pool(8)
     batches = [{"input_ids": ids[i : i + 4], "labels": ids[i : i + 4]} for i in (0, 4)]

@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import QuantsweepError
 from ..overlay import to_jsonable
 from .host_memory import trim_host_memory
+from .score_memory import ScoreMemory
 
 NONE_LABEL = "none"
 StepCallback = Callable[[str], None]
@@ -144,42 +145,6 @@ def counting_forward_step(state: dict[str, Any], method: str, on_step: StepCallb
     return forward_step
 
 
-class OutputDiffRelease:
-    """Free each scored module's quantization errors as soon as ModelOpt's backward hook has used them.
-
-    ModelOpt's gradient score keeps `module.output_diff_dict` (Q_f(Y) - Y for every candidate format f, the size
-    of the module's output) from the module's forward until the *next* forward overwrites it, so at the end of
-    every backward pass all layers' differences for all formats are alive at once: 5.6 GB per format on a
-    Llama-3-8B with 4x512 tokens in bf16, 1.3 GB for four formats on the CPU quickstart. A second backward
-    hook on each score module, registered after ModelOpt's (hooks run in order), drops them once used, so only
-    the layer being recomputed holds its differences. Scores are unchanged: the hook only runs after ModelOpt's.
-    """
-
-    def __init__(self) -> None:
-        self.handles: list[Any] = []
-        self.installed = False
-
-    def install(self, model: nn.Module) -> None:
-        if self.installed:
-            return
-        self.installed = True
-        for module in model.modules():
-            if hasattr(module, "_backward_hook_handle") and hasattr(module, "_forward_original"):
-                self.handles.append(module.register_full_backward_hook(_drop_output_diffs))
-
-    def __enter__(self) -> OutputDiffRelease:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-
-
-def _drop_output_diffs(module: nn.Module, grad_input: Any, grad_output: Any) -> None:
-    module.output_diff_dict = {}
-
-
 @dataclass
 class CallOutcome:
     model: nn.Module
@@ -216,7 +181,7 @@ def call_auto_quantize(
     with instrument_search() as state:
         forward_step = counting_forward_step(state, method, on_step)
         kwargs: dict[str, Any] = {}
-        release = OutputDiffRelease()
+        release = ScoreMemory()
         if method == "gradient":
 
             def forward_backward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> None:

@@ -163,6 +163,7 @@ def execute_shared(
                         on_step("evaluate")
                     quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
                     phases["evaluate"] = time.perf_counter() - t
+                    trim_host_memory()
                 run.status, run.result, run.quality = "ok", result, quality
             except KeyboardInterrupt:
                 raise

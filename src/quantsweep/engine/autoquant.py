@@ -181,7 +181,7 @@ def call_auto_quantize(
     with instrument_search() as state:
         forward_step = counting_forward_step(state, method, on_step)
         kwargs: dict[str, Any] = {}
-        release = ScoreMemory()
+        release = ScoreMemory(lazy=next(model.parameters()).device.type == "cpu")  # see engine/score_memory.py
         if method == "gradient":
 
             def forward_backward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> None:

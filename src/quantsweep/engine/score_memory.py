@@ -7,13 +7,15 @@ them by the output gradient, and then (until the next forward overwrites it) lon
 forward, every format's D_f of the `lm_head` is alive (4 x 0.5 GB for four formats on a Llama-3-8B with 4x512
 tokens in bf16), and at the end of every backward, every layer's D_f for every format is (5.6 GB per format).
 
-`ScoreMemory`, installed on the model after ModelOpt's own set-up (at the first score step), replaces ModelOpt's
+`ScoreMemory`, installed on the model after ModelOpt's own set-up (at the first score step), always drops a
+module's differences once its backward hook has used them; with `lazy` (CPU models) it also replaces ModelOpt's
 scoring forward by one that keeps only the module's input and output, and hands ModelOpt's backward hook a
 mapping that computes each D_f when the hook reaches it (`_LazyDiffs`): the same call of the module's quantized
 forward on the same input with the same calibrated quantizers, the same subtraction, so the same tensor; it is
 only computed later, once, and released before the next format's. A second backward hook then drops the
-module's references. Scores are unchanged (tests/test_shared_engine.py compares them with a direct ModelOpt
-call); the peak holds one format's difference per module instead of all of them.
+module's references. Scores are unchanged: tests/test_shared_engine.py checks the shared engine's union calls
+(on demand, two or more formats) against the naive engine's single-format calls (ModelOpt's own forward) to 1e-6.
+The peak holds one format's difference per module instead of all of them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,17 @@ from torch import nn
 
 
 class ScoreMemory:
-    def __init__(self) -> None:
+    """`lazy`: compute the differences on demand (host memory); otherwise only drop them after use.
+
+    Measured on an H200 (Llama-3-8B shape, 8 weight-only cells, `benchmarks/big_models.py --part 8b`): on demand
+    took the union call's peak from 23.2 to 22.2 GB but its time from 8.2 to 10.1 s, and every naive call 15 %
+    slower: computing in the backward hooks costs the GPU more than the memory is worth there. On the CPU
+    quickstart it took the peak host memory from 2.7 to 2.5 GB at no measurable cost. So: on for CPU models, and
+    only for modules with two or more candidate formats (with one, there is nothing to hold back).
+    """
+
+    def __init__(self, lazy: bool = False) -> None:
+        self.lazy = lazy
         self.handles: list[Any] = []
         self.installed = False
 
@@ -38,7 +50,8 @@ class ScoreMemory:
         self.installed = True
         for module in model.modules():
             if hasattr(module, "_backward_hook_handle") and hasattr(module, "_forward_original"):
-                module.forward = types.MethodType(_lazy_scoring_forward, module)  # ModelOpt's clean-up restores it
+                if self.lazy and _candidates(module) >= 2:
+                    module.forward = types.MethodType(_lazy_scoring_forward, module)  # ModelOpt's clean-up restores it
                 self.handles.append(module.register_full_backward_hook(_drop_output_diffs))
 
     def __enter__(self) -> ScoreMemory:
@@ -48,6 +61,12 @@ class ScoreMemory:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+
+def _candidates(module: nn.Module) -> int:
+    none = _none_recipe()
+    return max((sum(1 for r in hp.choices if r != none) for hp in module._hparams_for_scoring if hp.is_configurable),
+               default=0)
 
 
 def _none_recipe() -> Any:

@@ -89,7 +89,7 @@ def run(
         int | None, typer.Option("--workers", min=1, help="Ray workers (default: one per --gpus-per-worker GPUs)")
     ] = None,
     gpus_per_worker: Annotated[
-        float | None, typer.Option("--gpus-per-worker", min=0, help="GPUs per Ray worker (default 1, 0 without GPUs)")
+        float | None, typer.Option("--gpus-per-worker", min=0, help="GPUs per Ray worker (default 1, 0 without GPUs); 2 or more spread each worker's model over its GPUs")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -31,3 +31,16 @@ def trim_host_memory() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+def release_memory(device: Any) -> None:
+    """After a call's model is dropped: collect it, give the host heap back, and empty CUDA's cache, so the next
+    call's model is built into free memory (one model at a time)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    trim_host_memory()
+    if getattr(device, "type", None) == "cuda":
+        torch.cuda.empty_cache()

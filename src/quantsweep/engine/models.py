@@ -134,8 +134,6 @@ class LoadedModel:
     info: dict[str, Any] = field(default_factory=dict)
     placement: Placement | None = None
     rebuild: Callable[[], nn.Module] | None = None  # a fresh model from the source, placed as the master was
-    handed_out: int = 0
-    rebuild_seconds: list[float] = field(default_factory=list)
 
     @property
     def devices(self) -> list[torch.device]:
@@ -151,12 +149,9 @@ class LoadedModel:
         if self.model is not None:
             m, self.model = self.model, None
         elif self.rebuild is not None:
-            t = time.perf_counter()
             m = self.rebuild()
-            self.rebuild_seconds.append(time.perf_counter() - t)
         else:
             raise RuntimeError("the master model was handed out and this model cannot be rebuilt")
-        self.handed_out += 1
         untie_lm_head(m)
         return m
 

@@ -9,6 +9,7 @@ accelerate functions before any of its weights exist (engine/synthetic.py).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,7 @@ class Placement:
         """What transformers' `from_pretrained` is given to load the weights straight to their devices."""
         if not self.spread:
             return {"device_map": {"": str(self.device)}}
-        return {"device_map": "auto" if self.mode == "auto" else self.mode, "max_memory": self.max_memory_arg()}
+        return {"device_map": self.mode, "max_memory": self.max_memory_arg()}
 
     def max_memory_arg(self) -> dict[int | str, int | str] | None:
         if self.max_memory is not None:
@@ -72,16 +73,9 @@ class Placement:
             "device_map": self.mode,
             "devices": [str(d) for d in self.devices],
             "max_memory": None if self.max_memory is None else {str(k): v for k, v in self.max_memory.items()},
-            "modules_per_device": _count_by_device(self.device_map),
+            "modules_per_device": dict(Counter(self.device_map.values())),
             "offloaded_to_cpu": self.offloaded,
         }
-
-
-def _count_by_device(device_map: dict[str, str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for d in device_map.values():
-        counts[str(d)] = counts.get(str(d), 0) + 1
-    return counts
 
 
 def resolve_placement(spec: ModelSpec, device: torch.device) -> Placement:
@@ -104,11 +98,7 @@ def resolve_placement(spec: ModelSpec, device: torch.device) -> Placement:
 
 def as_device(d: Any) -> str:
     """accelerate writes GPUs as ints, the CPU as 'cpu' and offload as 'disk'."""
-    if isinstance(d, int):
-        return f"cuda:{d}"
-    if isinstance(d, torch.device):
-        return str(d)
-    return str(d)
+    return f"cuda:{d}" if isinstance(d, int) else str(d)
 
 
 def placed(placement: Placement, model: nn.Module) -> Placement:

@@ -98,7 +98,8 @@ class _LazyDiffs(Mapping):
     def __init__(self, module: nn.Module, hparam: Any, input: Any, args: tuple, kwargs: dict, base: torch.Tensor):
         self.module, self.hparam, self.input, self.args, self.kwargs, self.base = module, hparam, input, args, kwargs, base
         self.version = input._version if isinstance(input, torch.Tensor) else None
-        self.recipes = [r for r in hparam.choices if r != _none_recipe()]
+        none = _none_recipe()
+        self.recipes = [r for r in hparam.choices if r != none]
 
     def __len__(self) -> int:
         return len(self.recipes)

@@ -6,7 +6,6 @@ Failures inside a cell never escape as exceptions (except Ctrl-C): they become a
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import math
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from ..engine.autoquant import CellError, SearchResult, run_auto_quantize
-from ..engine.host_memory import trim_host_memory
+from ..engine.host_memory import release_memory
 from ..engine.quality import compare_to_baseline
 from ..planning import Cell
 from ..schema import Matrix
@@ -138,10 +137,7 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
         run.error, run.error_type = describe_failure(exc)
     finally:
         del model
-        gc.collect()
-        trim_host_memory()
-        if ctx.loaded.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(ctx.loaded.device)
     run.finished_at = _now()
     tokens = {
         "calibration": run.result.tokens.get("calibrate", 0) if run.result else 0,

@@ -6,7 +6,6 @@ tokens divided by the number of cells); the full figures of the union call are k
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 
 from ..engine.autoquant import CellError
-from ..engine.host_memory import trim_host_memory
+from ..engine.host_memory import release_memory, trim_host_memory
 from ..engine.quality import compare_to_baseline
 from ..engine.shared import (
     UnionCall,
@@ -130,7 +129,7 @@ def execute_shared(
             raise
         except Exception as exc:  # the whole group fails: one error row per cell
             model = None
-            _release(ctx)
+            release_memory(ctx.loaded.device)
             for cell, *_ in members:
                 yield _error_run(cell, exc, started)
             continue
@@ -201,15 +200,7 @@ def execute_shared(
                 run.telemetry["peak_device_mb_by_device"] = by_device_mb([mem, cell_mem])
             yield run
         del union, model
-        _release(ctx)
-
-
-def _release(ctx: SweepContext) -> None:
-    """Give the finished call's model back before the next one is built (one model in memory at a time)."""
-    gc.collect()
-    trim_host_memory()
-    if ctx.loaded.device.type == "cuda":
-        torch.cuda.empty_cache()
+        release_memory(ctx.loaded.device)
 
 
 __all__ = ["execute_shared", "plan_union_calls", "refused_cells", "work_units", "Any"]

@@ -95,10 +95,16 @@ def test_shared_engine_equals_naive(both_engines):
 def test_shared_engine_groups_cells_and_amortises_telemetry(both_engines):
     _, shared = both_engines
     unions = {r["telemetry"]["shared"]["union"]: r["telemetry"]["shared"] for r in shared.summary["rows"]}
-    # weight-only formats share one data-free call across both sizes; FP8 W8A8 needs one call per size
-    assert sorted(unions) == ["calib-4", "calib-8", "data-free"]
+    # weight-only formats share one data-free call across both sizes; FP8 W8A8 (static activation scales, max
+    # calibration) one calibration pass for both sizes, recorded after 4 and after 8 samples' batches
+    assert sorted(unions) == ["calib-max", "data-free"]
     assert unions["data-free"]["cells"] == 12 and unions["data-free"]["formats"] == 3
-    assert unions["calib-4"]["cells"] == unions["calib-8"]["cells"] == 2
+    assert unions["calib-max"]["cells"] == 4 and unions["calib-max"]["formats"] == 1
+    assert unions["calib-max"]["calibration_sizes"] == [1, 2]
+    # one calibration forward per batch of the largest size (2 batches of 4 x 32 tokens), not 1 + 2 as in two calls
+    assert unions["calib-max"]["tokens"]["calibrate"] == 2 * 4 * 32
+    # every scored module replayed from the captured pass, none the slow way
+    assert unions["data-free"]["replayed_modules"] > 0 and unions["data-free"]["modelopt_replayed_modules"] == 0
     assert all(r["valid"] for r in shared.summary["rows"])
 
 

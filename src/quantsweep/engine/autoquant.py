@@ -26,6 +26,8 @@ from torch import nn
 from ..errors import QuantsweepError
 from ..overlay import to_jsonable
 from .host_memory import trim_host_memory
+from .captured_scores import CapturedScores
+from .prefix_calibration import PrefixCalibration
 from .score_memory import ScoreMemory
 
 NONE_LABEL = "none"
@@ -128,7 +130,12 @@ def instrument_search() -> Iterator[dict[str, Any]]:
             setattr(cls, name, original)
 
 
-def counting_forward_step(state: dict[str, Any], method: str, on_step: StepCallback | None) -> Callable[..., Any]:
+def counting_forward_step(
+    state: dict[str, Any],
+    method: str,
+    on_step: StepCallback | None,
+    after_calibration_forward: Callable[[nn.Module], None] | None = None,
+) -> Callable[..., Any]:
     """The `forward_step` handed to AutoQuantize: the model's output (logits for kl_div), while counting calls
     and tokens per phase (from `instrument_search`'s state) and reporting each step for progress bars."""
 
@@ -138,9 +145,10 @@ def counting_forward_step(state: dict[str, Any], method: str, on_step: StepCallb
         state["tokens"][phase] = state["tokens"].get(phase, 0) + int(batch["input_ids"].numel())
         if on_step is not None:
             on_step(phase)
-        if method == "kl_div":
-            return m(input_ids=batch["input_ids"]).logits
-        return m(**batch)
+        out = m(input_ids=batch["input_ids"]).logits if method == "kl_div" else m(**batch)
+        if phase == "calibrate" and after_calibration_forward is not None:
+            after_calibration_forward(m)
+        return out
 
     return forward_step
 
@@ -153,6 +161,7 @@ class CallOutcome:
     calls: dict[str, int]
     tokens: dict[str, int]
     solver: Any = None  # the SolverRecord of the call's search, when `exact` was asked for
+    scoring: dict[str, int] = field(default_factory=dict)  # captured scoring: modules replayed directly / as ModelOpt
 
 
 def call_auto_quantize(
@@ -168,23 +177,33 @@ def call_auto_quantize(
     on_step: StepCallback | None = None,
     after_batch: Callable[[nn.Module], None] | None = None,
     exact: bool = False,
+    captured: bool = False,
+    prefixes: PrefixCalibration | None = None,
     stdout: Any = None,
 ) -> CallOutcome:
     """The one place that calls `mtq.auto_quantize`: phase timing, call/token counts, ModelOpt's stdout kept off
     ours (`--json`), its refusals turned into CellError. `after_batch(model)` runs after each score batch's
     backward (gradient method), when ModelOpt's score accumulators hold the sum so far. `exact`: the gradient
-    search's recipe is the exact optimum when ModelOpt's is not (engine/exact_solver.py)."""
+    search's recipe is the exact optimum when ModelOpt's is not (engine/exact_solver.py). `captured`: every candidate
+format's score is replayed from one captured forward+backward (engine/captured_scores.py) instead of ModelOpt's
+per-format scoring forward; the naive engine keeps ModelOpt's own. `prefixes`: the data-dependent formats of the
+call are calibrated once for several dataset sizes (engine/prefix_calibration.py) and scored at each of them."""
     import modelopt.torch.quantization as mtq
 
     from .exact_solver import exact_search
 
     with instrument_search() as state:
-        forward_step = counting_forward_step(state, method, on_step)
+        forward_step = counting_forward_step(
+            state, method, on_step, prefixes.after_calibration_batch if prefixes is not None else None
+        )
         kwargs: dict[str, Any] = {}
-        release = ScoreMemory(lazy=next(model.parameters()).device.type == "cpu")  # see engine/score_memory.py
+        # engine/captured_scores.py, engine/score_memory.py
+        release = CapturedScores(prefixes) if captured or prefixes is not None else ScoreMemory()
         if method == "gradient":
 
             def forward_backward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+                if not release.installed and prefixes is not None:
+                    prefixes.verify()  # calibration is over
                 release.install(m)
                 forward_step(m, batch).loss.backward()  # what ModelOpt builds from loss_func
                 if after_batch is not None:
@@ -217,7 +236,12 @@ def call_auto_quantize(
     score_end = marks.get("score_end", score_start)
     phases = {"calibrate": score_start - t0, "score": score_end - score_start, "search": t_end - score_end}
     record = records[-1] if records else None
-    return CallOutcome(model, search_state, phases, dict(state["calls"]), dict(state["tokens"]), record)
+    scoring = (
+        {"replayed_modules": release.fast_modules, "modelopt_replayed_modules": release.slow_modules}
+        if isinstance(release, CapturedScores)
+        else {}
+    )
+    return CallOutcome(model, search_state, phases, dict(state["calls"]), dict(state["tokens"]), record, scoring)
 
 
 def _label_for(recipe: Any, format_labels: dict[str, str]) -> str:

@@ -32,6 +32,8 @@ from torch import nn
 
 from ..overlay import canonical_json, to_jsonable
 from ..quant_summary import calibration_method, format_bits
+from .captured_scores import recipe_quantizers
+from .prefix_calibration import PrefixCalibration, shares_calibration_across_sizes
 from .autoquant import NONE_LABEL, CellError, LayerGroup, SearchResult, call_auto_quantize, weight_shapes
 from .exact_solver import exact_search
 
@@ -63,6 +65,7 @@ class UnionFormat:
     label: str
     config: dict[str, Any]
     signature: str = ""
+    calib_steps: set[int] = field(default_factory=set)  # the calibration sizes of the cells that use it
 
 
 @dataclass
@@ -74,14 +77,22 @@ class UnionCall:
     score_steps: int
     formats: list[UnionFormat] = field(default_factory=list)
     cell_ids: list[str] = field(default_factory=list)
+    prefix_calibration: bool = False  # one calibration pass for every size (engine/prefix_calibration.py)
 
-    def add_format(self, label: str, config: dict[str, Any]) -> str:
+    def add_format(self, label: str, config: dict[str, Any], calib_steps: int = 0) -> str:
         canon = canonical_json(config)
         for f in self.formats:
             if canonical_json(f.config) == canon:
+                f.calib_steps.add(calib_steps)
                 return f.label
-        self.formats.append(UnionFormat(label, config))
+        self.formats.append(UnionFormat(label, config, calib_steps={calib_steps}))
         return label
+
+    def score_key(self, signature: str, calib_steps: int) -> str:
+        """Where a cell's scores are kept: its format's own, or those at a smaller calibration size."""
+        if self.prefix_calibration and calib_steps < self.calib_steps:
+            return f"{signature}@{calib_steps}"
+        return signature
 
 
 @dataclass
@@ -97,35 +108,58 @@ class UnionResult:
     phases: dict[str, float]
     tokens: dict[str, int]
     forward_calls: dict[str, int]
+    prefixes: PrefixCalibration | None = None
+    scoring: dict[str, int] = field(default_factory=dict)
 
 
-def _snapshot(model: nn.Module) -> dict[str, dict[str, list[torch.Tensor | None]]]:
+@dataclass
+class _Snapshot:
+    """ModelOpt's score accumulators after one batch: one device tensor (a single copy, no host sync) and, per
+    decision group and recipe signature, which of its entries belong to the group's score modules."""
+
+    values: torch.Tensor | None
+    index: dict[str, dict[str, list[int]]]
+
+
+def _snapshot(model: nn.Module) -> _Snapshot:
     from modelopt.torch.opt.utils import named_hparams
     from modelopt.torch.quantization.algorithms import QuantRecipeHparam
 
-    snap: dict[str, dict[str, list[torch.Tensor | None]]] = {}
+    tensors: list[torch.Tensor] = []
+    index: dict[str, dict[str, list[int]]] = {}
     for name, hp in named_hparams(model, unique=True):
         if not isinstance(hp, QuantRecipeHparam):
             continue
-        per_recipe = {}
+        per_recipe = index.setdefault(name, {})
         for recipe, per_module in hp._importance_dict.items():
-            per_recipe[recipe.checkpoint_signature] = [
-                None if per_module[sm] is None else per_module[sm].detach().clone() for sm in hp.score_modules
-            ]
-        snap[name] = per_recipe
-    return snap
+            positions = []
+            for sm in hp.score_modules:  # in ModelOpt's order: `get_score` sums them in this order
+                if per_module[sm] is not None:
+                    positions.append(len(tensors))
+                    tensors.append(per_module[sm].detach().reshape(()))
+            per_recipe[recipe.checkpoint_signature] = positions
+        for (recipe, k), per_module in hp.__dict__.get("_qs_prefix_importance", {}).items():
+            positions = []
+            for sm in hp.score_modules:
+                if per_module[sm] is not None:
+                    positions.append(len(tensors))
+                    tensors.append(per_module[sm].detach().reshape(()))
+            per_recipe[f"{recipe.checkpoint_signature}@{k}"] = positions
+    values = torch.stack([t.to(tensors[0].device) for t in tensors]) if tensors else None
+    return _Snapshot(values, index)
 
 
-def _as_floats(snap: dict[str, dict[str, list[torch.Tensor | None]]]) -> dict[str, dict[str, float]]:
-    """The same reduction as `QuantRecipeHparam.get_score` (sum of `.item()` over score modules, in order)."""
+def _as_floats(snap: _Snapshot) -> dict[str, dict[str, float]]:
+    """The same reduction as `QuantRecipeHparam.get_score` (each score module's float32 value as a Python float,
+    summed in order), from one transfer to the host."""
+    values = snap.values.float().cpu().tolist() if snap.values is not None else []
     out: dict[str, dict[str, float]] = {}
-    for name, per_recipe in snap.items():
+    for name, per_recipe in snap.index.items():
         out[name] = {}
-        for sig, tensors in per_recipe.items():
+        for sig, positions in per_recipe.items():
             total = 0
-            for t in tensors:
-                if t is not None:
-                    total += t.cpu().item()
+            for i in positions:
+                total += values[i]
             out[name][sig] = float(total)
     return out
 
@@ -146,7 +180,7 @@ def run_union(
     """
     from modelopt.torch.quantization.algorithms import QuantRecipe
 
-    snapshots: list[dict[str, dict[str, list[torch.Tensor | None]]]] = []
+    snapshots: list[_Snapshot] = []
     recipes: dict[str, Any] = {}
     for f in call.formats:
         r = QuantRecipe(f.config, name=f.label)
@@ -154,6 +188,9 @@ def run_union(
         recipes[f.signature] = r
     none = QuantRecipe(quant_cfg=None)
     recipes[none.checkpoint_signature] = none
+    prefixes = None
+    if call.prefix_calibration:
+        prefixes = PrefixCalibration({k for f in call.formats for k in f.calib_steps}, call.calib_steps)
 
     outcome = call_auto_quantize(
         model,
@@ -166,6 +203,8 @@ def run_union(
         disabled_layers=disabled_layers,
         on_step=on_step,
         after_batch=lambda m: snapshots.append(_snapshot(m)),  # ModelOpt's accumulators after this batch
+        captured=True,
+        prefixes=prefixes,
     )
     model, search_state = outcome.model, outcome.search_state
     if method == "kl_div" or not snapshots:
@@ -183,14 +222,23 @@ def run_union(
         phases=outcome.phases,
         tokens=outcome.tokens,
         forward_calls=outcome.calls,
+        prefixes=prefixes,
+        scoring=outcome.scoring,
     )
 
 
 def solve_cell(
-    union: UnionResult, label: str, config: dict[str, Any], budget: float, score_steps: int, method: str
+    union: UnionResult,
+    label: str,
+    config: dict[str, Any],
+    budget: float,
+    score_steps: int,
+    method: str,
+    calib_steps: int | None = None,
 ) -> SearchResult:
     """Rebuild what a single-format AutoQuantize call would hand its solver, solve it with ModelOpt's solver,
-    and switch the union model's layers to the chosen recipe (ready for evaluation)."""
+    and switch the union model's layers to the chosen recipe, calibrated on the cell's own `calib_steps` batches
+    (ready for evaluation)."""
     from modelopt.torch.opt.utils import get_hparam
     from modelopt.torch.quantization.algorithms import (
         AutoQuantizeGradientSearcher,
@@ -218,7 +266,7 @@ def solve_cell(
         if sig not in sigs:
             raise CellError(f"format {label} missing from the shared search of {name}")
         i, j = sigs.index(sig), sigs.index(none_sig)
-        series = union.cumulative.get(name, {}).get(sig)
+        series = union.cumulative.get(name, {}).get(union.call.score_key(sig, calib_steps or union.call.calib_steps))
         if series is None:
             raise CellError(f"no scores recorded for {label} in {name}")
         raw = series[(k if k is not None else len(series)) - 1]
@@ -258,7 +306,10 @@ def solve_cell(
     for name, info in best.items():
         stat = cell_stats[name]
         chosen = info["format"]
-        get_hparam(union.model, name).active = union.recipes[chosen.checkpoint_signature]
+        hparam = get_hparam(union.model, name)
+        hparam.active = union.recipes[chosen.checkpoint_signature]
+        if union.prefixes is not None and chosen != none:
+            union.prefixes.apply(recipe_quantizers(hparam, chosen), calib_steps or union.call.calib_steps)
         chosen_cost += info["costs"]
         chosen_score += info["scores"]
         groups.append(
@@ -313,6 +364,7 @@ __all__ = [
     "UnionResult",
     "calibration_depends_on_data",
     "run_union",
+    "shares_calibration_across_sizes",
     "solve_cell",
     "sys",
 ]

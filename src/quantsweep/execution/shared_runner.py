@@ -21,6 +21,7 @@ from ..engine.shared import (
     UnionResult,
     calibration_depends_on_data,
     run_union,
+    shares_calibration_across_sizes,
     solve_cell,
 )
 from ..planning import Cell
@@ -42,17 +43,24 @@ def plan_union_calls(
     for cell in cells:
         config, backend = format_config_for(matrix, device_type, cell)
         free = method == "gradient" and not calibration_depends_on_data(config)
+        by_prefix = method == "gradient" and not free and shares_calibration_across_sizes(config)
         if free:
             key: tuple = ("data-free",)
+        elif by_prefix:
+            key = ("calib-max",)  # one calibration pass for every size (engine/prefix_calibration.py)
         elif method == "gradient":
             key = ("calib", cell.calib_samples)
         else:
             key = ("calib", cell.calib_samples, "score", cell.score_samples)
         if key not in groups:
             name = "-".join(str(k) for k in key)
-            groups[key] = (UnionCall(key=name, calib_steps=1 if free else cell.calib_steps, score_steps=0), [])
+            call = UnionCall(key=name, calib_steps=1 if free else cell.calib_steps, score_steps=0)
+            call.prefix_calibration = by_prefix
+            groups[key] = (call, [])
         call, members = groups[key]
-        label = call.add_format(f"{cell.pair.name}/{cell.granularity.name}", config)
+        if by_prefix:
+            call.calib_steps = max(call.calib_steps, cell.calib_steps)
+        label = call.add_format(f"{cell.pair.name}/{cell.granularity.name}", config, cell.calib_steps)
         call.score_steps = max(call.score_steps, cell.score_steps)
         call.cell_ids.append(cell.id)
         members.append((cell, label, config, backend))
@@ -141,6 +149,8 @@ def execute_shared(
             "model_s": round(model_s, 3),
             **{f"{k}_s": round(v, 3) for k, v in union.phases.items()},
             "tokens": union.tokens,
+            **({"calibration_sizes": union.prefixes.steps} if union.prefixes is not None else {}),
+            **union.scoring,
             "peak_host_rss_mb": round(mem.peak_rss / 2**20, 1),
             "peak_device_mb": None if mem.peak_device is None else round(mem.peak_device / 2**20, 1),
         }
@@ -155,7 +165,9 @@ def execute_shared(
             phases: dict[str, float] = {}
             try:
                 with cell_mem:
-                    result = solve_cell(union, label, config, cell.budget, cell.score_steps, m.autoquant.method)
+                    result = solve_cell(
+                        union, label, config, cell.budget, cell.score_steps, m.autoquant.method, cell.calib_steps
+                    )
                     phases["search"] = result.phases["search"]
                     t = time.perf_counter()
                     if on_step is not None:

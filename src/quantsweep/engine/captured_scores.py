@@ -1,0 +1,185 @@
+"""AutoQuantize's gradient scores for every candidate format from one captured forward+backward per batch.
+
+ModelOpt's scoring forward (`auto_quantize_score_estimate_forward`) runs, for every scored module, every batch and
+every candidate format: switch the format in (`hparam.active = recipe`: swap the module's quantizer objects,
+through the dynamic-module machinery), call the module's quantized forward, switch back, and keep
+`D_f = Q_f(Y) - Y` until the backward hook multiplies it by the output gradient. On small and mid-sized models the
+time goes to that bookkeeping, not to arithmetic (docs/performance.md): ~1.8 s per batch against 0.14 s for the
+plain forward+backward on a Qwen3-0.6B shape.
+
+`CapturedScores` keeps what makes the score AutoQuantize's and removes the rest:
+  * the forward only *captures* the module's input X and output Y (the unquantized model's: every configurable
+    recipe stays at NONE during scoring, as in ModelOpt's own pass);
+  * the backward hook, once the output gradient G is known, replays every candidate format from (X, G) with the
+    quantizer objects ModelOpt calibrated for that format (`hparam._all_quantizer_choices[recipe][module]`),
+    called directly: `Q_f(Y) = out_q(F.linear(in_q(X), w_q(W), b))`, the same operations QuantLinear's forward
+    performs with those quantizers switched in, so the same tensor;
+  * the score is ModelOpt's `_get_auto_quantize_score(G, D_f)`, accumulated into ModelOpt's own `_importance_dict`
+    exactly as its hook does (first batch assigned, later batches added in place): on the device, no host sync;
+  * X and Y are dropped as soon as the hook has used them, so the peak holds one module's replay at a time.
+
+Modules that are not plain quantized linears, or whose score module is not one of the quantized modules (MoE
+rules that score experts at the MLP output), are replayed the way ModelOpt does it (switch the recipe in, call the
+module's forward) from the same capture: same values, only slower. tests/test_shared_engine.py checks the union
+call's raw scores against the naive engine's (ModelOpt's own scoring) to 1e-6.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _none_recipe() -> Any:
+    from modelopt.torch.quantization.algorithms import QuantRecipe
+
+    return QuantRecipe(quant_cfg=None)
+
+
+class CapturedScores:
+    """Installed once, at the first score step (ModelOpt has set up its score modules by then); removed on exit.
+
+    With `prefixes` (engine/prefix_calibration.py), every format calibrated in one pass for several dataset sizes
+    is also replayed with the amax of each smaller size, into `hparam._qs_prefix_importance[(recipe, k)]`."""
+
+    def __init__(self, prefixes: Any = None) -> None:
+        self.prefixes = prefixes
+        self.handles: list[Any] = []
+        self.installed = False
+        self.fast_modules = 0
+        self.slow_modules = 0
+
+    def install(self, model: nn.Module) -> None:
+        if self.installed:
+            return
+        self.installed = True
+        none = _none_recipe()
+        for module in model.modules():
+            if not (hasattr(module, "_backward_hook_handle") and hasattr(module, "_forward_original")):
+                continue
+            plan = []
+            for hparam in module._hparams_for_scoring:
+                if not hparam.is_configurable:
+                    continue
+                hparam.active = none  # what ModelOpt's scoring forward sets before every forward
+                recipes = [r for r in hparam.choices if r != none]
+                sized = [(r, self._sizes(hparam, r)) for r in recipes]
+                plan.append((hparam, sized, _fast_replay_ok(module, hparam, recipes)))
+            if not plan:
+                continue
+            fast = all(ok for *_x, ok in plan)
+            self.fast_modules += int(fast)
+            self.slow_modules += int(not fast)
+            module._qs_score_plan = plan
+            module._qs_prefixes = self.prefixes
+            module.forward = types.MethodType(_capturing_forward, module)  # ModelOpt's clean-up restores it
+            self.handles.append(module.register_full_backward_hook(_score_from_capture))
+
+    def _sizes(self, hparam: Any, recipe: Any) -> list[int]:
+        if self.prefixes is None:
+            return []
+        return self.prefixes.sizes_for(recipe_quantizers(hparam, recipe))
+
+    def __enter__(self) -> CapturedScores:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def _fast_replay_ok(module: nn.Module, hparam: Any, recipes: list[Any]) -> bool:
+    """A plain quantized linear that is itself one of the hparam's quantized modules, with the three usual
+    quantizers in every recipe: its quantized output is out_q(F.linear(in_q(X), w_q(W), b))."""
+    from modelopt.torch.quantization.nn.modules.quant_module import QuantLinearConvBase
+
+    if not isinstance(module, QuantLinearConvBase) or not isinstance(module, nn.Linear):
+        return False
+    if type(module).forward is not QuantLinearConvBase.forward and "forward" in type(module).__dict__:
+        return False  # a subclass with its own forward (real-quant GEMMs, LoRA ...): replay it as ModelOpt does
+    if hasattr(module, "_forward_pre_dm"):
+        return False
+    for recipe in recipes:
+        quantizers = hparam._all_quantizer_choices.get(recipe, {}).get(module)
+        if quantizers is None or set(quantizers) != {"input_quantizer", "weight_quantizer", "output_quantizer"}:
+            return False
+    return True
+
+
+def _capturing_forward(module: nn.Module, input: Any, *args: Any, **kwargs: Any) -> Any:
+    """The unquantized forward, keeping (X, Y) for the backward hook (only when a gradient will come: with
+    gradient checkpointing the scores are taken in the recomputation, as in ModelOpt)."""
+    output = module._forward_original(input, *args, **kwargs)
+    module.output_diff_dict = {}  # ModelOpt's own backward hook finds nothing to do
+    if torch.is_grad_enabled():
+        y = output[0] if isinstance(output, tuple) else output
+        module._qs_capture = (input, args, kwargs, y.detach(), _version(input), y._version)
+    return output
+
+
+def _version(x: Any) -> int | None:
+    return x._version if isinstance(x, torch.Tensor) else None
+
+
+def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) -> None:
+    capture = module.__dict__.pop("_qs_capture", None)
+    if capture is None:
+        return
+    from modelopt.torch.quantization.algorithms import _get_auto_quantize_score
+
+    x, args, kwargs, y, x_version, y_version = capture
+    if _version(x) != x_version:
+        raise RuntimeError(
+            "AutoQuantize scoring: a scored module's input was modified in place after its forward; its "
+            "quantization error cannot be replayed"
+        )
+    grad = grad_output[0]
+    with torch.no_grad():
+        if y._version != y_version:  # the output was modified in place downstream: take it again
+            y = _output(module._forward_original(x, *args, **kwargs)).detach()
+        for hparam, recipes, fast in module._qs_score_plan:
+            for recipe, sizes in recipes:
+                for k in (None, *sizes):
+                    if k is None:
+                        store, swap = hparam._importance_dict[recipe], contextlib.nullcontext()
+                    else:
+                        extra = hparam.__dict__.setdefault("_qs_prefix_importance", {})
+                        store = extra.setdefault((recipe, k), dict.fromkeys(hparam.score_modules))
+                        swap = module._qs_prefixes.swapped(recipe_quantizers(hparam, recipe), k)
+                    with swap:
+                        if fast:
+                            q = hparam._all_quantizer_choices[recipe][module]
+                            out = F.linear(q["input_quantizer"](x), q["weight_quantizer"](module.weight), module.bias)
+                            diff = q["output_quantizer"](out) - y
+                        else:
+                            diff = _slow_replay(module, hparam, recipe, x, args, kwargs) - y
+                    current = store[module]
+                    if current is None:
+                        store[module] = _get_auto_quantize_score(grad, diff)
+                    else:
+                        current += _get_auto_quantize_score(grad, diff)
+                    del diff
+
+
+def recipe_quantizers(hparam: Any, recipe: Any) -> list[nn.Module]:
+    """Every quantizer object ModelOpt made for `recipe` in this decision group (each recipe has its own)."""
+    return [q for per_module in hparam._all_quantizer_choices[recipe].values() for q in per_module.values()]
+
+
+def _slow_replay(module: nn.Module, hparam: Any, recipe: Any, x: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """ModelOpt's way: switch the recipe in, call the module's (quantized) forward, switch back to NONE."""
+    try:
+        hparam.active = recipe
+        return _output(module._forward_original(x, *args, **kwargs))
+    finally:
+        hparam.active = _none_recipe()
+
+
+def _output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out

@@ -20,6 +20,7 @@ from ..engine.models import LoadedModel
 from ..engine.quality import BaselineOutputs
 from ..planning import Plan
 from ..schema import Matrix
+from .gc_freeze import freeze_imported_objects
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def prepare_context(
     setup: dict[str, Any] = {}
     t = time.perf_counter()
     import_modelopt()
+    freeze_imported_objects()  # before any model exists: see execution/gc_freeze.py
     setup["import_s"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     message(f"loading model ({matrix.model.source})")

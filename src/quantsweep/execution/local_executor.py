@@ -55,4 +55,7 @@ class LocalExecutor:
         return {"executor": "local", "engine": self.engine, "timings": dict(self.timings)}
 
     def close(self) -> None:
+        from .gc_freeze import unfreeze
+
         self.ctx = None
+        unfreeze()

@@ -6,6 +6,7 @@ Reference matrix: 3 pairs x 3 granularities x 3 dataset sizes = 27 cells:
   sizes         --sizes (default 8/16/32 samples of --seq-len tokens), batch --batch
 `--variant h100`: synthetic Qwen3-0.6B-shaped model, bf16, CUDA, seq 512, batch 4 (the issue's reference).
 `--variant cpu`: synthetic 2-layer Qwen3 (hidden 64), fp32, CPU, seq 32 - small enough for a laptop.
+`--variant llama3-8b`: 8 weight-only cells (INT4/INT8 x default/g64 x 8/16 samples) on a Llama-3-8B shape, bf16.
 
 Printed: wall time of each mode (cells only: model loading, tokenising and the baseline are done once per run
 and reported apart), their ratio; a floor estimate built from timings taken in the same process - one plain
@@ -39,7 +40,17 @@ VARIANTS = {
              "sizes": [8, 16, 32], "eval": 8},
     "cpu": {"preset": "qwen3-tiny", "dtype": "float32", "device": "cpu", "seq_len": 32, "batch": 4,
             "sizes": [4, 8, 16], "eval": 4},
+    # the second matrix: 8 weight-only cells on a Llama-3-8B shape
+    "llama3-8b": {"preset": "llama3-8b", "dtype": "bfloat16", "device": "cuda", "seq_len": 512, "batch": 4,
+                  "sizes": [8, 16], "eval": 8, "pairs": ["wint4_afp16", "wint8_afp16"],
+                  "granularities": ["default", "w_group64"]},
 }
+REFERENCE_PAIRS = ["wint4_afp16", "wint8_afp16", "wfp8_afp8"]
+REFERENCE_GRANULARITIES = [
+    "default",
+    "w_group64",
+    {"name": "w_group32", "overrides": {"*weight_quantizer": {"block_sizes": {-1: 32}}}},
+]
 
 
 def reference_matrix(v: dict) -> dict:
@@ -50,12 +61,8 @@ def reference_matrix(v: dict) -> dict:
         "dataset": {"seq_len": v["seq_len"], "sizes": sizes, "eval_samples": v["eval"], "seed": 0},
         "autoquant": {"method": "gradient", "batch_size": v["batch"], "effective_bits": 8.0},
         "axes": {
-            "quant_pairs": ["wint4_afp16", "wint8_afp16", "wfp8_afp8"],
-            "granularities": [
-                "default",
-                "w_group64",
-                {"name": "w_group32", "overrides": {"*weight_quantizer": {"block_sizes": {-1: 32}}}},
-            ],
+            "quant_pairs": v.get("pairs", REFERENCE_PAIRS),
+            "granularities": v.get("granularities", REFERENCE_GRANULARITIES),
             "dataset_sizes": list(sizes),
         },
         "canary": {"enabled": False},

@@ -131,15 +131,13 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
     capture = module.__dict__.pop("_qs_capture", None)
     if capture is None:
         return
-    from modelopt.torch.quantization.algorithms import _get_auto_quantize_score
-
     x, args, kwargs, y, x_version, y_version = capture
     if _version(x) != x_version:
         raise RuntimeError(
             "AutoQuantize scoring: a scored module's input was modified in place after its forward; its "
             "quantization error cannot be replayed"
         )
-    grad = grad_output[0]
+    grad = grad_output[0].float()  # once per module, not once per format
     with torch.no_grad():
         if y._version != y_version:  # the output was modified in place downstream: take it again
             y = _output(module._forward_original(x, *args, **kwargs)).detach()
@@ -156,15 +154,27 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
                         if fast:
                             q = hparam._all_quantizer_choices[recipe][module]
                             out = F.linear(q["input_quantizer"](x), q["weight_quantizer"](module.weight), module.bias)
-                            diff = q["output_quantizer"](out) - y
+                            diff = q["output_quantizer"](out)
                         else:
-                            diff = _slow_replay(module, hparam, recipe, x, args, kwargs) - y
+                            diff = _slow_replay(module, hparam, recipe, x, args, kwargs)
+                    diff -= y  # a fresh tensor: in place, as ModelOpt does
                     current = store[module]
                     if current is None:
-                        store[module] = _get_auto_quantize_score(grad, diff)
+                        store[module] = _score(grad, diff)
                     else:
-                        current += _get_auto_quantize_score(grad, diff)
+                        current += _score(grad, diff)
                     del diff
+
+
+def _score(grad: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+    """ModelOpt's `_get_auto_quantize_score(grad, diff)` = (G.float() * D.float()).clamp(-1e10, 1e10).square().sum(),
+    the same element-wise operations in place on one float copy of D (G is converted once per module): the same
+    value, with one temporary of the output's size instead of five."""
+    x = diff.float()
+    x.mul_(grad)
+    x.clamp_(-1e10, 1e10)
+    x.square_()
+    return x.sum()
 
 
 def recipe_quantizers(hparam: Any, recipe: Any) -> list[nn.Module]:

@@ -131,8 +131,13 @@ def run_mode(matrix_path: Path, root: Path, engine: str) -> dict:
     setup = sum(v for k, v in ((sweep.info or {}).get("setup") or {}).items() if k.endswith("_s"))
     rows = outcome.summary["rows"]
     peaks = [r["telemetry"].get("peak_device_mb") for r in rows if r["telemetry"].get("peak_device_mb") is not None]
+    phases: dict[str, float] = {}
+    for r in rows:  # per-cell phases (the shared engine's union-call phases are amortised over its cells)
+        for k, v in (r["telemetry"].get("phases") or {}).items():
+            phases[k] = phases.get(k, 0.0) + v
     return {
         "engine": engine,
+        "phases_s": {k: round(v, 3) for k, v in phases.items()},
         "total_s": total,
         "setup_s": setup,
         "cells_s": total - setup,
@@ -224,6 +229,7 @@ def main() -> None:
         "shared_over_floor": shared["cells_s"] / floor["floor_s"],
         "first_use_s": first_use_s,
         "setup_s": {"naive": naive["setup_s"], "shared": shared["setup_s"]},
+        "phases_s": {"naive": naive["phases_s"], "shared": shared["phases_s"]},
         "peak_device_mb": {"naive": naive["peak_device_mb"], "shared": shared["peak_device_mb"]},
         "errors": {"naive": naive["errors"], "shared": shared["errors"]},
         "agreement": agree,
@@ -239,6 +245,7 @@ def main() -> None:
     print(f"  speedup shared/naive {result['speedup_shared_over_naive']:.2f}x; floor {floor['floor_s']:.2f} s")
     print(f"  agreement: {agree}")
     print(f"  peak device MB: {result['peak_device_mb']}")
+    print(f"  phases (s, summed over cells): {result['phases_s']}")
     if result["errors"]["naive"] or result["errors"]["shared"]:
         print(f"  errors: {result['errors']}")
 

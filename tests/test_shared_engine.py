@@ -90,6 +90,11 @@ def test_shared_engine_equals_naive(both_engines):
         for metric in ("kl_mean", "ppl_quant", "top1_agreement"):
             assert s["quality"][metric] == pytest.approx(n["quality"][metric], rel=1e-4, abs=1e-7), (n["key"], metric)
         assert s["result_fingerprint"] == n["result_fingerprint"]
+        # the recipe as a ModelOpt config: derived per union format (engine/recipe_configs.py) = ModelOpt's own
+        recipe_file = "recipe.json"
+        assert json.loads((Path(s["path"]) / recipe_file).read_text()) == json.loads(
+            (Path(n["path"]) / recipe_file).read_text()
+        ), n["key"]
 
 
 def test_shared_engine_groups_cells_and_amortises_telemetry(both_engines):

@@ -30,10 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..overlay import canonical_json, to_jsonable
+from ..overlay import canonical_json
 from ..quant_summary import calibration_method, format_bits
 from .captured_scores import recipe_quantizers
 from .prefix_calibration import PrefixCalibration, shares_calibration_across_sizes
+from .recipe_configs import CellRecipeConfigs
 from .autoquant import NONE_LABEL, CellError, LayerGroup, SearchResult, call_auto_quantize, weight_shapes
 from .exact_solver import exact_search
 
@@ -110,6 +111,11 @@ class UnionResult:
     forward_calls: dict[str, int]
     prefixes: PrefixCalibration | None = None
     scoring: dict[str, int] = field(default_factory=dict)
+    recipe_configs: CellRecipeConfigs | None = None
+
+    def __post_init__(self) -> None:
+        state = {k: v for k, v in self.state.items() if k not in ("best", "quantizer_states")}
+        self.recipe_configs = CellRecipeConfigs(state)
 
 
 @dataclass
@@ -326,15 +332,7 @@ def solve_cell(
                 weight_shapes=weight_shapes(union.model, list(stat["module_names"])),
             )
         )
-    cell_state = {
-        **{key: v for key, v in union.state.items() if key not in ("candidate_stats", "best", "quantizer_states")},
-        "candidate_stats": cell_stats,
-        "best": {"recipe": {n: i["format"] for n, i in best.items()}},
-    }
-    import modelopt.torch.quantization as mtq
-
-    with _quiet_warnings():
-        recipe_config = to_jsonable(mtq.get_auto_quantize_config(cell_state))
+    recipe_config = union.recipe_configs.config_for({n: i["format"] for n, i in best.items()}, none)
     return SearchResult(
         groups=groups,
         achieved_bits=float(chosen_cost / total * 16),

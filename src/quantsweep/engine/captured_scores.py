@@ -27,6 +27,7 @@ call's raw scores against the naive engine's (ModelOpt's own scoring) to 1e-6.
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from typing import Any
 
@@ -141,8 +142,11 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
     with torch.no_grad():
         if y._version != y_version:  # the output was modified in place downstream: take it again
             y = _output(module._forward_original(x, *args, **kwargs)).detach()
+        weight = module.weight if any(fast for *_x, fast in module._qs_score_plan) else None  # once, not per format
+        bias = getattr(module, "bias", None)
         for hparam, recipes, fast in module._qs_score_plan:
             for recipe, sizes in recipes:
+                wq = None  # the quantized weight: weights are calibrated from the weights alone, so one per format
                 for k in (None, *sizes):
                     if k is None:
                         store, swap = hparam._importance_dict[recipe], contextlib.nullcontext()
@@ -153,8 +157,9 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
                     with swap:
                         if fast:
                             q = hparam._all_quantizer_choices[recipe][module]
-                            out = F.linear(q["input_quantizer"](x), q["weight_quantizer"](module.weight), module.bias)
-                            diff = q["output_quantizer"](out)
+                            if wq is None:
+                                wq = _quantize(q["weight_quantizer"], weight)
+                            diff = _quantize(q["output_quantizer"], F.linear(_quantize(q["input_quantizer"], x), wq, bias))
                         else:
                             diff = _slow_replay(module, hparam, recipe, x, args, kwargs)
                     diff -= y  # a fresh tensor: in place, as ModelOpt does
@@ -164,6 +169,30 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
                     else:
                         current += _score(grad, diff)
                     del diff
+                del wq
+
+
+def _quantize(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`quantizer(x)`, without the call when TensorQuantizer's forward would return `x` untouched (disabled, no
+    pre-quant scale, no rotation): most replays have two such quantizers (the output's, and the input's of a
+    weight-only format), and each call costs tens of microseconds of Python."""
+    if (
+        getattr(quantizer, "_disabled", False)
+        and type(quantizer).__name__ == "TensorQuantizer"
+        and getattr(quantizer, "pre_quant_scale", None) is None
+        and not getattr(quantizer, "rotate_is_enabled", True)
+        and not getattr(quantizer, "rotate_back_is_enabled", True)
+        and not isinstance(x, _wrapped_types())
+    ):
+        return x
+    return quantizer(x)
+
+
+@functools.cache
+def _wrapped_types() -> tuple[type, ...]:
+    from modelopt.torch.quantization.qtensor import BaseQuantizedTensor, QTensorWrapper
+
+    return (BaseQuantizedTensor, QTensorWrapper)
 
 
 def _score(grad: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:

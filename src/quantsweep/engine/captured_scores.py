@@ -147,6 +147,7 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
         for hparam, recipes, fast in module._qs_score_plan:
             for recipe, sizes in recipes:
                 wq = None  # the quantized weight: weights are calibrated from the weights alone, so one per format
+                last = sizes[-1] if sizes else None
                 for k in (None, *sizes):
                     if k is None:
                         store, swap = hparam._importance_dict[recipe], contextlib.nullcontext()
@@ -160,6 +161,8 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
                             if wq is None:
                                 wq = _quantize(q["weight_quantizer"], weight)
                             diff = _quantize(q["output_quantizer"], F.linear(_quantize(q["input_quantizer"], x), wq, bias))
+                            if k == last:
+                                wq = None  # not held while the score's float temporaries are (the peak, at lm_head)
                         else:
                             diff = _slow_replay(module, hparam, recipe, x, args, kwargs)
                     diff -= y  # a fresh tensor: in place, as ModelOpt does
@@ -169,7 +172,6 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
                     else:
                         current += _score(grad, diff)
                     del diff
-                del wq
 
 
 def _quantize(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -129,3 +129,50 @@ def test_a_cell_modelopt_refuses_is_an_error_row_without_sinking_its_union_call(
     again = run_sweep(path, RunOptions(output_root=str(tmp_path / "runs"), engine="shared"))
     assert again.rows_written == 0
     assert again.summary["model"]["name"] == "synthetic-llama-tiny" and again.summary["baseline"]["perplexity"] > 1
+
+
+def test_sizes_share_a_call_only_through_whole_batches():
+    """Prefixes of one list of batches are another size's batches only when sizes are multiples of the batch
+    size: 6 samples at batch 4 are batches of 4 + 2, which no prefix of 16 samples' list has."""
+    from quantsweep.matrix_io import parse_matrix
+    from quantsweep.execution.shared_runner import plan_union_calls
+    from quantsweep.planning import expand
+
+    data = copy.deepcopy(TINY_MATRIX)
+    data["dataset"]["sizes"] = {"six": 6, "sixteen": 16, "eight": 8}
+    data["axes"] = {"quant_pairs": ["wint4_afp16", "wfp8_afp8"], "granularities": ["default"],
+                    "dataset_sizes": ["six", "sixteen", "eight"]}
+    matrix = parse_matrix(data, "m.yaml")
+    plan = expand(matrix, "m.yaml")
+    calls = {call.key: (call, [c.size_name for c, *_ in members]) for call, members in plan_union_calls(matrix, "cpu", plan.cells)}
+    assert {k: sorted(v[1]) for k, v in calls.items()} == {
+        "data-free": ["eight", "sixteen"],
+        "data-free-samples-6-6": ["six"],
+        "calib-max": ["eight", "sixteen"],
+        "calib-6-samples-6-6": ["six"],
+    }
+    assert calls["calib-max"][0].calib_steps == 4 and calls["calib-max"][0].prefix_calibration
+    assert calls["calib-6-samples-6-6"][0].calib_steps == 2  # its own 4 + 2 samples
+    per_size = {call.key for call, _ in plan_union_calls(matrix, "cpu", plan.cells, prefix_calibration=False)}
+    assert {"calib-8", "calib-16"} <= per_size and "calib-max" not in per_size
+
+
+def test_a_model_whose_calibration_cannot_be_shared_by_prefix_falls_back_to_one_call_per_size(tmp_path, monkeypatch):
+    """When the recorded running maximum is not what ModelOpt loaded (e.g. MoE experts' amax synced after the
+    pass), the cells are run in one call per calibration size instead: same rows as ever, no error."""
+    from quantsweep.engine import prefix_calibration
+
+    def mismatch(self, model):
+        raise prefix_calibration.PrefixCalibrationMismatch("forced by the test")
+
+    monkeypatch.setattr(prefix_calibration.PrefixCalibration, "verify", mismatch)
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = "fallback"
+    data["canary"]["enabled"] = False
+    data["axes"] = {"quant_pairs": ["wfp8_afp8"], "granularities": ["default"], "dataset_sizes": ["a", "b"]}
+    path = write_matrix(tmp_path, data)
+    outcome = run_sweep(path, RunOptions(output_root=str(tmp_path / "runs"), engine="shared"))
+    assert outcome.exit_code == ExitCode.OK
+    rows = outcome.summary["rows"]
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert sorted(r["telemetry"]["shared"]["union"] for r in rows) == ["calib-4", "calib-8"]

@@ -203,7 +203,7 @@ call are calibrated once for several dataset sizes (engine/prefix_calibration.py
 
             def forward_backward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> None:
                 if not release.installed and prefixes is not None:
-                    prefixes.verify()  # calibration is over
+                    prefixes.verify(m)  # calibration is over
                 release.install(m)
                 forward_step(m, batch).loss.backward()  # what ModelOpt builds from loss_func
                 if after_batch is not None:

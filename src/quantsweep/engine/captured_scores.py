@@ -18,9 +18,10 @@ plain forward+backward on a Qwen3-0.6B shape.
     exactly as its hook does (first batch assigned, later batches added in place): on the device, no host sync;
   * X and Y are dropped as soon as the hook has used them, so the peak holds one module's replay at a time.
 
-Modules that are not plain quantized linears, or whose score module is not one of the quantized modules (MoE
-rules that score experts at the MLP output), are replayed the way ModelOpt does it (switch the recipe in, call the
-module's forward) from the same capture: same values, only slower. tests/test_shared_engine.py checks the union
+Modules that are not plain quantized linears (any class in the MRO with a forward of its own), or whose score
+module is not one of the quantized modules (MoE rules that score experts at the MLP output), are replayed the way
+ModelOpt does it (switch the recipe in, call the module's forward) from the same capture: ModelOpt's computation,
+only slower (no test model exercises it). tests/test_shared_engine.py checks the union
 call's raw scores against the naive engine's (ModelOpt's own scoring) to 1e-6.
 """
 
@@ -50,6 +51,7 @@ class CapturedScores:
 
     def __init__(self, prefixes: Any = None) -> None:
         self.prefixes = prefixes
+        self.modules: list[nn.Module] = []
         self.handles: list[Any] = []
         self.installed = False
         self.fast_modules = 0
@@ -78,13 +80,14 @@ class CapturedScores:
             self.slow_modules += int(not fast)
             module._qs_score_plan = plan
             module._qs_prefixes = self.prefixes
+            self.modules.append(module)
             module.forward = types.MethodType(_capturing_forward, module)  # ModelOpt's clean-up restores it
             self.handles.append(module.register_full_backward_hook(_score_from_capture))
 
     def _sizes(self, hparam: Any, recipe: Any) -> list[int]:
         if self.prefixes is None:
             return []
-        return self.prefixes.sizes_for(recipe_quantizers(hparam, recipe))
+        return self.prefixes.sizes_for(recipe_quantizers(hparam, recipe), recipe.checkpoint_signature)
 
     def __enter__(self) -> CapturedScores:
         return self
@@ -93,6 +96,9 @@ class CapturedScores:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        for module in self.modules:  # a forward whose backward never came keeps nothing alive
+            module.__dict__.pop("_qs_captures", None)
+        self.modules.clear()
 
 
 def _fast_replay_ok(module: nn.Module, hparam: Any, recipes: list[Any]) -> bool:
@@ -100,10 +106,13 @@ def _fast_replay_ok(module: nn.Module, hparam: Any, recipes: list[Any]) -> bool:
     quantizers in every recipe: its quantized output is out_q(F.linear(in_q(X), w_q(W), b))."""
     from modelopt.torch.quantization.nn.modules.quant_module import QuantLinearConvBase
 
+    from modelopt.torch.quantization.nn.modules.quant_module import QuantInputBase
+
     if not isinstance(module, QuantLinearConvBase) or not isinstance(module, nn.Linear):
         return False
-    if type(module).forward is not QuantLinearConvBase.forward and "forward" in type(module).__dict__:
-        return False  # a subclass with its own forward (real-quant GEMMs, LoRA ...): replay it as ModelOpt does
+    allowed = (QuantLinearConvBase.forward, QuantInputBase.forward, nn.Linear.forward, nn.Module.forward)
+    if any(c.__dict__["forward"] not in allowed for c in type(module).__mro__ if "forward" in c.__dict__):
+        return False  # a class with its own forward (Falcon's x @ W.T + b, real-quant GEMMs, LoRA): ModelOpt's way
     if hasattr(module, "_forward_pre_dm"):
         return False
     for recipe in recipes:
@@ -120,7 +129,10 @@ def _capturing_forward(module: nn.Module, input: Any, *args: Any, **kwargs: Any)
     module.output_diff_dict = {}  # ModelOpt's own backward hook finds nothing to do
     if torch.is_grad_enabled():
         y = output[0] if isinstance(output, tuple) else output
-        module._qs_capture = (input, args, kwargs, y.detach(), _version(input), y._version)
+        # a stack: a module called twice in one forward gets its backward calls in reverse order
+        module.__dict__.setdefault("_qs_captures", []).append(
+            (input, args, kwargs, y.detach(), _version(input), y._version)
+        )
     return output
 
 
@@ -129,9 +141,10 @@ def _version(x: Any) -> int | None:
 
 
 def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) -> None:
-    capture = module.__dict__.pop("_qs_capture", None)
-    if capture is None:
+    captures = module.__dict__.get("_qs_captures")
+    if not captures:
         return
+    capture = captures.pop()
     x, args, kwargs, y, x_version, y_version = capture
     if _version(x) != x_version:
         raise RuntimeError(

@@ -33,7 +33,7 @@ from torch import nn
 from ..overlay import canonical_json
 from ..quant_summary import calibration_method, format_bits
 from .captured_scores import recipe_quantizers
-from .prefix_calibration import PrefixCalibration, shares_calibration_across_sizes
+from .prefix_calibration import PrefixCalibration, PrefixCalibrationMismatch, shares_calibration_across_sizes
 from .recipe_configs import CellRecipeConfigs
 from .autoquant import NONE_LABEL, CellError, LayerGroup, SearchResult, call_auto_quantize, weight_shapes
 from .exact_solver import exact_search
@@ -196,7 +196,11 @@ def run_union(
     recipes[none.checkpoint_signature] = none
     prefixes = None
     if call.prefix_calibration:
-        prefixes = PrefixCalibration({k for f in call.formats for k in f.calib_steps}, call.calib_steps)
+        prefixes = PrefixCalibration(
+            {k for f in call.formats for k in f.calib_steps},
+            call.calib_steps,
+            wanted={f.signature: set(f.calib_steps) for f in call.formats},
+        )
 
     outcome = call_auto_quantize(
         model,
@@ -361,6 +365,7 @@ __all__ = [
     "UnionCall",
     "UnionResult",
     "calibration_depends_on_data",
+    "PrefixCalibrationMismatch",
     "run_union",
     "shares_calibration_across_sizes",
     "solve_cell",

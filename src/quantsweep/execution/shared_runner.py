@@ -17,6 +17,7 @@ from ..engine.autoquant import CellError
 from ..engine.host_memory import release_memory, trim_host_memory
 from ..engine.quality import compare_to_baseline
 from ..engine.shared import (
+    PrefixCalibrationMismatch,
     UnionCall,
     UnionResult,
     calibration_depends_on_data,
@@ -33,17 +34,30 @@ from .work_units import UnitMember, WorkUnit
 
 
 def plan_union_calls(
-    matrix: Matrix, device_type: str, cells: list[Cell]
+    matrix: Matrix, device_type: str, cells: list[Cell], prefix_calibration: bool = True
 ) -> list[tuple[UnionCall, list[tuple[Cell, str, dict, str]]]]:
     """Group cells so that every group can share one AutoQuantize call (see engine/shared.py).
 
+    Sizes share a call through prefixes of one list of batches; a cell whose sample counts are not multiples of
+    the batch size has a short last batch that no prefix of a longer list has, so it gets a call of its own
+    batches. `prefix_calibration=False` keeps max-calibrated formats at one call per size (the fallback when a
+    model's calibration cannot be recorded by prefix, see engine/prefix_calibration.py).
+
     Needs only the matrix and the device type, so a Ray driver groups cells exactly as its workers will."""
     method = matrix.autoquant.method
+    batch = matrix.autoquant.batch_size
     groups: dict[tuple, tuple[UnionCall, list[tuple[Cell, str, dict, str]]]] = {}
     for cell in cells:
         config, backend = format_config_for(matrix, device_type, cell)
+        own_batches = bool(cell.calib_samples % batch or cell.score_samples % batch)
         free = method == "gradient" and not calibration_depends_on_data(config)
-        by_prefix = method == "gradient" and not free and shares_calibration_across_sizes(config)
+        by_prefix = (
+            prefix_calibration
+            and not own_batches
+            and method == "gradient"
+            and not free
+            and shares_calibration_across_sizes(config)
+        )
         if free:
             key: tuple = ("data-free",)
         elif by_prefix:
@@ -52,6 +66,8 @@ def plan_union_calls(
             key = ("calib", cell.calib_samples)
         else:
             key = ("calib", cell.calib_samples, "score", cell.score_samples)
+        if own_batches and method == "gradient":
+            key = (*key, "samples", cell.calib_samples, cell.score_samples)
         if key not in groups:
             name = "-".join(str(k) for k in key)
             call = UnionCall(key=name, calib_steps=1 if free else cell.calib_steps, score_steps=0)
@@ -117,7 +133,9 @@ def execute_shared(
         reasons = "; ".join(w for w in cell.warnings if "rejected by ModelOpt" in w)
         yield _error_run(cell, CellError(f"ModelOpt refuses this configuration: {reasons}"), _now())
     cells = [c for c in cells if c not in invalid]
-    for call, members in plan_union_calls(m, ctx.loaded.device.type, cells):
+    queue = plan_union_calls(m, ctx.loaded.device.type, cells)
+    while queue:
+        call, members = queue.pop(0)
         if on_union is not None:
             on_union(call, len(members))
         started = _now()
@@ -135,6 +153,12 @@ def execute_shared(
                 )
         except KeyboardInterrupt:
             raise
+        except PrefixCalibrationMismatch:  # this model's calibration cannot be shared by prefix: one call per size
+            model = None
+            release_memory(ctx.loaded.device)
+            fallback = plan_union_calls(m, ctx.loaded.device.type, [c for c, *_ in members], prefix_calibration=False)
+            queue[:0] = fallback
+            continue
         except Exception as exc:  # the whole group fails: one error row per cell
             model = None
             release_memory(ctx.loaded.device)

@@ -242,6 +242,45 @@ def render_report(
             err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command("compare")
+def compare(
+    summaries: Annotated[
+        list[Path], typer.Option("--summary", "-s", help="two sweep-summary.json files: A (reference), then B")
+    ],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="folder for compare.md and compare.json")] = None,
+    max_kl_increase: Annotated[float | None, typer.Option(help="gate: largest allowed rise of kl_mean (B - A)")] = None,
+    max_ppl_ratio_increase: Annotated[float | None, typer.Option(help="gate: largest allowed rise of ppl_ratio")] = None,
+    max_top1_drop: Annotated[float | None, typer.Option(help="gate: largest allowed fall of top1_agreement")] = None,
+    max_bits_increase: Annotated[float | None, typer.Option(help="gate: largest allowed rise of achieved bits")] = None,
+    fail_on_missing: Annotated[bool, typer.Option(help="gate: a cell of A missing from B fails")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare two sweeps cell by cell, matched by axes (exit 0, or 3 when the gate fails). See docs/compare.md."""
+    from .reports.compare import CompareGate, render_markdown, write
+    from .reports.compare import compare as build
+
+    if len(summaries) != 2:
+        raise QuantsweepError(f"compare takes two --summary files (A, then B), got {len(summaries)}",
+                              ExitCode.INVALID_INPUT)
+    for name, value in (("--max-kl-increase", max_kl_increase), ("--max-ppl-ratio-increase", max_ppl_ratio_increase),
+                        ("--max-top1-drop", max_top1_drop), ("--max-bits-increase", max_bits_increase)):
+        if value is not None and not value >= 0:
+            raise QuantsweepError(f"{name} must be a number >= 0, got {value}", ExitCode.INVALID_INPUT)
+    gate = CompareGate(max_kl_increase, max_ppl_ratio_increase, max_top1_drop, max_bits_increase, fail_on_missing)
+    doc = build(summaries[0], summaries[1], gate)
+    files = write(doc, out_dir) if out_dir is not None else []
+    if as_json:
+        _emit_json(doc)
+    else:
+        out.print(render_markdown(doc), markup=False, highlight=False)
+        if files:
+            out.print(f"wrote {', '.join(files)}", highlight=False)
+    if doc["gate"]["failures"]:
+        err.print("compare gate FAILED: " + "; ".join(doc["gate"]["failures"]), markup=False, highlight=False,
+                  soft_wrap=True)
+    raise typer.Exit(doc["exit_code"])
+
+
 # --- catalogue --------------------------------------------------------------------------------------------
 @app.command("catalogue")
 def catalogue(as_json: JsonOpt = False) -> None:

@@ -65,6 +65,10 @@ def run(
     device: Annotated[str | None, typer.Option("--device", help="override model.device: auto, cpu or cuda")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads")] = None,
     output_root: Annotated[str | None, typer.Option("--output-root", help="override output_root")] = None,
+    baseline_root: Annotated[
+        Path | None,
+        typer.Option("--baseline-root", help="after the run, compare with this sweep's baseline there (docs/baselines.md)"),
+    ] = None,
     engine: Annotated[
         str,
         typer.Option(
@@ -127,9 +131,11 @@ def run(
     finally:
         reporter.stop()
     summary = outcome.summary
+    against = _against_baseline(baseline_root, outcome.summary_path, summary) if baseline_root is not None else None
     if as_json:
         _emit_json(
             {
+                **({"baseline": against} if baseline_root is not None else {}),
                 "summary": str(outcome.summary_path),
                 "status": summary["status"],
                 "exit_code": int(outcome.exit_code),
@@ -146,7 +152,42 @@ def run(
         if can.get("passed") is False:
             out.print(f"[bold red]canary gate failed:[/] {', '.join(can.get('failed_reasons', []))}")
         out.print(f"summary: {outcome.summary_path}", highlight=False)
+        if baseline_root is not None:
+            _print_against_baseline(against)
     raise typer.Exit(int(outcome.exit_code))
+
+
+def _against_baseline(root: Path, summary_path: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The finished sweep against its baseline (informational: the run's exit code is unchanged)."""
+    from .reports.compare import CompareGate, compare as build
+    from .store.baselines import BaselineStore
+
+    try:
+        store = BaselineStore(root)
+        record, why = store.resolve(summary)
+        if record is None:
+            return {"record": None, "why": why}
+        doc = build(store.summary_path(record), summary_path, CompareGate())
+    except QuantsweepError as exc:  # the sweep itself is recorded and fine: say why there is no comparison
+        return {"record": None, "why": f"the comparison failed: {exc}"}
+    return {"record": record.id, "why": why, "comparison": doc}
+
+
+def _print_against_baseline(against: dict[str, Any] | None) -> None:
+    if not against or against.get("record") is None:
+        out.print(f"baseline: none ({(against or {}).get('why')})", highlight=False)
+        return
+    doc = against["comparison"]
+    out.print(f"baseline {against['record']} ({against['why']}): {len(doc['matched'])} cells matched, "
+              f"{len(doc['only_in_a'])} only in the baseline, {len(doc['only_in_b'])} new", highlight=False)
+    table = Table("cell", "status", "Δ bits", "Δ kl_mean", "Δ ppl_ratio", "recipe flips")
+    for e in doc["matched"]:
+        d = e["delta"]
+        flips = e["recipe_flips"]
+        table.add_row(e["cell"], f"{e['status']['a']} → {e['status']['b']}",
+                      *(f"{d[k]:+.4g}" if k in d else "—" for k in ("achieved_bits", "kl_mean", "ppl_ratio")),
+                      "n/a" if flips is None else str(len(flips)))
+    out.print(table)
 
 
 def _quiet_libraries() -> None:
@@ -279,6 +320,156 @@ def compare(
         err.print("compare gate FAILED: " + "; ".join(doc["gate"]["failures"]), markup=False, highlight=False,
                   soft_wrap=True)
     raise typer.Exit(doc["exit_code"])
+
+
+# --- baseline ---------------------------------------------------------------------------------------------
+baseline_app = typer.Typer(help="Keep sweep summaries as baselines: add, pin, resolve, prune. See docs/baselines.md.",
+                           no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+RootOpt = Annotated[Path, typer.Option("--storage-root", help="the baseline store's folder")]
+
+
+def _summary_doc(path: Path) -> dict[str, Any]:
+    from .reports.summary_io import load_summary
+
+    return load_summary(path).doc
+
+
+def _recordable(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A summary and the manifests of its cells that can be found (cell id -> manifest)."""
+    from .reports.summary_io import load_summary
+
+    s = load_summary(path)
+    manifests = {}
+    for r in s.rows:
+        manifest, _why = s.manifest(r)
+        if manifest is not None:
+            manifests[str(r["cell_id"])] = manifest
+    return s.doc, manifests
+
+
+def _record_out(record: Any, as_json: bool, verb: str) -> None:
+    if as_json:
+        _emit_json(record.to_dict())
+    else:
+        out.print(f"{verb} {record.id} ({record.matrix_name}, {record.cells} cells, pinned={record.pinned})",
+                  highlight=False)
+
+
+@baseline_app.command("add")
+def baseline_add(
+    root: RootOpt,
+    summary: SummaryOpt,
+    note: Annotated[str | None, typer.Option(help="a note kept with the record")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a sweep summary (unpinned: prune may remove it later)."""
+    from .store.baselines import BaselineStore
+
+    doc, manifests = _recordable(summary)
+    _record_out(BaselineStore(root).add(summary, doc, pinned=False, note=note, manifests=manifests), as_json, "added")
+
+
+@baseline_app.command("pin")
+def baseline_pin(
+    root: RootOpt,
+    record: Annotated[str | None, typer.Option("--record", help="an existing record id")] = None,
+    summary: Annotated[Path | None, typer.Option("--summary", "-s", help="record this summary, pinned")] = None,
+    note: Annotated[str | None, typer.Option(help="a note kept with a new record")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pin a record (or record a summary pinned): prune never removes it and resolve prefers it."""
+    from .store.baselines import BaselineStore
+
+    if (record is None) == (summary is None):
+        raise QuantsweepError("baseline pin takes exactly one of --record ID or --summary FILE", ExitCode.INVALID_INPUT)
+    store = BaselineStore(root)
+    if summary is not None:
+        doc, manifests = _recordable(summary)
+        _record_out(store.add(summary, doc, pinned=True, note=note, manifests=manifests), as_json, "pinned")
+    else:
+        _record_out(store.set_pinned(str(record), True), as_json, "pinned")
+
+
+@baseline_app.command("unpin")
+def baseline_unpin(
+    root: RootOpt,
+    record: Annotated[str, typer.Option("--record", help="a record id")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Unpin a record (it becomes subject to prune's retention rule)."""
+    from .store.baselines import BaselineStore
+
+    _record_out(BaselineStore(root).set_pinned(record, False), as_json, "unpinned")
+
+
+@baseline_app.command("list")
+def baseline_list(root: RootOpt, as_json: JsonOpt = False) -> None:
+    """Every record, oldest first."""
+    from .store.baselines import BaselineStore
+
+    records = BaselineStore(root).records()
+    if as_json:
+        _emit_json([r.to_dict() for r in records])
+        return
+    table = Table("id", "pinned", "matrix", "model", "hardware", "lane", "profile", "cells", "created")
+    for r in records:
+        table.add_row(r.id, "yes" if r.pinned else "", str(r.matrix_name), str(r.model), str(r.hardware_fingerprint),
+                      str(r.lane), str(r.profile), str(r.cells), r.created_at)
+    out.print(table)
+
+
+@baseline_app.command("resolve")
+def baseline_resolve(root: RootOpt, summary: SummaryOpt, as_json: JsonOpt = False) -> None:
+    """The baseline of a summary: the newest pinned record of its group, else the newest (exit 2 when none)."""
+    from .store.baselines import BaselineStore, identity
+
+    store = BaselineStore(root)
+    doc = _summary_doc(summary)
+    record, why = store.resolve(doc)
+    if record is None:
+        raise QuantsweepError(f"{summary}: no baseline in {root}: {why}", ExitCode.INVALID_INPUT)
+    result = {"record": record.to_dict(), "why": why, "summary": str(store.summary_path(record)),
+              "matrix_changed": record.matrix_hash != identity(doc)["matrix_hash"]}
+    if as_json:
+        _emit_json(result)
+    else:
+        out.print(f"{record.id}: {why}; summary {result['summary']}"
+                  + (" (the matrix differs from this sweep's)" if result["matrix_changed"] else ""), highlight=False)
+
+
+@baseline_app.command("health")
+def baseline_health(root: RootOpt, as_json: JsonOpt = False) -> None:
+    """Counts, pins, ages and missing hardware fingerprints per group."""
+    from .store.baselines import BaselineStore
+
+    doc = BaselineStore(root).health()
+    if as_json:
+        _emit_json(doc)
+        return
+    out.print(f"{doc['records']} records, {doc['pinned']} pinned, {doc['missing_hardware_fingerprint']} without a "
+              "hardware fingerprint", highlight=False)
+    for g in doc["groups"]:
+        out.print(f"  {g['matrix_name']} / {g['model']} / {g['hardware_fingerprint']} / {g['lane']} / {g['profile']}: "
+                  f"{g['records']} records ({g['pinned']} pinned), newest {g['newest_age_days']} days old",
+                  highlight=False)
+
+
+@baseline_app.command("prune")
+def baseline_prune(
+    root: RootOpt,
+    keep_last: Annotated[int, typer.Option(help="unpinned records kept per group")] = 10,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be removed")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove per group the unpinned records older than the newest --keep-last; pinned records always stay."""
+    from .store.baselines import BaselineStore
+
+    removed = BaselineStore(root).prune(keep_last, dry_run)
+    if as_json:
+        _emit_json({"removed": removed, "dry_run": dry_run})
+    else:
+        out.print(("would remove " if dry_run else "removed ") + (", ".join(removed) or "nothing"), highlight=False)
 
 
 # --- catalogue --------------------------------------------------------------------------------------------

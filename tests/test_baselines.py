@@ -43,8 +43,11 @@ def test_resolve_prefers_the_newest_pinned_record_and_prune_keeps_pins(tmp_path)
     assert store.prune(keep_last=0) == sorted([new.id, other_hw.id]) and [r.id for r in store.records()] == [old.id]
     store.set_pinned(old.id, False)
     assert store.resolve(_doc())[1] == "the newest record of the group (none is pinned)"
-    # the stored summary is the one added
+    # the stored summary is the one added, and the record holds to its published schema
     assert json.loads(store.summary_path(old).read_text())["rows"][0]["quality"]["kl_mean"] == 0.01
+    from quantsweep.reports.artifacts import check_artifact
+
+    assert check_artifact("baseline-record", store.records_dir / old.id / "record.json")["valid"]
 
 
 def test_health_counts_ages_and_interrupted_writes(tmp_path):

@@ -322,6 +322,58 @@ def compare(
     raise typer.Exit(doc["exit_code"])
 
 
+@app.command("frontier")
+def frontier(
+    summary: SummaryOpt,
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="the artifact file to write")],
+    storage_root: Annotated[
+        Path | None, typer.Option("--storage-root", help="also keep it in this history, by hardware/lane/profile")
+    ] = None,
+    provenance_ref: Annotated[str | None, typer.Option(help="free text: where the run came from")] = None,
+    include_invalid: Annotated[bool, typer.Option("--include-invalid", help="rank invalid rows too")] = False,
+    bits: Annotated[str, typer.Option("--bits", help="achieved or storage")] = "achieved",
+    as_json: JsonOpt = False,
+) -> None:
+    """The frontier explorer artifact of a sweep (per group: frontier, roles, recommendation; keyed by hardware,
+    lane and profile, with provenance). See docs/reports.md."""
+    from .reports.frontier_artifact import build_artifact, write_artifact
+
+    if bits not in ("achieved", "storage"):
+        raise QuantsweepError("--bits must be achieved or storage", ExitCode.INVALID_INPUT)
+    doc = build_artifact(summary, provenance_ref, include_invalid, bits)
+    files = write_artifact(doc, out_file, storage_root)
+    if as_json:
+        _emit_json({"files": files, "key": doc["key"], "groups": len(doc["groups"])})
+    else:
+        out.print(f"wrote {', '.join(files)} ({len(doc['groups'])} groups)", highlight=False)
+
+
+@app.command("check-artifacts")
+def check_artifacts(
+    frontier_files: Annotated[
+        list[Path] | None, typer.Option("--frontier", help="a frontier explorer artifact (repeatable)")
+    ] = None,
+    baseline_records: Annotated[
+        list[Path] | None, typer.Option("--baseline-record", help="a baseline store's record.json (repeatable)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate artifacts against their schemas (docs/schemas/): exit 0 when all hold, 2 naming the first field
+    that does not."""
+    from .reports.artifacts import check_artifact
+
+    todo = [("frontier", p) for p in frontier_files or []] + [("baseline-record", p) for p in baseline_records or []]
+    if not todo:
+        raise QuantsweepError("check-artifacts needs at least one --frontier or --baseline-record file",
+                              ExitCode.INVALID_INPUT)
+    results = [check_artifact(kind, path) for kind, path in todo]
+    if as_json:
+        _emit_json(results)
+    else:
+        for r in results:
+            out.print(f"{r['file']}: valid {r['kind']}", highlight=False)
+
+
 # --- baseline ---------------------------------------------------------------------------------------------
 baseline_app = typer.Typer(help="Keep sweep summaries as baselines: add, pin, resolve, prune. See docs/baselines.md.",
                            no_args_is_help=True)

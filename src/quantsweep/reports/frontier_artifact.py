@@ -1,0 +1,97 @@
+"""`quantsweep frontier`: the seed's frontier explorer artifact for one sweep, and its history by key.
+
+The frontier per group is the report's (`reports/frontier.py`, the same rules and thresholds as `render-report`),
+reduced to what a dashboard compares across runs: the frontier points with their roles, the three recommendations
+and their text. It is keyed by hardware fingerprint + lane + profile (`store/baselines.identity`, the same labels
+as baselines), and carries its provenance: the summary and its SHA-256, the commit, the matrix name and hash, the
+model, library versions and a free `--provenance-ref`. With `--storage-root`, a copy is kept under
+`<root>/<hardware>/<lane>/<profile>/<generated_at>.json`, a history that later frontiers of the same key are
+compared with. The document is validated against `FrontierArtifact` before it is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..store.atomic import atomic_write_json
+from ..store.baselines import identity
+from .artifacts import FrontierArtifact
+from .frontier import build_frontier
+from .summary_io import load_summary
+
+
+def build_artifact(summary_path: str | Path, provenance_ref: str | None = None, include_invalid: bool = False,
+                   bits: str = "achieved", generated_at: str | None = None) -> dict[str, Any]:
+    s = load_summary(summary_path)
+    frontier = build_frontier(s.rows, s.metric, s.max_quality, include_invalid, bits)
+    points = {p["key"]: p for p in frontier["points"]}
+    ident = identity(s.doc)
+    groups = []
+    for g in frontier["groups"]:
+        front = []
+        for key in g["frontier"]:
+            p = points[key]
+            front.append({
+                "key": key, "cell_id": p["cell_id"], "pair": p["pair"], "achieved_bits": p["achieved_bits"],
+                "quality": p["quality"], "kl_mean": p["kl_mean"], "ppl_ratio": p["ppl_ratio"],
+                "top1_agreement": p["top1_agreement"], "role": p["frontier_role"] or "frontier",
+            })
+        groups.append({
+            "group": g["group"], "model": g["model"], "dataset_size": g["dataset_size"],
+            "granularity": g["granularity"], "cells": g["cells"], "rankable": g["rankable"], "frontier": front,
+            "baseline": g["baseline"], "minimum_viable": g["minimum_viable"], "best_value": g["best_value"],
+            "recommendation": g["recommendation"],
+        })
+    doc = {
+        "kind": "quantsweep.frontier_explorer",
+        "schema_version": "1",
+        "generated_at": generated_at or datetime.now(UTC).isoformat(timespec="seconds"),
+        "key": {"hardware_fingerprint": ident["hardware_fingerprint"], "lane": ident["lane"],
+                "profile": ident["profile"]},
+        "provenance": {
+            "summary": str(summary_path),
+            "summary_sha256": hashlib.sha256(Path(summary_path).read_bytes()).hexdigest(),
+            "commit": s.doc.get("commit"),
+            "matrix_name": ident["matrix_name"],
+            "matrix_hash": ident["matrix_hash"],
+            "model": ident["model"],
+            "versions": s.doc.get("versions") or {},
+            "provenance_ref": provenance_ref,
+        },
+        "metric": frontier["metric"],
+        "max_quality": frontier["max_quality"],
+        "bits": bits,
+        "include_invalid": include_invalid,
+        "groups": groups,
+    }
+    FrontierArtifact.model_validate(doc)  # the contract, before anything is written
+    return doc
+
+
+def _safe(part: str | None) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", part or "none")[:80]
+
+
+def write_artifact(doc: dict[str, Any], out: str | Path, storage_root: str | Path | None = None) -> list[str]:
+    targets = [Path(out)]
+    if storage_root is not None:
+        k = doc["key"]
+        stamp = _safe(doc["generated_at"].replace(":", ""))
+        targets.append(Path(storage_root) / _safe(k["hardware_fingerprint"]) / _safe(k["lane"]) / _safe(k["profile"])
+                       / f"{stamp}.json")
+    written = []
+    for path in targets:
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; --out names the artifact file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, doc)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write the frontier artifact: {exc.strerror or exc}") from None
+        written.append(str(path))
+    return written

@@ -212,6 +212,28 @@ def report(
         out.print(f"wrote {md} and {js}", highlight=False)
 
 
+@app.command("export")
+def export(
+    cell: Annotated[Path, typer.Option("--cell", help="a cell folder of a finished sweep (manifest.json, recipe.json)")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="a new or empty folder for the checkpoint")],
+    device: Annotated[str | None, typer.Option("--device", help="override model.device: auto, cpu or cuda")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a cell's recipe as a unified Hugging Face checkpoint, verified against the cell. See docs/export.md."""
+    from .export.checkpoint import export_cell
+
+    _quiet_libraries()
+    doc = export_cell(cell, out_dir, device, lambda m: err.print(m, markup=False, highlight=False))
+    if as_json:
+        _emit_json({k: doc[k] for k in ("out", "cell", "quality", "checks", "calibration", "seconds")})
+    else:
+        c = doc["checks"]
+        out.print(f"wrote {doc['out']}: {c['quant_algo']}, {c['quantized_modules']} quantized modules, quality "
+                  f"reproduced ({', '.join(f'{k} {v:.6g}' for k, v in doc['quality']['reproduced'].items())}), "
+                  f"{c['dequantized_weights_compared']} weights dequantized and compared (largest difference "
+                  f"{c['largest_weight_difference']:.3g})", highlight=False)
+
+
 # --- kpi-report / render-report ------------------------------------------------------------------------------
 SummaryOpt = Annotated[Path, typer.Option("--summary", "-s", help="a sweep-summary.json")]
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InputError
+from ..store.baselines import Record
 
 FRONTIER_KIND = "quantsweep.frontier_explorer"
 
@@ -81,24 +82,7 @@ class FrontierArtifact(_Strict):
     groups: list[FrontierGroup]
 
 
-class BaselineRecordArtifact(_Strict):
-    """`record.json` of a baseline store (store/baselines.py)."""
-
-    id: str
-    created_at: str
-    matrix_name: str | None
-    matrix_hash: str
-    model: str | None
-    hardware_fingerprint: str | None
-    lane: str | None
-    profile: str | None
-    source: str
-    cells: int = Field(ge=0)
-    pinned: bool
-    note: str | None
-
-
-SCHEMAS: dict[str, type[BaseModel]] = {"frontier": FrontierArtifact, "baseline-record": BaselineRecordArtifact}
+SCHEMAS: dict[str, type[BaseModel]] = {"frontier": FrontierArtifact, "baseline-record": Record}  # store/baselines.py
 
 
 def write_schemas(folder: str | Path) -> list[Path]:

@@ -19,10 +19,11 @@ import copy
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InputError
 from .atomic import atomic_write_json, dumps
@@ -33,8 +34,11 @@ SUMMARY = "summary.json"
 KEEP_LAST = 10
 
 
-@dataclass
-class Record:
+class Record(BaseModel):
+    """`record.json`: also the published schema of a baseline record (docs/schemas/baseline-record.schema.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     id: str
     created_at: str
     matrix_name: str | None
@@ -44,7 +48,7 @@ class Record:
     lane: str | None
     profile: str | None
     source: str
-    cells: int
+    cells: int = Field(ge=0)
     pinned: bool = False
     note: str | None = None
 
@@ -53,7 +57,7 @@ class Record:
         return (self.matrix_name, self.model, self.hardware_fingerprint, self.lane, self.profile)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 def identity(doc: dict[str, Any]) -> dict[str, Any]:
@@ -93,9 +97,13 @@ class BaselineStore:
                 continue  # an interrupted write: ignored, removed by prune
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
-                out.append(Record(**data))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+                out.append(Record.model_validate(data))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise InputError(f"{path}: not a baseline record ({type(exc).__name__}: {exc})") from None
+            except ValidationError as exc:
+                e = exc.errors()[0]
+                loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+                raise InputError(f"{path}: {loc}: {e['msg']}") from None
         return sorted(out, key=lambda r: (r.created_at, r.id))
 
     def get(self, record_id: str) -> Record:

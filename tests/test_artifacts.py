@@ -25,11 +25,13 @@ def test_committed_schemas_are_generated_from_the_models():
 def test_frontier_artifact_has_the_frontier_roles_key_and_provenance(tmp_path):
     doc = summary(orket_frontier_rows(), name="orket")
     doc["labels"] = {"execution_lane": "lab", "profile": "safe"}
+    doc["commit"] = {"sha": "0123456789abcdef", "dirty": True}  # what `run` records
     path = write(tmp_path / "s" / "sweep-summary.json", doc)
     art = build_artifact(path, provenance_ref="ci:nightly#7", generated_at="2026-11-30T00:00:00+00:00")
     assert art["key"] == {"hardware_fingerprint": "Linux|test-cpu|2c|8gb|none", "lane": "lab", "profile": "safe"}
     assert art["provenance"]["summary_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert art["provenance"]["provenance_ref"] == "ci:nightly#7" and art["provenance"]["matrix_name"] == "orket"
+    assert art["provenance"]["commit"] == "0123456789abcdef" and art["provenance"]["dirty"] is True
     (group,) = art["groups"]
     # the seed's fixture: 8 bits baseline, 7 bits best value, 6 bits minimum viable, 4 bits on the frontier but failing
     roles = {p["pair"]: (p["achieved_bits"], p["role"]) for p in group["frontier"]}
@@ -61,3 +63,7 @@ def test_cli_frontier_and_check_artifacts(tmp_path):
     (tmp_path / "adir").mkdir()
     res = cli("frontier", "--summary", str(path), "--out", "adir", cwd=tmp_path)
     assert res.returncode == 2 and "is a folder" in res.stderr
+    (tmp_path / "afile").write_text("x")
+    res = cli("frontier", "--summary", str(path), "--out", "g.json", "--storage-root", "afile", cwd=tmp_path)
+    assert res.returncode == 2 and "afile: is a file, not a folder (--storage-root)" in res.stderr
+    assert not (tmp_path / "g.json").exists()  # nothing written on an error path

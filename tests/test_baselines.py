@@ -18,7 +18,7 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 def _doc(kl: float = 0.01, hardware: str = "Linux|test-cpu|2c|8gb|none", lane: str = "ci") -> dict:
     doc = summary([row("wint8_afp16", kl=kl)], name="nightly")
     doc["hardware"] = {"fingerprint": hardware}
-    doc["labels"] = {"execution_lane": lane, "profile": "default"}
+    doc["labels"] = {"execution_lane": lane, "vram_profile": "safe"}  # as the shipped matrices name them
     return doc
 
 
@@ -67,6 +67,13 @@ def test_health_counts_ages_and_interrupted_writes(tmp_path):
     assert store.get(a.id).pinned
     with pytest.raises(InputError, match="no baseline record 'nope'"):
         store.get("nope")
+    # a copied record folder (same id inside) must not let prune remove the pinned original
+    import shutil
+
+    shutil.copytree(store.records_dir / a.id, store.records_dir / f"{a.id}-copy")
+    with pytest.raises(InputError, match=rf"{a.id}-copy/record.json: id: '{a.id}' is not its folder's name"):
+        store.prune(keep_last=0)
+    assert (store.records_dir / a.id / "record.json").is_file()
 
 
 def test_cli_baseline_commands_and_errors(tmp_path):
@@ -77,6 +84,7 @@ def test_cli_baseline_commands_and_errors(tmp_path):
     assert res.returncode == 0, res.stderr
     pinned = json.loads(res.stdout)
     assert pinned["pinned"] is True and pinned["matrix_name"] == "nightly" and pinned["lane"] == "ci"
+    assert pinned["profile"] == "safe"
     res = cli("baseline", "add", "--storage-root", root, "--summary", str(s2), "--json", cwd=tmp_path)
     added = json.loads(res.stdout)
     res = cli("baseline", "list", "--storage-root", root, "--json", cwd=tmp_path)

@@ -93,3 +93,13 @@ def test_a_missing_summary_is_an_input_error_naming_it(tmp_path, two_sweeps):
     pa, _ = two_sweeps
     with pytest.raises(InputError, match="nope.json: no such summary file"):
         compare(pa, tmp_path / "nope.json", CompareGate())
+
+
+def test_gate_fails_on_an_uncomparable_gated_metric_and_passes_a_delta_equal_to_its_threshold(tmp_path):
+    a = [row("wint8_afp16", bits=8.0, kl=0.0052677524, sweep="a"), row("wint4_afp16", bits=4.5, kl=0.05, sweep="a")]
+    b = [row("wint8_afp16", bits=8.0, kl=0.0082677524, sweep="b"), row("wint4_afp16", bits=4.5, kl=float("nan"), sweep="b")]
+    pa = write(tmp_path / "a" / "sweep-summary.json", summary(a))
+    pb = write(tmp_path / "b" / "sweep-summary.json", summary(b))
+    doc = compare(pa, pb, CompareGate(max_kl_increase=0.003))
+    assert doc["gate"]["failures"] == ["wint4_afp16/default/small@8: kl_mean cannot be compared: missing or not finite in B"]
+    assert "kl_mean" not in {e["cell"]: e for e in doc["matched"]}["wint4_afp16/default/small@8"]["delta"]

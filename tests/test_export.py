@@ -53,6 +53,10 @@ def test_export_reproduces_the_cell_and_the_stored_weights_match(sweep, pair, al
         assert doc["quality"]["reproduced"][metric] == pytest.approx(row["quality"][metric], rel=1e-3)
     out = folder / f"out-{pair}"
     assert {"config.json", "hf_quant_config.json", "quantsweep-export.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all((f.stat().st_mode & 0o777) == (0o666 & ~umask) for f in out.iterdir())  # not private temp files
+    assert (out.stat().st_mode & 0o777) == (0o777 & ~umask)
     record = json.loads((out / "quantsweep-export.json").read_text())
     assert record["cell"]["id"] == row["cell_id"] and record["recipe"]["algorithm"] == "max"
 

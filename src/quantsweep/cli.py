@@ -525,7 +525,8 @@ def baseline_health(root: RootOpt, as_json: JsonOpt = False) -> None:
               "hardware fingerprint", highlight=False)
     for g in doc["groups"]:
         out.print(f"  {g['matrix_name']} / {g['model']} / {g['hardware_fingerprint']} / {g['lane']} / {g['profile']}: "
-                  f"{g['records']} records ({g['pinned']} pinned), newest {g['newest_age_days']} days old",
+                  f"{g['records']} records ({g['pinned']} pinned), newest {g['newest_age_days']} and oldest "
+                  f"{g['oldest_age_days']} days old, {g['matrix_hashes']} matrix version(s)",
                   highlight=False)
 
 

@@ -130,6 +130,7 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
             "seconds": round(time.perf_counter() - t0, 3),
         }
         (tmp / EXPORT_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+        _usual_permissions(tmp)  # mkdtemp (and the exporter's own temporaries) make them private
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
@@ -139,6 +140,15 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
     del model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return {**doc, "out": str(out)}
+
+
+def _usual_permissions(folder: Path) -> None:
+    from ..store.atomic import _umask
+
+    mask = _umask()
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _check_quality(expected: dict[str, Any], quality: dict[str, Any], inputs: Any) -> dict[str, float]:

@@ -21,7 +21,7 @@ FRONTIER_KIND = "quantsweep.frontier_explorer"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ArtifactKey(_Strict):
@@ -36,6 +36,7 @@ class Provenance(_Strict):
     summary: str
     summary_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     commit: str | None
+    dirty: bool | None = Field(description="the working tree had uncommitted changes when the sweep ran")
     matrix_name: str | None
     matrix_hash: str
     model: str | None
@@ -52,7 +53,10 @@ class FrontierPoint(_Strict):
     kl_mean: float | None
     ppl_ratio: float | None
     top1_agreement: float | None
-    role: str = Field(description="baseline, minimum_viable, best_value (joined by +) or frontier")
+    role: str = Field(
+        pattern=r"^(frontier|(baseline|minimum_viable|best_value)(\+(baseline|minimum_viable|best_value))*)$",
+        description="baseline, minimum_viable, best_value (joined by +) or frontier",
+    )
 
 
 class FrontierGroup(_Strict):

@@ -95,6 +95,7 @@ def compare(path_a: str | Path, path_b: str | Path, gate: CompareGate) -> dict[s
         for metric in sorted(set(qa) & set(qb)):
             if metric not in SKIP_QUALITY and _num(qa[metric]) and _num(qb[metric]):
                 deltas[metric] = qb[metric] - qa[metric]
+        entry["a_all"] = {**qa, **{k: ra.get(k) for k in BITS}}  # for the gate: what A could be compared on
         entry["a"] = {k: (qa.get(k) if k not in BITS else ra.get(k)) for k in deltas}
         entry["b"] = {k: (qb.get(k) if k not in BITS else rb.get(k)) for k in deltas}
         entry["delta"] = deltas
@@ -103,6 +104,7 @@ def compare(path_a: str | Path, path_b: str | Path, gate: CompareGate) -> dict[s
         if why:
             entry["recipe_flips_unavailable"] = why
         reasons = _regressions(entry, gate)
+        del entry["a_all"]
         entry["regressions"] = reasons
         failures.extend(f"{entry['cell']}: {r}" for r in reasons)
         matched.append(entry)
@@ -133,9 +135,15 @@ def _regressions(entry: dict[str, Any], gate: CompareGate) -> list[str]:
         ("top1_agreement", gate.max_top1_drop, -1, "top1_agreement down by"),
         ("achieved_bits", gate.max_bits_increase, 1, "achieved_bits up by"),
     )
+    both_ok = entry["status"]["a"] == entry["status"]["b"] == "ok"
     for metric, limit, sign, words in checks:
-        if limit is not None and metric in d and sign * d[metric] > limit:
-            out.append(f"{words} {sign * d[metric]:.6g} (> {limit:g})")
+        if limit is None:
+            continue
+        if metric in d:
+            if sign * d[metric] > limit * (1 + 1e-9) + 1e-12:  # a delta printed equal to the limit passes
+                out.append(f"{words} {sign * d[metric]:.6g} (> {limit:g})")
+        elif both_ok and _num(entry["a_all"].get(metric)):
+            out.append(f"{metric} cannot be compared: missing or not finite in B")
     return out
 
 

@@ -56,7 +56,7 @@ def build_artifact(summary_path: str | Path, provenance_ref: str | None = None, 
         "provenance": {
             "summary": str(summary_path),
             "summary_sha256": hashlib.sha256(Path(summary_path).read_bytes()).hexdigest(),
-            "commit": s.doc.get("commit"),
+            **_commit(s.doc.get("commit")),
             "matrix_name": ident["matrix_name"],
             "matrix_hash": ident["matrix_hash"],
             "model": ident["model"],
@@ -73,6 +73,14 @@ def build_artifact(summary_path: str | Path, provenance_ref: str | None = None, 
     return doc
 
 
+def _commit(commit: Any) -> dict[str, Any]:
+    """`run` records {sha, dirty}; hand-written summaries may hold the sha alone."""
+    if isinstance(commit, dict):
+        sha, dirty = commit.get("sha"), commit.get("dirty")
+        return {"commit": sha if isinstance(sha, str) else None, "dirty": dirty if isinstance(dirty, bool) else None}
+    return {"commit": commit if isinstance(commit, str) else None, "dirty": None}
+
+
 def _safe(part: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", part or "none")[:80]
 
@@ -84,10 +92,15 @@ def write_artifact(doc: dict[str, Any], out: str | Path, storage_root: str | Pat
         stamp = _safe(doc["generated_at"].replace(":", ""))
         targets.append(Path(storage_root) / _safe(k["hardware_fingerprint"]) / _safe(k["lane"]) / _safe(k["profile"])
                        / f"{stamp}.json")
-    written = []
-    for path in targets:
+    for path in targets:  # every target checked before anything is written
         if path.is_dir():
             raise InputError(f"{path}: is a folder; --out names the artifact file")
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                flag = "--storage-root" if storage_root is not None and path != targets[0] else "--out"
+                raise InputError(f"{parent}: is a file, not a folder ({flag})")
+    written = []
+    for path in targets:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, doc)

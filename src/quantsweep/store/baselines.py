@@ -65,7 +65,7 @@ def identity(doc: dict[str, Any]) -> dict[str, Any]:
     labels = doc.get("labels") or {}
     matrix = doc.get("matrix") or {}
     lane = labels.get("lane", labels.get("execution_lane"))
-    profile = labels.get("profile")
+    profile = labels.get("profile", labels.get("vram_profile"))
     return {
         "matrix_name": matrix.get("name"),
         "matrix_hash": hashlib.sha256(json.dumps(matrix, sort_keys=True, default=str).encode()).hexdigest()[:16],
@@ -93,17 +93,22 @@ class BaselineStore:
             return out
         for folder in sorted(p for p in self.records_dir.iterdir() if p.is_dir()):
             path = folder / RECORD
-            if not path.is_file():
+            if not path.exists():
                 continue  # an interrupted write: ignored, removed by prune
+            if not path.is_file():
+                raise InputError(f"{path}: not a file (a baseline record is a JSON file)")
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
-                out.append(Record.model_validate(data))
+                record = Record.model_validate(data)
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise InputError(f"{path}: not a baseline record ({type(exc).__name__}: {exc})") from None
             except ValidationError as exc:
                 e = exc.errors()[0]
                 loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
                 raise InputError(f"{path}: {loc}: {e['msg']}") from None
+            if record.id != folder.name:  # the folder is what prune removes: they must agree
+                raise InputError(f"{path}: id: {record.id!r} is not its folder's name {folder.name!r}")
+            out.append(record)
         return sorted(out, key=lambda r: (r.created_at, r.id))
 
     def get(self, record_id: str) -> Record:
@@ -174,7 +179,7 @@ class BaselineStore:
             stale = unpinned[: max(0, len(unpinned) - keep_last)]
             removed.extend(r.id for r in stale)
         if self.records_dir.is_dir():
-            removed.extend(p.name for p in self.records_dir.iterdir() if p.is_dir() and not (p / RECORD).is_file())
+            removed.extend(p.name for p in self.records_dir.iterdir() if p.is_dir() and not (p / RECORD).exists())
         if not dry_run:
             for rid in removed:
                 shutil.rmtree(self.records_dir / rid, ignore_errors=True)

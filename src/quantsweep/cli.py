@@ -234,6 +234,12 @@ def export(
                   f"{c['largest_weight_difference']:.3g})", highlight=False)
 
 
+def _report_gate_failures(gate: str, failures: list[str]) -> None:
+    """One line on stderr naming every failure (stdout may be carrying --json)."""
+    if failures:
+        err.print(f"{gate} FAILED: " + "; ".join(failures), markup=False, highlight=False, soft_wrap=True)
+
+
 # --- kpi-report / render-report ------------------------------------------------------------------------------
 SummaryOpt = Annotated[Path, typer.Option("--summary", "-s", help="a sweep-summary.json")]
 
@@ -266,9 +272,7 @@ def kpi_report(
     doc = build(summary, overrides, skip_kpi or [], out_file)
     if as_json:
         _emit_json(doc)
-        if doc["gate"]["failures"]:
-            err.print("KPI gate FAILED: " + "; ".join(doc["gate"]["failures"]), markup=False, highlight=False,
-                      soft_wrap=True)
+        _report_gate_failures("KPI gate", doc["gate"]["failures"])
     else:
         render_table(doc, out)
     raise typer.Exit(doc["exit_code"])
@@ -338,9 +342,7 @@ def compare(
         out.print(render_markdown(doc), markup=False, highlight=False)
         if files:
             out.print(f"wrote {', '.join(files)}", highlight=False)
-    if doc["gate"]["failures"]:
-        err.print("compare gate FAILED: " + "; ".join(doc["gate"]["failures"]), markup=False, highlight=False,
-                  soft_wrap=True)
+    _report_gate_failures("compare gate", doc["gate"]["failures"])
     raise typer.Exit(doc["exit_code"])
 
 

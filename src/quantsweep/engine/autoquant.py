@@ -186,8 +186,8 @@ def call_auto_quantize(
     backward (gradient method), when ModelOpt's score accumulators hold the sum so far. `exact`: the gradient
     search's recipe is the exact optimum when ModelOpt's is not (engine/exact_solver.py). `captured`: every candidate
 format's score is replayed from one captured forward+backward (engine/captured_scores.py) instead of ModelOpt's
-per-format scoring forward; the naive engine keeps ModelOpt's own. `prefixes`: the data-dependent formats of the
-call are calibrated once for several dataset sizes (engine/prefix_calibration.py) and scored at each of them."""
+per-format scoring forward; the naive engine keeps ModelOpt's own. `prefixes` (with `captured`): the data-dependent
+formats of the call are calibrated once for several dataset sizes (engine/prefix_calibration.py) and scored at each of them."""
     import modelopt.torch.quantization as mtq
 
     from .exact_solver import exact_search
@@ -198,7 +198,7 @@ call are calibrated once for several dataset sizes (engine/prefix_calibration.py
         )
         kwargs: dict[str, Any] = {}
         # engine/captured_scores.py, engine/score_memory.py
-        release = CapturedScores(prefixes) if captured or prefixes is not None else ScoreMemory()
+        release = CapturedScores(prefixes) if captured else ScoreMemory()
         if method == "gradient":
 
             def forward_backward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> None:

@@ -111,11 +111,12 @@ class UnionResult:
     forward_calls: dict[str, int]
     prefixes: PrefixCalibration | None = None
     scoring: dict[str, int] = field(default_factory=dict)
-    recipe_configs: CellRecipeConfigs | None = None
+    recipe_configs: CellRecipeConfigs = field(init=False)
 
     def __post_init__(self) -> None:
-        state = {k: v for k, v in self.state.items() if k not in ("best", "quantizer_states")}
-        self.recipe_configs = CellRecipeConfigs(state)
+        self.recipe_configs = CellRecipeConfigs(
+            {k: v for k, v in self.state.items() if k not in ("best", "quantizer_states")}
+        )
 
 
 @dataclass
@@ -133,24 +134,23 @@ def _snapshot(model: nn.Module) -> _Snapshot:
 
     tensors: list[torch.Tensor] = []
     index: dict[str, dict[str, list[int]]] = {}
+
+    def positions(hp: Any, per_module: dict[Any, torch.Tensor | None]) -> list[int]:
+        out = []
+        for sm in hp.score_modules:  # in ModelOpt's order: `get_score` sums them in this order
+            if per_module[sm] is not None:
+                out.append(len(tensors))
+                tensors.append(per_module[sm].detach().reshape(()))
+        return out
+
     for name, hp in named_hparams(model, unique=True):
         if not isinstance(hp, QuantRecipeHparam):
             continue
         per_recipe = index.setdefault(name, {})
         for recipe, per_module in hp._importance_dict.items():
-            positions = []
-            for sm in hp.score_modules:  # in ModelOpt's order: `get_score` sums them in this order
-                if per_module[sm] is not None:
-                    positions.append(len(tensors))
-                    tensors.append(per_module[sm].detach().reshape(()))
-            per_recipe[recipe.checkpoint_signature] = positions
+            per_recipe[recipe.checkpoint_signature] = positions(hp, per_module)
         for (recipe, k), per_module in hp.__dict__.get("_qs_prefix_importance", {}).items():
-            positions = []
-            for sm in hp.score_modules:
-                if per_module[sm] is not None:
-                    positions.append(len(tensors))
-                    tensors.append(per_module[sm].detach().reshape(()))
-            per_recipe[f"{recipe.checkpoint_signature}@{k}"] = positions
+            per_recipe[f"{recipe.checkpoint_signature}@{k}"] = positions(hp, per_module)
     values = torch.stack([t.to(tensors[0].device) for t in tensors]) if tensors else None
     return _Snapshot(values, index)
 
@@ -265,6 +265,7 @@ def solve_cell(
     t0 = time.perf_counter()
     recipe = QuantRecipe(config, name=label)
     sig = recipe.checkpoint_signature
+    calib_steps = calib_steps or union.call.calib_steps
     none = QuantRecipe(quant_cfg=None)
     none_sig = none.checkpoint_signature
     stats_all = union.state["candidate_stats"]
@@ -276,7 +277,7 @@ def solve_cell(
         if sig not in sigs:
             raise CellError(f"format {label} missing from the shared search of {name}")
         i, j = sigs.index(sig), sigs.index(none_sig)
-        series = union.cumulative.get(name, {}).get(union.call.score_key(sig, calib_steps or union.call.calib_steps))
+        series = union.cumulative.get(name, {}).get(union.call.score_key(sig, calib_steps))
         if series is None:
             raise CellError(f"no scores recorded for {label} in {name}")
         raw = series[(k if k is not None else len(series)) - 1]
@@ -319,7 +320,7 @@ def solve_cell(
         hparam = get_hparam(union.model, name)
         hparam.active = union.recipes[chosen.checkpoint_signature]
         if union.prefixes is not None and chosen != none:
-            union.prefixes.apply(recipe_quantizers(hparam, chosen), calib_steps or union.call.calib_steps)
+            union.prefixes.apply(recipe_quantizers(hparam, chosen), calib_steps)
         chosen_cost += info["costs"]
         chosen_score += info["scores"]
         groups.append(

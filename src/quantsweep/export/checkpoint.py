@@ -49,8 +49,6 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out}: --out exists and is not an empty folder (an export never overwrites)")
 
-    import torch
-
     from ..engine.data import build_samples, make_batches
     from ..engine.models import load_model
     from ..engine.quality import baseline_outputs, compare_to_baseline
@@ -137,8 +135,6 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    del model
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return {**doc, "out": str(out)}
 
 

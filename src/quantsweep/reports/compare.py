@@ -95,7 +95,6 @@ def compare(path_a: str | Path, path_b: str | Path, gate: CompareGate) -> dict[s
         for metric in sorted(set(qa) & set(qb)):
             if metric not in SKIP_QUALITY and _num(qa[metric]) and _num(qb[metric]):
                 deltas[metric] = qb[metric] - qa[metric]
-        entry["a_all"] = {**qa, **{k: ra.get(k) for k in BITS}}  # for the gate: what A could be compared on
         entry["a"] = {k: (qa.get(k) if k not in BITS else ra.get(k)) for k in deltas}
         entry["b"] = {k: (qb.get(k) if k not in BITS else rb.get(k)) for k in deltas}
         entry["delta"] = deltas
@@ -103,8 +102,7 @@ def compare(path_a: str | Path, path_b: str | Path, gate: CompareGate) -> dict[s
         entry["recipe_flips"] = flips
         if why:
             entry["recipe_flips_unavailable"] = why
-        reasons = _regressions(entry, gate)
-        del entry["a_all"]
+        reasons = _regressions(entry, {**qa, **{k: ra.get(k) for k in BITS}}, gate)
         entry["regressions"] = reasons
         failures.extend(f"{entry['cell']}: {r}" for r in reasons)
         matched.append(entry)
@@ -124,7 +122,9 @@ def compare(path_a: str | Path, path_b: str | Path, gate: CompareGate) -> dict[s
     }
 
 
-def _regressions(entry: dict[str, Any], gate: CompareGate) -> list[str]:
+def _regressions(entry: dict[str, Any], a_values: dict[str, Any], gate: CompareGate) -> list[str]:
+    """Why B regresses from A for this cell; `a_values`: A's bits and quality (a gated metric A has and B lacks
+    cannot be compared)."""
     out = []
     if entry["status"]["a"] == "ok" and entry["status"]["b"] != "ok":
         out.append(f"ok in A, {entry['status']['b']} in B")
@@ -142,7 +142,7 @@ def _regressions(entry: dict[str, Any], gate: CompareGate) -> list[str]:
         if metric in d:
             if sign * d[metric] > limit * (1 + 1e-9) + 1e-12:  # a delta printed equal to the limit passes
                 out.append(f"{words} {sign * d[metric]:.6g} (> {limit:g})")
-        elif both_ok and _num(entry["a_all"].get(metric)):
+        elif both_ok and _num(a_values.get(metric)):
             out.append(f"{metric} cannot be compared: missing or not finite in B")
     return out
 

@@ -1,20 +1,21 @@
 """Reading matrix files (YAML or JSON) into a validated `Matrix`, with errors that name file and field.
 
-YAML is read with `yaml.safe_load` (no object construction). Every problem becomes one line
+YAML is read by the bounded safe loader of `inputs/documents.py` (no object construction, no duplicate keys,
+bounded size, depth and alias expansion). Every problem becomes one line
 `<file>: <field path>: <message>`, e.g. `matrices/x.yaml: axes.quant_pairs[2]: unknown quant pair 'wint3'`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from .errors import MatrixError
+from .inputs.documents import MATRIX as MATRIX_LIMITS
+from .inputs.documents import DocumentError, read_structured
 from .schema import UNION_TAGS, Matrix
 
 
@@ -123,28 +124,11 @@ def parse_matrix(data: Any, source: str) -> Matrix:
 
 
 def read_matrix_data(path: Path) -> Any:
-    source = str(path)
+    """The parsed document, bounded in size, depth and alias expansion (inputs/documents.py)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MatrixError(source, [("", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MatrixError(source, [("", f"cannot read: {exc}")]) from None
-    suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise MatrixError(source, [("", f"invalid YAML: {where}{problem}")]) from None
-    if suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MatrixError(source, [("", f"invalid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}")]) from None
-    raise MatrixError(source, [("", f"unsupported file type {suffix!r}; use .yaml, .yml or .json")])
+        return read_structured(path, MATRIX_LIMITS, "matrix file")
+    except DocumentError as exc:
+        raise MatrixError(exc.source, [("", exc.detail)]) from None
 
 
 def load_matrix(path: str | Path) -> Matrix:

@@ -366,7 +366,7 @@ def test_unsupported_suffix(tmp_path, suffix):
 def test_not_utf8(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_bytes(b"name: \xff\xfe\n")
-    with pytest.raises(MatrixError, match="cannot read"):
+    with pytest.raises(MatrixError, match=r"x.yaml: not UTF-8 text \(invalid byte 0xff at offset 6\)"):
         load_matrix(path)
 
 

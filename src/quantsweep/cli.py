@@ -32,6 +32,9 @@ err = Console(stderr=True)
 
 MatrixOpt = Annotated[Path, typer.Option("--matrix", "-m", help="matrix file (.yaml, .yml or .json)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout and nothing else there")]
+MaxCellsOpt = Annotated[
+    int, typer.Option("--max-cells", min=1, help="refuse a matrix expanding to more cells (default 10,000)")
+]
 
 
 def _emit_json(doc: Any) -> None:
@@ -41,11 +44,11 @@ def _emit_json(doc: Any) -> None:
 
 # --- dry-run ----------------------------------------------------------------------------------------------
 @app.command("dry-run")
-def dry_run(matrix: MatrixOpt, as_json: JsonOpt = False) -> None:
+def dry_run(matrix: MatrixOpt, max_cells: MaxCellsOpt = 10_000, as_json: JsonOpt = False) -> None:
     """Validate and expand a matrix; print the plan. Creates nothing, loads no model, uses no network."""
     from .dry_run import build_dry_run, render_dry_run
 
-    doc = build_dry_run(matrix)
+    doc = build_dry_run(matrix, max_cells)
     if as_json:
         _emit_json(doc)
     else:
@@ -95,6 +98,7 @@ def run(
     gpus_per_worker: Annotated[
         float | None, typer.Option("--gpus-per-worker", min=0, help="GPUs per Ray worker (default 1, 0 without GPUs); 2 or more spread each worker's model over its GPUs")
     ] = None,
+    max_cells: MaxCellsOpt = 10_000,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the canary gate, then AutoQuantize for every cell; resumes where a previous run stopped."""
@@ -125,6 +129,7 @@ def run(
         ray_address=ray_address,
         workers=workers,
         gpus_per_worker=gpus_per_worker,
+        max_cells=max_cells,
     )
     try:
         outcome = run_sweep(matrix, opts, reporter)
@@ -667,16 +672,29 @@ def main() -> None:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         sys.exit(int(exc.exit_code))
     except exits as exc:
-        sys.exit(exc.exit_code)
+        rc = exc.exit_code
     except (KeyboardInterrupt, *aborts):
-        err.print("interrupted; recorded results are intact, run the same command again to resume")
-        sys.exit(int(ExitCode.INTERRUPTED))
+        rc = int(ExitCode.INTERRUPTED)
     except usage_errors as exc:
         exc.show()
         # bare `quantsweep` prints the help (NoArgsIsHelpError): that is not an error
         sys.exit(0 if type(exc).__name__ == "NoArgsIsHelpError" else int(ExitCode.INVALID_INPUT))
-    # With standalone_mode=False, click returns the code of a `typer.Exit` instead of raising it.
-    sys.exit(rc if isinstance(rc, int) else 0)
+    except OSError as exc:
+        # The file system failed under us (disk full, permission, I/O error) somewhere the writing layer does not
+        # reach (a library writing its own files): one line naming the file, not a traceback.
+        from .store.atomic import write_error
+
+        werr = write_error(exc, getattr(exc, "filename", None) or "a file", "input/output failed")
+        err.print("[bold red]error:[/] ", end="")
+        err.print(str(werr), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(int(werr.exit_code))
+    # With standalone_mode=False, click returns the code of a `typer.Exit` instead of raising it; typer turns a
+    # Ctrl-C into Exit(130) the same way.
+    rc = rc if isinstance(rc, int) else 0
+    if rc == ExitCode.INTERRUPTED:
+        err.print("interrupted; what was recorded is intact: run the same command again to resume", markup=False,
+                  highlight=False, soft_wrap=True)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,16 @@ from rich.table import Table
 
 from .gitinfo import git_commit
 from .matrix_io import load_matrix
-from .planning import expand
+from .planning import DEFAULT_MAX_CELLS, expand
 from .schema import SCHEMA_VERSION
 
 
-def build_dry_run(matrix_path: Path) -> dict[str, Any]:
+def build_dry_run(matrix_path: Path, max_cells: int = DEFAULT_MAX_CELLS) -> dict[str, Any]:
     m = load_matrix(matrix_path)
-    plan = expand(m, str(matrix_path))
+    plan = expand(m, str(matrix_path), max_cells)
+    warnings = list(plan.warnings)
+    if m.model.trust_remote_code:
+        warnings.insert(0, "model.trust_remote_code is true: `run` will execute the model folder's own Python code")
     canary: dict[str, Any] = {"enabled": m.canary.enabled}
     if plan.canary_cell is not None:
         canary.update(
@@ -33,7 +36,7 @@ def build_dry_run(matrix_path: Path) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "kind": "quantsweep.dry_run",
         "matrix": {"file": str(matrix_path), "name": m.name, "description": m.description},
-        "commit": git_commit(),
+        "commit": git_commit(matrix_path),
         "model": {**m.model.model_dump(mode="json"), "display_name": m.model.display_name()},
         "dataset": m.dataset.model_dump(mode="json"),
         "autoquant": m.autoquant.model_dump(mode="json"),
@@ -44,7 +47,7 @@ def build_dry_run(matrix_path: Path) -> dict[str, Any]:
         "labels": dict(m.labels),
         "kpi_thresholds": m.kpi.model_dump(mode="json"),
         "execution": m.execution.model_dump(mode="json"),
-        "warnings": plan.warnings,
+        "warnings": warnings,
         "estimate": plan.estimate(),
     }
 

@@ -11,6 +11,7 @@ class ExitCode(IntEnum):
     INVALID_INPUT = 2  # bad matrix/summary/flags: nothing was run or written
     GATE_FAILED = 3  # the canary gate or a KPI gate failed
     CELLS_FAILED = 4  # the sweep finished, but one or more cells ended as error rows
+    WRITE_FAILED = 5  # an output could not be written (disk full, permissions): what was recorded before is intact
     INTERRUPTED = 130  # Ctrl-C; what was recorded is intact and `run` resumes
 
 
@@ -39,3 +40,9 @@ class MatrixError(InputError):
         self.problems = problems
         lines = [f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}" for loc, msg in problems]
         super().__init__("\n".join(lines))
+
+
+class WriteError(QuantsweepError):
+    """An output that could not be written (disk full, no permission, a file in the way); names the file."""
+
+    exit_code = ExitCode.WRITE_FAILED

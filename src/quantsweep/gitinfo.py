@@ -1,28 +1,125 @@
-"""The git commit of the working tree, for provenance (read-only: never writes to the repository)."""
+"""The git commit of the matrix's repository, for provenance — read without letting the repository run anything.
+
+Why not simply `git rev-parse HEAD` in the current folder: a repository can make git execute its own configured
+commands (`core.fsmonitor`, clean/smudge `filter.*` drivers run by `git status`), and the folder a user happens to
+stand in (or a matrix copied from someone else's checkout) is not code they chose to run. So:
+
+- the **sha** is read from the repository's files (`HEAD`, loose refs, `packed-refs`; linked work trees through
+  their `gitdir:`/`commondir` files); no git process at all;
+- **dirty** needs git's index comparison, so git runs with `core.fsmonitor` and hooks disabled, optional locks off
+  (nothing written), no system or global config, and only when the repository's own config names no filter
+  driver and includes no other config file (either could run a command); otherwise `dirty` is recorded as null,
+  with the reason.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
+_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+# config sections that can make `git status` execute a command, or pull in config we have not read
+_RISKY_CONFIG = re.compile(r"^\s*\[\s*(filter|include|includeif)\b", re.IGNORECASE | re.MULTILINE)
 
-def git_commit(cwd: str | Path | None = None) -> dict[str, object] | None:
-    """`{"sha": ..., "dirty": bool}` when `cwd` is inside a git work tree with a commit, else None."""
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # `git status` must not refresh the index
+
+def _read(path: Path) -> str | None:
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True, env=env
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-            env=env,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(1 << 20)
+    except OSError:
         return None
-    return {"sha": sha, "dirty": bool(status.strip())} if sha else None
+
+
+def find_git_dir(start: Path) -> tuple[Path, Path, Path] | None:
+    """(work tree, git dir, common dir) of the repository containing `start`, or None."""
+    here = start.resolve()
+    for folder in (here, *here.parents):
+        dot = folder / ".git"
+        if dot.is_dir():
+            git_dir = dot
+        elif dot.is_file():
+            text = _read(dot) or ""
+            m = re.match(r"gitdir:\s*(.+)", text.strip())
+            if not m:
+                return None
+            git_dir = (folder / m.group(1).strip()).resolve()
+        else:
+            continue
+        common = git_dir
+        commondir = _read(git_dir / "commondir")
+        if commondir:
+            common = (git_dir / commondir.strip()).resolve()
+        return folder, git_dir, common
+    return None
+
+
+def _resolve_ref(git_dir: Path, common: Path, ref: str, depth: int = 0) -> str | None:
+    if depth > 5:
+        return None
+    if _SHA.match(ref):
+        return ref
+    if not ref.startswith("refs/") or ".." in ref:
+        return None
+    for base in (git_dir, common):
+        text = _read(base / ref)
+        if text is not None:
+            text = text.strip()
+            if text.startswith("ref:"):
+                return _resolve_ref(git_dir, common, text[4:].strip(), depth + 1)
+            return text if _SHA.match(text) else None
+    packed = _read(common / "packed-refs") or ""
+    for line in packed.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] == ref and _SHA.match(parts[0]):
+            return parts[0]
+    return None
+
+
+def head_sha(git_dir: Path, common: Path) -> str | None:
+    head = (_read(git_dir / "HEAD") or "").strip()
+    if head.startswith("ref:"):
+        return _resolve_ref(git_dir, common, head[4:].strip())
+    return head if _SHA.match(head) else None
+
+
+def _dirty(work_tree: Path, common: Path) -> tuple[bool | None, str | None]:
+    config = _read(common / "config") or ""
+    if _RISKY_CONFIG.search(config):
+        return None, "not checked: the repository's config has filter drivers or includes, which git would run"
+    env = {
+        **os.environ,
+        "GIT_OPTIONAL_LOCKS": "0",  # `git status` must not refresh (write) the index
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+    cmd = ["git", "-c", "core.fsmonitor=false", "-c", f"core.hooksPath={os.devnull}", "-c", "core.untrackedCache=false",
+           "status", "--porcelain", "--untracked-files=no", "--ignore-submodules=all"]
+    try:
+        out = subprocess.run(cmd, cwd=work_tree, capture_output=True, text=True, timeout=10, check=True, env=env,
+                             stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, "not checked: git status failed"
+    return bool(out.strip()), None
+
+
+def git_commit(near: str | Path | None = None) -> dict[str, object] | None:
+    """`{"sha", "dirty", ["dirty_unknown"]}` of the repository holding `near` (a file or folder; default the
+    current folder), or None outside a repository or before its first commit."""
+    start = Path(near) if near is not None else Path.cwd()
+    if start.is_file() or not start.exists():
+        start = start.parent
+    found = find_git_dir(start)
+    if found is None:
+        return None
+    work_tree, git_dir, common = found
+    sha = head_sha(git_dir, common)
+    if sha is None:
+        return None
+    dirty, why = _dirty(work_tree, common)
+    doc: dict[str, object] = {"sha": sha, "dirty": dirty}
+    if why:
+        doc["dirty_unknown"] = why
+    return doc

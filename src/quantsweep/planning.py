@@ -28,6 +28,8 @@ from .quant_summary import (
 )
 from .schema import InlineGranularity, InlinePair, InlineSize, Matrix
 
+# A sweep larger than this is almost always a typo (a 31 KB matrix can name 270,000 cells); --max-cells overrides.
+DEFAULT_MAX_CELLS = 10_000
 PREFIX_CALIBRATION_METHODS = frozenset({"max", None})
 
 
@@ -269,8 +271,16 @@ def _shared_context(m: Matrix) -> dict[str, Any]:
     }
 
 
-def expand(m: Matrix, source: str = "<matrix>") -> Plan:
-    """The cartesian product of the axes (x budgets) as cells; raises MatrixError on path collisions."""
+def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CELLS) -> Plan:
+    """The cartesian product of the axes (x budgets) as cells; raises MatrixError on path collisions, and before
+    expanding anything when the product exceeds `max_cells` (a short matrix can name hundreds of thousands)."""
+    n_cells = (len(m.axes.quant_pairs) * len(m.axes.granularities) * len(m.axes.dataset_sizes)
+               * len(m.autoquant.effective_bits))
+    if n_cells > max_cells:
+        raise MatrixError(source, [("axes", (
+            f"expands to {n_cells:,} cells ({len(m.axes.quant_pairs)} pairs x {len(m.axes.granularities)} "
+            f"granularities x {len(m.axes.dataset_sizes)} sizes x {len(m.autoquant.effective_bits)} budgets), more "
+            f"than the {max_cells:,} allowed; split the matrix, or pass --max-cells {n_cells} if you mean it"))])
     pairs = [resolve_pair(p) for p in m.axes.quant_pairs]
     grans = [resolve_granularity(g) for g in m.axes.granularities]
     sizes: list[tuple[str, int]] = []

@@ -3,6 +3,13 @@
 Recording order per cell (what makes a crash harmless): cell artifacts (manifest, reports, recipe) are written
 atomically, then the row is appended to `rows.jsonl` and fsynced (the commit point), then `sweep-summary.json`
 is rewritten atomically. A cell without a row is redone on the next run; a cell with a row is skipped.
+
+Order of a run (what makes bad input harmless, docs/reliability.md): the matrix is read and planned, the model and
+data files are checked, and the output folder is checked — all before anything is created. Then the sweep's lock
+is taken at once (before torch is imported, so a second run is refused in a second, not after a minute), stale
+temporaries of a killed run are removed, the row log is repaired, and every cell folder about to be written is
+checked to belong to its cell. Torch, ModelOpt and the model come after that. A run that fails on input after
+taking the lock removes the folder it created (nothing is left behind).
 """
 
 from __future__ import annotations
@@ -21,17 +28,26 @@ from ..errors import ExitCode, InputError
 from ..gitinfo import git_commit
 from ..kpis import compute_kpis
 from ..matrix_io import load_matrix
-from ..planning import Plan, expand
+from ..planning import DEFAULT_MAX_CELLS, Plan, expand
 from ..schema import SCHEMA_VERSION
-from ..store.atomic import atomic_write_json
+from ..store.atomic import (
+    atomic_write_json,
+    check_output_dir,
+    make_dirs,
+    open_no_follow,
+    remove_stale_temporaries,
+)
 from ..store.rows import RowLog, latest_by_cell, read_rows
 from ..store.validity import finalize_rows
 from .progress import Reporter
-from .records import RECIPE_FILE, CellRecord, write_artifacts
 
+# Not `.records` here: it imports torch (through the engine), and the lock must be taken before that.
+RECIPE_FILE = "recipe.json"
+MANIFEST_FILE = "manifest.json"
 ROWS_FILE = "rows.jsonl"
 SUMMARY_FILE = "sweep-summary.json"
 CANARY_FILE = "canary.json"
+LOCK_FILE = ".lock"
 __all__ = ["RECIPE_FILE", "Reporter", "RunOptions", "SweepOutcome", "run_sweep"]
 
 
@@ -50,6 +66,7 @@ class RunOptions:
     ray_address: str | None = None
     workers: int | None = None
     gpus_per_worker: float | None = None
+    max_cells: int = DEFAULT_MAX_CELLS  # refuse a matrix expanding to more cells (a typo can mean 270,000)
 
 
 @dataclass
@@ -67,32 +84,80 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _created_folders(path: Path) -> list[Path]:
+    """The folders `mkdir -p path` would create, outermost first."""
+    missing = []
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing[::-1]
+
+
 @contextlib.contextmanager
 def sweep_lock(sweep_dir: Path) -> Iterator[None]:
-    """One `run` per sweep folder at a time (two writers would interleave rows)."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(sweep_dir / ".lock", "w")  # noqa: SIM115 - held for the whole run
+    """One `run` per sweep folder at a time (two writers would interleave rows). The lock file is opened without
+    following links. If the run fails on input (InputError) and the lock file is all this run created, the folders
+    it created are removed again: a run refused for bad input leaves nothing behind."""
+    created = _created_folders(sweep_dir)
+    lock_path = sweep_dir / LOCK_FILE
+    lock_existed = lock_path.exists() or lock_path.is_symlink()
+    make_dirs(sweep_dir)
+    fd = open_no_follow(lock_path, os.O_RDWR | os.O_CREAT)
     try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise InputError(f"{sweep_dir}: another `quantsweep run` is using this sweep folder") from None
-        fh.write(str(os.getpid()))
-        fh.flush()
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
         yield
+    except InputError:
+        if not lock_existed and created and set(os.listdir(sweep_dir)) == {LOCK_FILE}:
+            os.unlink(lock_path)
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty
+        raise
     finally:
-        fh.close()
+        os.close(fd)
 
 
-def _archive_previous(sweep_dir: Path) -> Path | None:
-    """--rerun: move the previous rows/summary/canary aside instead of deleting anything."""
+def check_cell_folders(cells: list[Any], rows_path: Path) -> list[tuple[Any, str]]:
+    """Cells whose folder already holds another cell's manifest: (cell, the other id). Two matrices with the same
+    `name` (e.g. after changing `dataset.seq_len`) plan the same `<pair>/<granularity>/<size>` paths with different
+    cell ids; writing there would overwrite the artifacts the first run's rows point at."""
+    from ..inputs.documents import DATA, DocumentError, read_json_object
+
+    conflicts = []
+    for cell in cells:
+        mf = Path(cell.path) / MANIFEST_FILE
+        if not mf.exists() and not mf.is_symlink():
+            continue
+        try:
+            other = (read_json_object(mf, DATA, "cell manifest").get("cell") or {}).get("id")
+        except DocumentError as exc:
+            other = f"unreadable ({exc.detail})"
+        if other != cell.id:
+            conflicts.append((cell, str(other)))
+    return conflicts
+
+
+def _archive_previous(sweep_dir: Path, foreign_cells: list[Path]) -> Path | None:
+    """--rerun: move the previous rows/summary/canary aside instead of deleting anything, with the cell folders
+    of other cells that this run would write into (their archived rows keep pointing at real artifacts)."""
     existing = [sweep_dir / n for n in (ROWS_FILE, SUMMARY_FILE, CANARY_FILE) if (sweep_dir / n).exists()]
-    if not existing:
+    if not existing and not foreign_cells:
         return None
-    dest = sweep_dir / "archive" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = sweep_dir / "archive" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    make_dirs(dest)
     for p in existing:
         shutil.move(str(p), dest / p.name)
+    for folder in foreign_cells:
+        rel = folder.absolute().relative_to(sweep_dir.absolute()) if folder.absolute().is_relative_to(
+            sweep_dir.absolute()) else Path(folder.name)
+        make_dirs((dest / "cells" / rel).parent)
+        shutil.move(str(folder), dest / "cells" / rel)
     return dest
 
 
@@ -120,11 +185,16 @@ class Sweep:
         if execution:
             overrides["execution"] = m.execution.model_copy(update=execution)
         self.matrix = m.model_copy(update=overrides) if overrides else m
-        self.plan: Plan = expand(self.matrix, str(matrix_path))
+        self.plan: Plan = expand(self.matrix, str(matrix_path), options.max_cells)
         self.sweep_dir = Path(self.plan.sweep_dir)
         self.rows_path = self.sweep_dir / ROWS_FILE
         self.summary_path = self.sweep_dir / SUMMARY_FILE
-        self.commit = git_commit()
+        check_output_dir(self.sweep_dir, "output_root" if not options.output_root else "--output-root")
+        if self.matrix.model.trust_remote_code:
+            reporter.message(
+                "warning: model.trust_remote_code is true: the model folder's own Python code will run in this process"
+            )
+        self.commit = git_commit(matrix_path)
         self.executor: Any = None
         self.info: dict[str, Any] | None = None  # model, dataset, baseline, setup: known once the executor started
         self.canary: dict[str, Any] | None = None
@@ -179,8 +249,10 @@ class Sweep:
         return doc
 
     # -- recording -----------------------------------------------------------------------------------------
-    def _commit(self, record: CellRecord) -> dict[str, Any]:
+    def _commit(self, record: Any) -> dict[str, Any]:
         """Artifacts first (unless the worker already wrote them), then the row: the commit point."""
+        from .records import write_artifacts
+
         if not record.artifacts_written:
             write_artifacts(record)
         RowLog(self.rows_path).append(record.row)
@@ -200,19 +272,32 @@ class Sweep:
     def run(self) -> SweepOutcome:
         opts = self.options
         with sweep_lock(self.sweep_dir):
+            stale = remove_stale_temporaries(self.sweep_dir)
+            if stale:
+                self.reporter.message(f"removed {len(stale)} temporary file(s) left by an interrupted run")
+            latest = latest_by_cell(read_rows(self.rows_path))
+            done_ids = set() if opts.rerun else {
+                cid for cid, r in latest.items() if r.get("status") == "ok" or not opts.retry_errors
+            }
+            todo = [c for c in self.plan.cells if c.id not in done_ids]
+            conflicts = check_cell_folders(todo, self.rows_path)
+            if conflicts and not opts.rerun:
+                cell, other = conflicts[0]
+                raise InputError(
+                    f"{Path(cell.path) / MANIFEST_FILE}: this folder holds cell {other}, not {cell.id} of this matrix "
+                    f"({len(conflicts)} such folder(s); the matrix changed since they were written, or another matrix "
+                    "has the same `name`). Nothing was overwritten: give the matrix another `name` or --output-root, "
+                    "or pass --rerun to archive the previous results and their cell folders"
+                )
             if opts.rerun:
-                moved = _archive_previous(self.sweep_dir)
+                moved = _archive_previous(self.sweep_dir, [Path(c.path) for c, _ in conflicts])
                 if moved:
                     self.reporter.message(f"--rerun: previous results moved to {moved}")
+                latest = {}
             log = RowLog(self.rows_path)
             torn = log.repair()
             if torn:
                 self.reporter.message(f"repaired {self.rows_path}: dropped a partial last line ({torn} bytes)")
-            latest = latest_by_cell(read_rows(self.rows_path))
-            done_ids = {
-                cid for cid, r in latest.items() if r.get("status") == "ok" or not opts.retry_errors
-            }
-            todo = [c for c in self.plan.cells if c.id not in done_ids]
             skipped = len(self.plan.cells) - len(todo)
             canary_path = self.sweep_dir / CANARY_FILE
             previous_canary = _read_json(canary_path)

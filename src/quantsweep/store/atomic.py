@@ -1,12 +1,43 @@
-"""Crash-safe file writes: a reader (or a resumed run) sees the old file or the new one, never half of one."""
+"""The one writing layer: crash-safe, link-safe writes that never leave temporaries behind.
+
+- A reader (or a resumed run) sees the old file or the new one, never half of one: write a temporary file in the
+  same folder, fsync, rename over the target, fsync the folder.
+- Links are never written through. A rename replaces a symbolic link itself (not its target), and files that are
+  opened in place (the sweep's lock, the append-only row log) are opened with `O_NOFOLLOW`, so a link planted in a
+  shared output folder cannot redirect a write to another user's file.
+- Temporaries are named `.<target>.<random>.tmp`; a failed write removes its own, and a run killed mid-write
+  leaves one that `remove_stale_temporaries` clears under the sweep's lock.
+- Outputs that come as a set (a report's markdown, HTML and plots) are staged and moved into place only when all
+  of them were written (`staged_outputs`), so an error never leaves half a report.
+- A write that fails for lack of space or permission becomes a `WriteError` (exit 5) naming the file.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ..errors import InputError, WriteError
+
+TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")  # mkstemp's `.<name>.<random>.tmp`
+_STAGING_PREFIX = ".staging-"
+
+
+def write_error(exc: OSError, path: str | Path, verb: str = "cannot write") -> WriteError:
+    """An OSError from writing `path` as the one-line error the CLI prints (exit 5)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (the disk is full; what was recorded before is intact)"
+    return WriteError(f"{exc.filename or path}: {verb}: {reason}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -28,25 +59,46 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def make_dirs(path: str | Path) -> Path:
+    """`mkdir -p`, with a failure (a file in the way, no permission, disk full) as a WriteError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise WriteError(f"{path}: cannot create the folder: a file of that name is in the way") from None
+    except OSError as exc:
+        raise write_error(exc, path) from None
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync it, rename it over `path`, fsync the folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dirs(path.parent)
+    if path.is_dir() and not path.is_symlink():
+        raise WriteError(f"{path}: cannot write: a folder of that name is in the way")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise write_error(exc, path) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
+        os.replace(tmp, path)  # replaces a symbolic link itself, never its target
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
+        if isinstance(exc, OSError):
+            raise write_error(exc, path) from None
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def dumps(doc: Any) -> str:
@@ -56,3 +108,121 @@ def dumps(doc: Any) -> str:
 
 def atomic_write_json(path: str | Path, doc: Any) -> None:
     atomic_write_text(path, dumps(doc))
+
+
+# --- files opened in place ------------------------------------------------------------------------------------------
+def open_no_follow(path: str | Path, flags: int, mode: int = 0o644) -> int:
+    """`os.open` that refuses a symbolic link at `path` (InputError naming it) instead of writing through it."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{path}: is a symbolic link; quantsweep never writes through links (remove it)") from None
+        if exc.errno == errno.EISDIR:
+            raise InputError(f"{path}: is a folder; quantsweep expected its own file there") from None
+        raise write_error(exc, path) from None
+
+
+def append_bytes(path: str | Path, data: bytes) -> None:
+    """Append and fsync (the row log's commit point), never through a link."""
+    fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    except OSError as exc:
+        raise write_error(exc, path) from None
+    finally:
+        os.close(fd)
+
+
+# --- temporaries ------------------------------------------------------------------------------------------------
+def is_temporary(name: str) -> bool:
+    return bool(_TMP_NAME.match(name)) or name.startswith(_STAGING_PREFIX)
+
+
+def remove_stale_temporaries(root: str | Path) -> list[Path]:
+    """Remove the temporaries a killed writer left under `root` (call it only while holding `root`'s lock, so no
+    live writer's temporary is taken). Links are not followed. Returns what was removed."""
+    removed: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames:
+            if is_temporary(name):
+                p = Path(dirpath) / name
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+        for name in list(dirnames):
+            if name.startswith(_STAGING_PREFIX):
+                p = Path(dirpath) / name
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+                dirnames.remove(name)
+    return removed
+
+
+# --- where outputs go -------------------------------------------------------------------------------------------
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_output_dir(path: str | Path, label: str) -> Path:
+    """Refuse, before anything is read or written, an output folder that cannot be one: a file (or a link to one)
+    in its place or on its way, or a place this user cannot write. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{label} {path}: is a file, not a folder")
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise InputError(f"{label} {path}: {base} is a file, so the folder cannot be created")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise InputError(f"{label} {path}: {base} is not writable")
+    return path
+
+
+def check_output_file(path: str | Path, label: str) -> Path:
+    """As `check_output_dir`, for a file that will be replaced atomically."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{label} {path}: is a folder, not a file")
+    check_output_dir(path.parent, label)
+    return path
+
+
+@contextlib.contextmanager
+def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
+    """A folder to write a set of outputs into; on success every file is moved into `out_dir` (created then), on
+    any error the staging folder is removed and `out_dir` is exactly as it was (or still absent)."""
+    out_dir = Path(out_dir)
+    existed = out_dir.is_dir()
+    parent = out_dir if existed else make_dirs(out_dir.parent)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=parent))
+    except OSError as exc:
+        raise write_error(exc, out_dir) from None
+    try:
+        yield stage
+        if not existed:
+            os.chmod(stage, 0o777 & ~_umask())
+            try:
+                os.rename(stage, out_dir)  # all at once
+            except OSError as exc:
+                raise write_error(exc, out_dir) from None
+            _fsync_dir(out_dir.parent)
+            return
+        for dirpath, _dirnames, filenames in os.walk(stage):
+            rel = Path(dirpath).relative_to(stage)
+            make_dirs(out_dir / rel)
+            for name in filenames:
+                try:
+                    os.replace(Path(dirpath) / name, out_dir / rel / name)
+                except OSError as exc:
+                    raise write_error(exc, out_dir / rel / name) from None
+        _fsync_dir(out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

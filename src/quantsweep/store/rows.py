@@ -1,7 +1,10 @@
 """The append-only `rows.jsonl`: one line per finished cell, flushed and fsynced before the next cell starts.
 
 A crash can at worst leave a partial last line (the process died inside `write`). Reading ignores it and
-`RowLog.open` truncates it away before appending, so an interrupted run never corrupts what was recorded.
+`RowLog.repair` truncates it away before appending, so an interrupted run never corrupts what was recorded. A last
+line that is a complete row and lacks only its newline (a crash between the two, or an editor that strips it) is a
+row, not a torn line: repair adds the newline instead. The log is opened without following links
+(store/atomic.py).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from .atomic import append_bytes, open_no_follow, write_error
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -23,13 +28,19 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     for raw in data.split(b"\n"):
         if not raw.strip():
             continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError:
-            continue  # only a torn last line can be invalid: complete lines are written whole
-        if isinstance(row, dict):
+        row = parse_row(raw)
+        if row is not None:
             rows.append(row)
     return rows
+
+
+def parse_row(raw: bytes) -> dict[str, Any] | None:
+    """A complete row (a JSON object with a string `cell_id`), or None for a torn or foreign line."""
+    try:
+        row = json.loads(raw)
+    except (ValueError, RecursionError):  # only a torn last line can be invalid: complete lines are written whole
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("cell_id"), str) else None
 
 
 def latest_by_cell(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -45,27 +56,35 @@ class RowLog:
         self.path = Path(path)
 
     def repair(self) -> int:
-        """Truncate a torn last line; returns the number of bytes removed."""
-        if not self.path.exists():
+        """Make the log end with a newline: a complete last row gets its newline (returns 0), a torn last line is
+        truncated away (returns the number of bytes removed)."""
+        if not self.path.exists() and not self.path.is_symlink():
             return 0
-        size = self.path.stat().st_size
-        if size == 0:
-            return 0
-        with self.path.open("rb+") as fh:
-            fh.seek(0)
-            data = fh.read()
+        fd = open_no_follow(self.path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return 0
+            data = b""
+            while chunk := os.read(fd, 8 << 20):
+                data += chunk
             if data.endswith(b"\n"):
                 return 0
-            keep = data.rfind(b"\n") + 1
-            fh.truncate(keep)
-            fh.flush()
-            os.fsync(fh.fileno())
+            last = data[data.rfind(b"\n") + 1 :]
+            if parse_row(last) is not None:
+                os.lseek(fd, 0, os.SEEK_END)
+                os.write(fd, b"\n")
+                os.fsync(fd)
+                return 0
+            keep = size - len(last)
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
             return size - keep
+        except OSError as exc:
+            raise write_error(exc, self.path) from None
+        finally:
+            os.close(fd)
 
     def append(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, sort_keys=True, default=str, allow_nan=True) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as fh:
-            fh.write(line.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_bytes(self.path, line.encode("utf-8"))

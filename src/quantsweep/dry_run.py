@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .gitinfo import git_commit
+from .inputs.preflight import preflight_inputs
 from .matrix_io import load_matrix
 from .planning import DEFAULT_MAX_CELLS, expand
 from .schema import SCHEMA_VERSION
@@ -16,8 +17,9 @@ from .schema import SCHEMA_VERSION
 
 def build_dry_run(matrix_path: Path, max_cells: int = DEFAULT_MAX_CELLS) -> dict[str, Any]:
     m = load_matrix(matrix_path)
+    input_warnings = preflight_inputs(m)  # the model's headers and the dataset, as `run` checks them
     plan = expand(m, str(matrix_path), max_cells)
-    warnings = list(plan.warnings)
+    warnings = [*plan.warnings, *input_warnings]
     if m.model.trust_remote_code:
         warnings.insert(0, "model.trust_remote_code is true: `run` will execute the model folder's own Python code")
     canary: dict[str, Any] = {"enabled": m.canary.enabled}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import random
 import sysconfig
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..inputs.text_files import read_jsonl_dataset, read_text_dataset
 from ..schema import DatasetSpec
 
 _MIN_DOC_CHARS = 200
@@ -51,24 +51,6 @@ def embedded_documents() -> list[str]:
     return docs
 
 
-def _jsonl_documents(path: Path, field: str) -> list[str]:
-    docs = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or field not in obj:
-                raise InputError(f"{path}:{lineno}: no field {field!r} (set dataset.field)")
-            if not isinstance(obj[field], str):
-                raise InputError(f"{path}:{lineno}: field {field!r} is not a string")
-            docs.append(obj[field])
-    return docs
-
-
 def _hf_documents(spec: DatasetSpec) -> list[str]:
     try:
         import datasets  # type: ignore[import-not-found]
@@ -86,16 +68,10 @@ def _hf_documents(spec: DatasetSpec) -> list[str]:
 def load_documents(spec: DatasetSpec) -> list[str]:
     if spec.source == "embedded":
         docs = embedded_documents()
-    elif spec.source == "text":
-        p = Path(spec.path or "")
-        if not p.is_file():
-            raise InputError(f"dataset.path: text file {p} not found")
-        docs = [p.read_text(encoding="utf-8", errors="replace")]
+    elif spec.source == "text":  # strict UTF-8, size-bounded, not empty (inputs/text_files.py)
+        docs = [read_text_dataset(spec.path or "", "dataset.path")]
     elif spec.source == "jsonl":
-        p = Path(spec.path or "")
-        if not p.is_file():
-            raise InputError(f"dataset.path: JSONL file {p} not found")
-        docs = _jsonl_documents(p, spec.field)
+        docs = read_jsonl_dataset(spec.path or "", spec.field, "dataset.path")
     else:
         docs = _hf_documents(spec)
     docs = [d for d in docs if d.strip()]

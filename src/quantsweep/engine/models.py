@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..inputs.model_files import check_gguf_file, check_hf_folder, check_loading_info, model_load_errors
 from ..schema import ModelSpec
 from .placement import OFFLOAD_WARNING, Placement, placed, resolve_placement
 
@@ -54,22 +55,31 @@ def embedded_gguf_path() -> Path:
     raise InputError(f"{EMBEDDED_GGUF} not found in the '{EMBEDDED_PACKAGE}' package")
 
 
-def _load_gguf(folder: Path, name: str, dtype: torch.dtype):
+def _load_gguf(folder: Path, name: str, dtype: torch.dtype, label: str = "model.path"):
+    """The model and tokenizer of a GGUF file; what transformers raises on a broken or unsupported file, and a
+    tensor it would have to initialise at random, are input errors naming `label` and the file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, dtype=dtype, quantization_config=GgufConfig(dequantize=True)
-    )
+    path = folder / name
+    with model_load_errors(label, path, "transformers cannot read the GGUF's tokenizer"):
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with model_load_errors(label, path, "transformers cannot load the GGUF"):
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=dtype, quantization_config=GgufConfig(dequantize=True),
+            output_loading_info=True,
+        )
+    check_loading_info(info, label, path)
     return model, tok
 
 
 def embedded_model_folder(progress: Any = None) -> Path:
     """The cached Hugging Face folder of the embedded model, converting the GGUF on first use."""
-    return _converted(embedded_gguf_path(), cache_dir() / "models" / EMBEDDED_FOLDER, torch.float32, progress)
+    return _converted(
+        embedded_gguf_path(), cache_dir() / "models" / EMBEDDED_FOLDER, torch.float32, progress, "model.source embedded"
+    )
 
 
-def _converted(gguf: Path, target: Path, dtype: torch.dtype, progress: Any = None) -> Path:
+def _converted(gguf: Path, target: Path, dtype: torch.dtype, progress: Any = None, label: str = "model.path") -> Path:
     """`target`, a Hugging Face folder converted from `gguf` (written to a temporary folder and renamed into
     place, so a crash or a concurrent run never leaves a half-written cache)."""
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
@@ -79,7 +89,7 @@ def _converted(gguf: Path, target: Path, dtype: torch.dtype, progress: Any = Non
         progress(f"converting {gguf.name} to a cached Hugging Face folder at {target} (once)")
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        model, tok = _load_gguf(gguf.parent, gguf.name, dtype)
+        model, tok = _load_gguf(gguf.parent, gguf.name, dtype, label)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         try:
@@ -174,12 +184,21 @@ def _finish(model: nn.Module) -> nn.Module:
     return model
 
 
-def _from_folder(folder: Path, spec: ModelSpec, dtype: torch.dtype, placement: Placement) -> nn.Module:
+def _from_folder(
+    folder: Path, spec: ModelSpec, dtype: torch.dtype, placement: Placement, label: str, shown: Path
+) -> nn.Module:
+    """The model of a Hugging Face folder. Shapes that disagree with config.json and tensors the checkpoint lacks
+    are refused (transformers would initialise them at random), as is whatever it raises on broken files; errors
+    name `label` and `shown` (the user's folder or GGUF file)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype, trust_remote_code=spec.trust_remote_code, **placement.hf_kwargs()
-    )
+    with model_load_errors(label, shown, "transformers cannot load the model"):
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, trust_remote_code=spec.trust_remote_code, output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported by check_loading_info with the shapes, not a generic error
+            **placement.hf_kwargs(),
+        )
+    check_loading_info(info, label, shown)
     return _finish(model)
 
 
@@ -214,22 +233,25 @@ def load_model(spec: ModelSpec, progress: Any = None) -> LoadedModel:
             return _finish(model)
 
     else:
+        # The cheap header checks (inputs/model_files.py) first: a broken file is named before minutes of loading.
         if spec.source == "embedded":
             folder = embedded_model_folder(progress)
             path = str(folder)
+            label, shown = "model.source embedded", folder
         elif spec.source == "hf":
             folder = Path(spec.path or "")
-            if not (folder / "config.json").is_file():
-                raise InputError(f"model.path: {folder} is not a Hugging Face model folder (no config.json)")
+            check_hf_folder(folder, "model.path", trust_remote_code=spec.trust_remote_code)
+            label, shown = "model.path", folder
         else:
             f = Path(spec.path or "")
-            if not f.is_file():
-                raise InputError(f"model.path: GGUF file {f} not found")
+            check_gguf_file(f, "model.path")
             folder = gguf_folder(f, dtype, progress)
-        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
+            label, shown = "model.path", f
+        with model_load_errors(label, shown, "transformers cannot load the tokenizer"):
+            tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
 
         def rebuild() -> nn.Module:
-            return _from_folder(folder, spec, dtype, placement)
+            return _from_folder(folder, spec, dtype, placement, label, shown)
 
     model = rebuild()
     placement = placed(placement, model)

@@ -186,6 +186,9 @@ class Sweep:
             overrides["execution"] = m.execution.model_copy(update=execution)
         self.matrix = m.model_copy(update=overrides) if overrides else m
         self.plan: Plan = expand(self.matrix, str(matrix_path), options.max_cells)
+        from ..inputs.preflight import preflight_inputs  # the model's headers and the dataset, before anything is made
+
+        self.input_warnings = preflight_inputs(self.matrix)
         self.sweep_dir = Path(self.plan.sweep_dir)
         self.rows_path = self.sweep_dir / ROWS_FILE
         self.summary_path = self.sweep_dir / SUMMARY_FILE

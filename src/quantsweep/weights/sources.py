@@ -11,11 +11,14 @@ Accepted forms (the model sources of a matrix, written as one string):
   temporary folder as safetensors, read, and the folder is removed afterwards (presets are small);
 - ``gguf:PATH`` or a ``.gguf`` path: refused with an InputError that says how to convert it, because a GGUF file
   cannot be read tensor by tensor as float weights without dequantizing the whole model.
+
+Every safetensors file is checked here before anything is planned or written: its header by the pure checks of
+inputs/model_files.py (a truncated or damaged file is named with what is wrong), then opened once by safetensors
+itself, whose own refusal becomes the same kind of `--model` input error.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -26,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..inputs.model_files import check_safetensors_file, model_load_errors, read_model_config, safetensors_shards
 
 INDEX_FILE = "model.safetensors.index.json"
+LABEL = "--model"
 
 
 @dataclass
@@ -70,35 +75,25 @@ def _safe_name(text: str) -> str:
 
 
 def _read_config(folder: Path) -> dict[str, Any] | None:
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return None
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--model: {cfg} is not valid JSON: {exc}") from exc
-    return data if isinstance(data, dict) else None
+    """config.json when the folder has one (a JSON object, or an input error naming it)."""
+    return read_model_config(folder, LABEL, required=False)
+
+
+def _opened(files: list[Path]) -> list[Path]:
+    """Open every file once with safetensors itself (its header only), so that what it refuses beyond the pure
+    header checks is an input error here rather than a failure in the middle of the plan."""
+    from safetensors import safe_open
+
+    for f in files:
+        with model_load_errors(LABEL, f, "safetensors cannot open it"), safe_open(str(f), framework="numpy") as st:
+            st.keys()
+    return files
 
 
 def folder_shards(folder: Path) -> list[Path]:
-    """The safetensors shards of a Hugging Face folder, in index order (sorted, deduplicated)."""
-    index = folder / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"--model: {index} is not a valid safetensors index ({exc})") from exc
-        names = sorted(set(weight_map.values()))
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise InputError(f"--model: {index} names shard(s) that are missing: {', '.join(missing[:5])}")
-        return [folder / n for n in names]
-    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-    if not files:
-        other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
-        hint = f" (found {', '.join(other[:3])}: convert them to safetensors first)" if other else ""
-        raise InputError(f"--model: no .safetensors files in {folder}{hint}")
-    return files
+    """The safetensors shards of a Hugging Face folder, in index order (sorted, deduplicated), headers checked:
+    the index's shards (inside the folder, every tensor where the index says) or every ``*.safetensors`` file."""
+    return _opened([h.path for h in safetensors_shards(folder, LABEL)])
 
 
 def _gguf_error(path: str) -> InputError:
@@ -112,7 +107,7 @@ def _gguf_error(path: str) -> InputError:
 
 def _from_folder(spec: str, folder: Path, kind: str, name: str | None = None) -> ModelSource:
     if not folder.is_dir():
-        raise InputError(f"--model: {folder} is not a folder")
+        raise InputError(f"{LABEL}: {folder} is not a folder")
     return ModelSource(
         spec=spec,
         kind=kind,
@@ -178,6 +173,8 @@ def open_source(spec: str, progress: Any = None) -> Iterator[ModelSource]:
         raise InputError(f"--model: hf:{text} is a file, not a Hugging Face folder")
     if path.suffix != ".safetensors":
         raise InputError(f"--model: {text} is neither a folder nor a .safetensors file")
+    check_safetensors_file(path, LABEL)
+    _opened([path])
     root = path.resolve().parent
     stem = path.stem if path.stem not in ("model", "weights") else root.name
     yield ModelSource(

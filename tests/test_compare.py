@@ -86,12 +86,12 @@ def test_cli_compare_exit_codes_files_and_errors(two_sweeps, tmp_path):
     assert res.returncode == 2 and "bad.json: rows[0].status: missing" in res.stderr and "Traceback" not in res.stderr
     (tmp_path / "afile").write_text("x")
     res = cli("compare", "--summary", str(pa), "--summary", str(pb), "--out", "afile", cwd=tmp_path)
-    assert res.returncode == 2 and "--out is a file" in res.stderr
+    assert res.returncode == 2 and "--out afile: is a file, not a folder" in res.stderr
 
 
 def test_a_missing_summary_is_an_input_error_naming_it(tmp_path, two_sweeps):
     pa, _ = two_sweeps
-    with pytest.raises(InputError, match="nope.json: no such summary file"):
+    with pytest.raises(InputError, match="nope.json: file not found"):
         compare(pa, tmp_path / "nope.json", CompareGate())
 
 

@@ -229,5 +229,5 @@ def test_manifest_of_another_cell_is_refused_and_missing_is_reported(tmp_path):
     bad.mkdir(parents=True)
     (bad / "manifest.json").write_text("{not json")
     doc, why = load_manifest(path, s.rows[3])
-    assert doc is None and "unreadable" in why
+    assert doc is None and f"{bad / 'manifest.json'}: invalid JSON: line 1" in why
     json.loads(path.read_text())  # the summary itself is untouched

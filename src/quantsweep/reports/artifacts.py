@@ -15,7 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InputError
-from ..store.baselines import Record
+from ..inputs.documents import SMALL, read_json
+from ..store.baselines import Record, pydantic_location
 
 FRONTIER_KIND = "quantsweep.frontier_explorer"
 
@@ -87,6 +88,7 @@ class FrontierArtifact(_Strict):
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {"frontier": FrontierArtifact, "baseline-record": Record}  # store/baselines.py
+ARTIFACT_NAMES = {"frontier": "frontier artifact", "baseline-record": "baseline record"}
 
 
 def write_schemas(folder: str | Path) -> list[Path]:
@@ -101,16 +103,11 @@ def write_schemas(folder: str | Path) -> list[Path]:
 def check_artifact(kind: str, path: str | Path) -> dict[str, Any]:
     """Validate one file; InputError naming the file and the first field that breaks the contract."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a JSON document ({type(exc).__name__}: {exc})") from None
+    doc = read_json(path, SMALL, ARTIFACT_NAMES[kind])
     try:
         SCHEMAS[kind].model_validate(doc)
     except ValidationError as exc:
         e = exc.errors()[0]
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        raise InputError(f"{path}: {loc}: {e['msg']} ({len(exc.errors())} problem(s) in all)") from None
+        raise InputError(f"{path}: {pydantic_location(e['loc'])}: {e['msg']} ({len(exc.errors())} problem(s) in all)"
+                         ) from None
     return {"file": str(path), "kind": kind, "valid": True}

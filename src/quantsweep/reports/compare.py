@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..store.atomic import atomic_write_json, atomic_write_text
+from ..store.atomic import atomic_write_json, atomic_write_text, check_output_dir, staged_outputs
 from .summary_io import Summary, load_summary
 
 KIND = "quantsweep.compare"
 BITS = ("achieved_bits", "storage_bits")
 SKIP_QUALITY = ("per_sequence",)
+OUTPUTS = ("compare.json", "compare.md")
 
 
 @dataclass(frozen=True)
@@ -202,14 +203,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
 
 
 def write(doc: dict[str, Any], out_dir: str | Path) -> list[str]:
-    """compare.json and compare.md into `out_dir` (atomically); an unusable folder is an input error."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: --out is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "compare.json", doc)
-        atomic_write_text(out / "compare.md", render_markdown(doc))
-    except OSError as exc:
-        raise InputError(f"{out}: cannot write the comparison: {exc.strerror or exc}") from None
-    return [str(out / "compare.json"), str(out / "compare.md")]
+    """compare.json and compare.md into `out_dir`, together (both or neither); an unusable folder is an input
+    error naming --out, a failed write a WriteError (exit 5) naming the file."""
+    out = check_output_dir(out_dir, "--out")
+    for name in OUTPUTS:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise InputError(f"--out {out}: {out / name} is a folder, where the comparison writes its {name}")
+    with staged_outputs(out) as stage:
+        atomic_write_json(stage / "compare.json", doc)
+        atomic_write_text(stage / "compare.md", render_markdown(doc))
+    return [str(out / name) for name in OUTPUTS]

@@ -11,14 +11,13 @@ compared with. The document is validated against `FrontierArtifact` before it is
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from ..store.atomic import atomic_write_json
+from ..store.atomic import atomic_write_json, check_output_dir, check_output_file, staged_outputs
 from ..store.baselines import identity
 from .artifacts import FrontierArtifact
 from .frontier import build_frontier
@@ -55,7 +54,7 @@ def build_artifact(summary_path: str | Path, provenance_ref: str | None = None, 
                 "profile": ident["profile"]},
         "provenance": {
             "summary": str(summary_path),
-            "summary_sha256": hashlib.sha256(Path(summary_path).read_bytes()).hexdigest(),
+            "summary_sha256": s.sha256,  # of the bytes that were read and validated
             **_commit(s.doc.get("commit")),
             "matrix_name": ident["matrix_name"],
             "matrix_hash": ident["matrix_hash"],
@@ -86,25 +85,17 @@ def _safe(part: str | None) -> str:
 
 
 def write_artifact(doc: dict[str, Any], out: str | Path, storage_root: str | Path | None = None) -> list[str]:
-    targets = [Path(out)]
+    """The artifact at `out` and, with `storage_root`, its copy in the history. Every target is checked before
+    anything is written; both files are written before either is moved into place."""
+    targets = [check_output_file(out, "--out")]
     if storage_root is not None:
+        root = check_output_dir(storage_root, "--storage-root")
         k = doc["key"]
         stamp = _safe(doc["generated_at"].replace(":", ""))
-        targets.append(Path(storage_root) / _safe(k["hardware_fingerprint"]) / _safe(k["lane"]) / _safe(k["profile"])
-                       / f"{stamp}.json")
-    for path in targets:  # every target checked before anything is written
-        if path.is_dir():
-            raise InputError(f"{path}: is a folder; --out names the artifact file")
-        for parent in path.parents:
-            if parent.exists() and not parent.is_dir():
-                flag = "--storage-root" if storage_root is not None and path != targets[0] else "--out"
-                raise InputError(f"{parent}: is a file, not a folder ({flag})")
-    written = []
-    for path in targets:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, doc)
-        except OSError as exc:
-            raise InputError(f"{path}: cannot write the frontier artifact: {exc.strerror or exc}") from None
-        written.append(str(path))
-    return written
+        path = root / _safe(k["hardware_fingerprint"]) / _safe(k["lane"]) / _safe(k["profile"]) / f"{stamp}.json"
+        targets.append(check_output_file(path, "--storage-root"))
+    with contextlib.ExitStack() as stack:
+        for path in targets:
+            stage = stack.enter_context(staged_outputs(path.parent))
+            atomic_write_json(stage / path.name, doc)
+    return [str(path) for path in targets]

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..store.atomic import atomic_write_json, atomic_write_text, dumps
+from ..store.atomic import atomic_write_json, atomic_write_text, check_output_dir, dumps, staged_outputs
+from .manifest_io import REPORT, read_manifest_file
 
 NONE_LABEL = "none"
 REPORT_MD = "layer-sensitivity-report.md"
@@ -113,7 +114,7 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         ]
     )
     lines += ["", "```json", json.dumps(quant["granularity"]["overrides"], indent=2, sort_keys=True), "```"]
-    for w in quant.get("overlay_warnings", []):
+    for w in quant.get("overlay_warnings") or []:
         lines.append(f"> warning: {w}")
     lines += [
         "",
@@ -148,29 +149,33 @@ def render_json(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_manifest(cell_dir: str | Path) -> dict[str, Any]:
+    """The cell's manifest, with every field the reports print checked (reports/manifest_io.py)."""
     path = Path(cell_dir) / MANIFEST
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no manifest (is this a cell folder of a finished sweep?)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: unreadable manifest: {exc}") from None
-    for key in ("cell", "model", "dataset", "quantization", "autoquant", "layers"):
-        if key not in doc:
-            raise InputError(f"{path}: manifest lacks `{key}`")
-    return doc
+    if not path.exists() and not path.is_symlink():
+        raise InputError(f"{path}: no manifest (is this a cell folder of a finished sweep?)")
+    return read_manifest_file(path, REPORT)
 
 
 def write_reports(cell_dir: str | Path, manifest: dict[str, Any]) -> tuple[Path, Path]:
+    """Both reports, rendered first and then moved into the cell folder together (never one without the other)."""
     cell_dir = Path(cell_dir)
-    md, js = cell_dir / REPORT_MD, cell_dir / REPORT_JSON
-    atomic_write_text(md, render_markdown(manifest))
-    atomic_write_json(js, render_json(manifest))
-    return md, js
+    md_text, js_doc = render_markdown(manifest), render_json(manifest)
+    for name in (REPORT_MD, REPORT_JSON):
+        if (cell_dir / name).is_dir() and not (cell_dir / name).is_symlink():
+            raise InputError(f"{cell_dir / name}: is a folder; the cell's report is written there")
+    with staged_outputs(cell_dir) as stage:
+        atomic_write_text(stage / REPORT_MD, md_text)
+        atomic_write_json(stage / REPORT_JSON, js_doc)
+    return cell_dir / REPORT_MD, cell_dir / REPORT_JSON
 
 
 def regenerate(cell_dir: str | Path) -> tuple[Path, Path]:
     """Rebuild both reports from the manifest; the manifest itself is never written."""
+    cell_dir = Path(cell_dir)
+    if not cell_dir.is_dir():
+        raise InputError(f"--cell {cell_dir}: " + ("is a file, not a cell folder" if cell_dir.exists()
+                                                    else "no such folder"))
+    check_output_dir(cell_dir, "--cell")  # the reports are written beside the manifest
     return write_reports(cell_dir, read_manifest(cell_dir))
 
 

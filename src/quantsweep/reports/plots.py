@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..store.atomic import atomic_write_text
+from ..store.atomic import atomic_write_bytes, atomic_write_text
 
 RC = {
     "svg.fonttype": "none",
@@ -361,15 +361,12 @@ def save_figure(fig: Any, out_dir: Path, stem: str) -> str:
     """Write `<stem>.png` and `<stem>.svg`; return the SVG text (for inlining)."""
     import matplotlib
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     with matplotlib.rc_context({**RC, "svg.hashsalt": f"quantsweep-{stem}"}):
         png = io.BytesIO()
         fig.savefig(png, format="png", metadata={"Software": "quantsweep"})
         svg = io.StringIO()
         fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": "quantsweep"})
-    tmp = out_dir / f".{stem}.png.tmp"
-    tmp.write_bytes(png.getvalue())
-    tmp.replace(out_dir / f"{stem}.png")
+    atomic_write_bytes(out_dir / f"{stem}.png", png.getvalue())
     text = svg.getvalue()
     atomic_write_text(out_dir / f"{stem}.svg", text)
     return text

@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..kpis import GATES, KPI_NAMES, compute_kpis, evaluate_gate
-from ..store.atomic import atomic_write_text, dumps
+from ..store.atomic import atomic_write_text, check_output_dir, dumps, staged_outputs
 from . import layers as L
 from . import noise
 from . import plots
@@ -30,6 +31,7 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 SCATTER = "scatter.json"
 FIGURES = ("frontier", "sensitivity-heatmap", "convergence")
+OUTPUTS = (REPORT_MD, REPORT_HTML, SCATTER) + tuple(f"{s}.{ext}" for s in FIGURES for ext in ("png", "svg"))
 
 Block = tuple[Any, ...]
 
@@ -52,6 +54,11 @@ def _rate(kpi: dict[str, Any] | None) -> tuple[str, str]:
         return "missing", "—"
     v = kpi.get("value")
     return ("null" if v is None else f"{v:.4g}"), f"{kpi.get('numerator')} / {kpi.get('denominator')}"
+
+
+def _as_list(v: Any) -> list[Any]:
+    """A matrix field that may be one value or a list of them (`effective_bits: 8` or `[8, 6]`)."""
+    return [] if v is None else list(v) if isinstance(v, list) else [v]
 
 
 def _s(v: Any) -> str:
@@ -184,7 +191,7 @@ def _header(rep: dict[str, Any]) -> list[str]:
         f"Matrix file: {d.get('matrix_file', '—')}",
         f"Axes: quant pairs [{names(axes.get('quant_pairs'))}]; granularities [{names(axes.get('granularities'))}]; "
         f"dataset sizes [{', '.join(size_list) or '—'}]; effective-bits budgets "
-        f"[{', '.join(format(b, 'g') for b in aq.get('effective_bits') or []) or '—'}]",
+        f"[{', '.join(format(b, 'g') for b in _as_list(aq.get('effective_bits'))) or '—'}]",
         f"Model: {model.get('name') or (m.get('model') or {}).get('name') or '—'}"
         + (f" ({', '.join(str(x) for x in mparts)})" if mparts else ""),
         f"Dataset: {mds.get('source', '—')}, seq_len {mds.get('seq_len', '—')}, held-out samples "
@@ -462,23 +469,26 @@ def render_report(
 ) -> dict[str, Any]:
     """Write the report into `out_dir`; return what was written and the counts the CLI prints. `bits`: the
     frontier's x axis, AutoQuantize's budget bits (`achieved`) or the bits a checkpoint stores (`storage`)."""
+    out = check_output_dir(out_dir, "--out")  # before anything is read
     summary = load_summary(summary_path)
     rep = build_report(summary, include_invalid, generated_at or now_utc(), bits)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise InputError(f"--out {out}: {out / name} is a folder, where the report writes its {name}")
     pd = rep["plot_data"]
     figs = {
         "frontier": plots.draw_frontier(pd["frontier"]),
         "sensitivity-heatmap": plots.draw_heatmap(pd["sensitivity-heatmap"]),
         "convergence": plots.draw_convergence(pd["convergence"]),
     }
-    svgs = {stem: plots.save_figure(fig, out, stem) for stem, fig in figs.items()}
     bl = blocks(rep)
     name = (summary.doc.get("matrix") or {}).get("name") or summary.path.stem
-    atomic_write_text(out / REPORT_MD, render_markdown(bl))
-    atomic_write_text(out / REPORT_HTML, render_html(bl, svgs, f"quantsweep report: {name}"))
-    atomic_write_text(out / SCATTER, dumps(scatter_doc(rep)))
-    files = [REPORT_MD, REPORT_HTML, SCATTER] + [f"{s}.{ext}" for s in FIGURES for ext in ("png", "svg")]
+    with staged_outputs(out) as stage:  # all files or none: an error never leaves plots without a report
+        svgs = {stem: plots.save_figure(fig, stage, stem) for stem, fig in figs.items()}
+        atomic_write_text(stage / REPORT_MD, render_markdown(bl))
+        atomic_write_text(stage / REPORT_HTML, render_html(bl, svgs, f"quantsweep report: {name}"))
+        atomic_write_text(stage / SCATTER, dumps(scatter_doc(rep)))
+    files = list(OUTPUTS)
     fr = pd["frontier"]
     return {
         "out": str(out),

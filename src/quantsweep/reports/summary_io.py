@@ -1,9 +1,16 @@
-"""Reading a `sweep-summary.json` for `kpi-report` and `render-report`: validate, normalize rows, find manifests.
+"""Reading a `sweep-summary.json` for every command that reads one (`kpi-report`, `render-report`, `compare`,
+`frontier`, `baseline`, `export`): validate, normalize rows, find manifests.
 
-Why a module of its own: both commands must accept summaries that `quantsweep run` wrote *and* summaries written
+Why a module of its own: these commands must accept summaries that `quantsweep run` wrote *and* summaries written
 by hand (tests, other tools), and must fail the same way on a malformed one: an `InputError` (exit 2) whose
-message names the file and the field (`runs/x/sweep-summary.json: rows[3].achieved_bits: expected a number or
-null, got str 'abc'`). Nothing here imports torch.
+message names the file and the field (`runs/x/sweep-summary.json: rows[3].achieved_bits: expected a number in
+[0, 64], got 70`), before anything is computed or written. Nothing here imports torch.
+
+What is checked is what the readers use, by type *and* by range (`fields.py`): an impossible value (a negative
+KL divergence, 70 bits per weight, a negative sample count) is refused rather than ranked, gated or plotted.
+NaN and infinities are accepted only where they are a recorded outcome: a diverged quality or score (the row is
+then invalid, NONFINITE_SCORE) or a lost telemetry value (MISSING_TELEMETRY); bits and counts must be finite.
+`validate_row` is the per-row part, also applied to each line of `rows.jsonl`.
 
 Validity is recomputed, never read (docs/kpis.md, "Validity"): a row's reasons are the union of the reasons it
 stores and `validity.row_reasons(row)` recomputed from its fields; then `validity.finalize_rows` adds
@@ -12,117 +19,130 @@ DUPLICATE_RESULT across rows and sets `valid = not reasons`. A stored `valid` fl
 
 from __future__ import annotations
 
-import json
+import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..inputs.documents import DATA, decode_utf8, parse_json, read_bytes, read_json_object
 from ..store.validity import REASONS, finalize_rows, row_reasons
+from .fields import ANY, BITS, COUNT, Fields, Num, is_number, show
+from .manifest_io import LAYERS, validate_manifest
+from .measures import check_determinism, check_quality, check_solver, check_telemetry
 
 SUMMARY_KIND = "quantsweep.sweep_summary"
 MANIFEST = "manifest.json"
+ROW_STATUSES = ("ok", "error")
 
-_STR = ("cell_id", "model", "pair", "weight", "activation", "granularity", "dataset_size", "path", "error",
-        "error_type", "result_fingerprint", "config_hash", "search_hash")
-_NUM = ("achieved_bits", "effective_bits_target", "total_score", "format_bits", "samples", "layer_count",
-        "quantized_layer_count", "attempt", "storage_bits", "format_storage_bits")
+_STR = ("cell_id", "model", "pair", "weight", "activation", "granularity", "dataset_size", "error",
+        "error_type", "result_fingerprint", "config_hash", "search_hash", "method", "engine", "device",
+        "weight_quantizer", "input_quantizer", "calibration", "fake_quant_backend")
+_NUM = {
+    "achieved_bits": BITS, "effective_bits_target": BITS, "format_bits": BITS, "storage_bits": BITS,
+    "format_storage_bits": BITS,
+    "total_score": ANY,  # NaN/inf: a diverged search, recorded as NONFINITE_SCORE
+    "samples": COUNT, "layer_count": COUNT, "quantized_layer_count": COUNT,
+    "attempt": Num(lo=1, hi=COUNT.hi, integer=True),
+}
 _BOOL = ("satisfied", "scores_finite", "valid", "from_canary")
-_DICT = ("quality", "telemetry", "determinism")
+def validate_row(row: Any, source: str, where: str) -> None:
+    """One row (of a summary's `rows`, or a line of `rows.jsonl`): InputError `<source>: <where>.<field>: ...`
+    for the first field that cannot be used."""
+    f = Fields(source)
+    f.expect(where, row, isinstance(row, dict), "an object")
+    f.string(f"{where}.key", row.get("key"), required=True, nonempty=True)
+    f.one_of(f"{where}.status", row.get("status"), ROW_STATUSES, required=True)
+    for name in _STR:
+        f.string(f"{where}.{name}", row.get(name))
+    path = f.string(f"{where}.path", row.get("path"))
+    if path is not None and len(path) > 4096:
+        raise f.fail(f"{where}.path", f"longer than 4096 characters ({len(path)})")
+    f.numeric_fields(where, row, _NUM)
+    layers, quantized = row.get("layer_count"), row.get("quantized_layer_count")
+    if layers is not None and quantized is not None and quantized > layers:
+        raise f.fail(f"{where}.quantized_layer_count", f"{quantized} is more than layer_count {layers}")
+    for name in _BOOL:
+        f.boolean(f"{where}.{name}", row.get(name))
+    check_quality(f, f"{where}.quality", row.get("quality"))
+    check_telemetry(f, f"{where}.telemetry", row.get("telemetry"))
+    check_determinism(f, f"{where}.determinism", row.get("determinism"))
+    check_solver(f, f"{where}.solver", row.get("solver"))
+    reasons = row.get("reasons", [])
+    f.expect(f"{where}.reasons", reasons,
+             isinstance(reasons, list) and all(isinstance(x, str) for x in reasons), "a list of strings")
+    for i, reason in enumerate(reasons):
+        if reason not in REASONS:
+            raise f.fail(f"{where}.reasons[{i}]", f"unknown reason {reason!r} (known: {', '.join(REASONS)})")
 
 
-def _type(v: Any) -> str:
-    return "null" if v is None else type(v).__name__
-
-
-def _show(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 40 else s[:37] + "..."
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-class _Checker:
-    def __init__(self, source: str):
-        self.source = source
-
-    def fail(self, where: str, msg: str) -> InputError:
-        return InputError(f"{self.source}: {where}: {msg}")
-
-    def expect(self, where: str, v: Any, ok: bool, what: str) -> None:
-        if not ok:
-            raise self.fail(where, f"expected {what}, got {_type(v)} {_show(v)}")
+def _check_header(f: Fields, doc: dict[str, Any]) -> None:
+    """The summary's own fields that the reports print or key on (everything but `rows`)."""
+    kind = doc.get("kind")
+    if kind is not None and kind != SUMMARY_KIND:
+        raise f.fail("kind", f"expected '{SUMMARY_KIND}', got {show(kind)} (is this a sweep summary?)")
+    for key in ("labels", "hardware", "dataset", "versions", "progress"):
+        f.obj(key, doc.get(key))
+    f.string("hardware.fingerprint", f.obj("hardware", doc.get("hardware")).get("fingerprint"))
+    model = f.obj("model", doc.get("model"))
+    f.string("model.name", model.get("name"))
+    f.number("model.num_parameters", model.get("num_parameters"), COUNT)
+    matrix = f.obj("matrix", doc.get("matrix"))
+    f.string("matrix.name", matrix.get("name"))
+    f.string("matrix.description", matrix.get("description"))
+    f.obj("matrix.model", matrix.get("model"))
+    f.obj("matrix.dataset", matrix.get("dataset"))
+    f.obj("matrix.dataset.sizes", (matrix.get("dataset") or {}).get("sizes"))
+    axes = f.obj("matrix.axes", matrix.get("axes"))
+    for axis in ("quant_pairs", "granularities", "dataset_sizes"):
+        for i, item in enumerate(f.seq(f"matrix.axes.{axis}", axes.get(axis))):
+            f.expect(f"matrix.axes.{axis}[{i}]", item, isinstance(item, str | dict), "a name or an object")
+    aq = f.obj("matrix.autoquant", matrix.get("autoquant"))
+    budgets = aq.get("effective_bits")
+    if is_number(budgets):
+        f.number("matrix.autoquant.effective_bits", budgets, BITS)
+    else:
+        f.numbers("matrix.autoquant.effective_bits", budgets, BITS)
+    kpi = matrix.get("kpi")
+    if kpi is not None:
+        f.obj("matrix.kpi", kpi, required=True)
+        thresholds_from(kpi, f.source, "matrix.kpi")
+    canary = f.obj("canary", doc.get("canary"))
+    check_determinism(f, "canary.determinism", canary.get("determinism"))
+    f.strings("canary.failed_reasons", canary.get("failed_reasons"))
+    for name in ("passed", "skipped"):
+        f.boolean(f"canary.{name}", canary.get(name))
+    f.seq("plan.warnings", f.obj("plan", doc.get("plan")).get("warnings"))
+    commit = doc.get("commit")
+    f.expect("commit", commit, commit is None or isinstance(commit, str | dict), "a string, an object or null")
+    if isinstance(commit, dict):
+        f.string("commit.sha", commit.get("sha"))
+        f.boolean("commit.dirty", commit.get("dirty"))
 
 
 def validate_summary(doc: Any, source: str) -> None:
     """Raise InputError naming `source` and the field for the first problem found; return None if usable."""
-    c = _Checker(source)
-    c.expect("(top level)", doc, isinstance(doc, dict), "a JSON object")
-    kind = doc.get("kind")
-    if kind is not None and kind != SUMMARY_KIND:
-        raise c.fail("kind", f"expected '{SUMMARY_KIND}', got {_show(kind)} (is this a sweep summary?)")
+    f = Fields(source)
+    f.expect("(top level)", doc, isinstance(doc, dict), "a JSON object")
+    _check_header(f, doc)
     if "rows" not in doc:
-        raise c.fail("rows", "missing (a sweep summary lists its cells under `rows`)")
-    rows = doc["rows"]
-    c.expect("rows", rows, isinstance(rows, list), "a list")
-    for key in ("matrix", "labels", "hardware", "model", "dataset"):
-        if doc.get(key) is not None:
-            c.expect(key, doc[key], isinstance(doc[key], dict), "an object or null")
-    if doc.get("canary") is not None:
-        c.expect("canary", doc["canary"], isinstance(doc["canary"], dict), "an object or null")
-        det = doc["canary"].get("determinism")
-        c.expect("canary.determinism", det, det is None or isinstance(det, dict), "an object or null")
-    kpi = (doc.get("matrix") or {}).get("kpi")
-    if kpi is not None:
-        c.expect("matrix.kpi", kpi, isinstance(kpi, dict), "an object")
-        thresholds_from(kpi, source, "matrix.kpi")
+        raise f.fail("rows", "missing (a sweep summary lists its cells under `rows`)")
+    rows = f.seq("rows", doc["rows"], required=True)
     seen: dict[str, int] = {}
+    keys: dict[str, int] = {}
     for i, row in enumerate(rows):
         where = f"rows[{i}]"
-        c.expect(where, row, isinstance(row, dict), "an object")
-        for name in ("key", "status"):
-            v = row.get(name)
-            if v is None:
-                raise c.fail(f"{where}.{name}", "missing")
-            c.expect(f"{where}.{name}", v, isinstance(v, str) and v != "", "a non-empty string")
-        for name in _STR:
-            v = row.get(name)
-            c.expect(f"{where}.{name}", v, v is None or isinstance(v, str), "a string or null")
-        for name in _NUM:
-            v = row.get(name)
-            c.expect(f"{where}.{name}", v, v is None or _is_num(v), "a number or null")
-        for name in _BOOL:
-            v = row.get(name)
-            c.expect(f"{where}.{name}", v, v is None or isinstance(v, bool), "true, false or null")
-        for name in _DICT:
-            v = row.get(name)
-            c.expect(f"{where}.{name}", v, v is None or isinstance(v, dict), "an object or null")
-        phases = (row.get("telemetry") or {}).get("phases")
-        c.expect(f"{where}.telemetry.phases", phases, phases is None or isinstance(phases, dict), "an object or null")
-        for qk, qv in (row.get("quality") or {}).items():
-            if qk == "per_sequence":  # per held-out sequence means: lists of numbers (reports/noise.py)
-                ok = isinstance(qv, dict) and all(
-                    isinstance(vals, list) and all(_is_num(x) for x in vals) for vals in qv.values()
-                )
-                c.expect(f"{where}.quality.per_sequence", qv, qv is None or ok, "an object of lists of numbers")
-                continue
-            c.expect(f"{where}.quality.{qk}", qv, qv is None or _is_num(qv) or isinstance(qv, str),
-                     "a number, string or null")
-        solver = row.get("solver")
-        c.expect(f"{where}.solver", solver, solver is None or isinstance(solver, dict), "an object or null")
-        for sk in ("modelopt_objective", "exact_objective", "objective_gap", "groups_differing"):
-            sv = (solver or {}).get(sk)
-            c.expect(f"{where}.solver.{sk}", sv, sv is None or _is_num(sv), "a number or null")
-        reasons = row.get("reasons", [])
-        c.expect(f"{where}.reasons", reasons,
-                 isinstance(reasons, list) and all(isinstance(x, str) for x in reasons), "a list of strings")
+        validate_row(row, source, where)
         ident = row.get("cell_id") or row["key"]
         if ident in seen:
-            raise c.fail(f"{where}.cell_id", f"duplicate cell {ident!r} (also rows[{seen[ident]}]); a summary holds "
+            raise f.fail(f"{where}.cell_id", f"duplicate cell {ident!r} (also rows[{seen[ident]}]); a summary holds "
                                              "the latest row per cell")
         seen[ident] = i
+        if row["key"] in keys:
+            raise f.fail(f"{where}.key", f"duplicate key {row['key']!r} (also rows[{keys[row['key']]}]); a "
+                                         "summary holds one row per cell")
+        keys[row["key"]] = i
 
 
 def thresholds_from(data: dict[str, Any], source: str, where: str) -> Any:
@@ -163,6 +183,7 @@ class Summary:
     doc: dict[str, Any]
     rows: list[dict[str, Any]]
     thresholds: dict[str, Any]
+    sha256: str = ""  # of the file's bytes as read (provenance)
     _manifests: dict[str, tuple[dict[str, Any] | None, str | None]] = field(default_factory=dict, repr=False)
 
     @property
@@ -184,22 +205,31 @@ class Summary:
             self._manifests[cid] = load_manifest(self.path, row)
         return self._manifests[cid]
 
+    def recordable_manifests(self) -> dict[str, dict[str, Any]]:
+        """Cell id -> manifest of every cell whose manifest can be found (for a baseline record). A manifest that
+        is found but unusable is an InputError: a record silently without it would lose its per-layer recipe."""
+        out = {}
+        for r in self.rows:
+            manifest, _why = load_manifest(self.path, r, strict=True)
+            if manifest is not None:
+                out[str(r["cell_id"])] = manifest
+        return out
+
+
+def read_summary_document(path: str | Path) -> tuple[dict[str, Any], str]:
+    """A validated summary document and the SHA-256 of its bytes (read once, through the reading layer)."""
+    source = str(path)
+    data = read_bytes(path, DATA, "sweep summary")
+    doc = parse_json(decode_utf8(data, source), source, DATA)
+    validate_summary(doc, source)
+    return doc, hashlib.sha256(data).hexdigest()
+
 
 def load_summary(path: str | Path, threshold_overrides: dict[str, Any] | None = None) -> Summary:
     """Read, validate and normalize a summary. Thresholds: the summary's `matrix.kpi` (or `KpiThresholds`
     defaults when absent), then `threshold_overrides` (flags) on top, validated together."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such summary file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
-    validate_summary(doc, str(path))
+    doc, sha = read_summary_document(path)
     base = dict((doc.get("matrix") or {}).get("kpi") or {})
     overrides = {k: v for k, v in (threshold_overrides or {}).items() if v is not None}
     try:
@@ -208,7 +238,8 @@ def load_summary(path: str | Path, threshold_overrides: dict[str, Any] | None = 
         flag = str(exc).rsplit("matrix.kpi.", 1)[-1]
         name, _, msg = flag.partition(": ")
         raise InputError(f"--{name.replace('_', '-')}: {msg}") from None
-    return Summary(path=path, doc=doc, rows=normalize_rows(doc["rows"]), thresholds=thresholds.model_dump(mode="json"))
+    return Summary(path=path, doc=doc, rows=normalize_rows(doc["rows"]), thresholds=thresholds.model_dump(mode="json"),
+                   sha256=sha)
 
 
 # --- manifests ------------------------------------------------------------------------------------------------
@@ -231,30 +262,40 @@ def manifest_candidates(summary_path: Path, row_path: str) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def load_manifest(summary_path: Path, row: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+def load_manifest(summary_path: Path, row: dict[str, Any], strict: bool = False
+                  ) -> tuple[dict[str, Any] | None, str | None]:
     """The row's cell manifest, accepted only if its `cell.id` matches the row's `cell_id` (a folder of another
-    sweep at the same relative path is never read by mistake)."""
+    sweep at the same relative path is never read by mistake), as `(manifest, None)` or `(None, why not)`.
+
+    A manifest that is found but cannot be used (unreadable, not JSON, a field the layer views read is wrong) is
+    a reason naming the file and the field; with `strict` it is an InputError instead (for commands that keep
+    the manifests, where leaving one out would lose it silently)."""
     row_path = row.get("path")
     if not row_path:
         return None, "the row has no `path`"
     tried_bad: list[str] = []
     for cand in manifest_candidates(summary_path, row_path):
         mf = cand / MANIFEST
-        if not mf.is_file():
-            continue
         try:
-            doc = json.loads(mf.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            tried_bad.append(f"{mf}: unreadable ({exc})")
+            os.stat(mf)
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        if not isinstance(doc, dict) or not isinstance(doc.get("layers"), list):
-            tried_bad.append(f"{mf}: no `layers` list")
-            continue
-        mid = (doc.get("cell") or {}).get("id")
-        if mid is not None and mid != row.get("cell_id"):
-            tried_bad.append(f"{mf}: belongs to cell {mid}, not {row.get('cell_id')}")
-            continue
-        return doc, None
+        except OSError as exc:
+            problem: InputError = InputError(f"{mf}: cannot read: {exc.strerror or exc}")
+        else:
+            try:
+                doc = read_json_object(mf, DATA, "cell manifest")
+                mid = (doc.get("cell") or {}).get("id") if isinstance(doc.get("cell"), dict) else None
+                if isinstance(mid, str) and mid != row.get("cell_id"):
+                    tried_bad.append(f"{mf}: belongs to cell {mid}, not {row.get('cell_id')}")
+                    continue
+                validate_manifest(doc, str(mf), LAYERS)
+                return doc, None
+            except InputError as exc:
+                problem = exc
+        if strict:
+            raise problem
+        tried_bad.append(str(problem))
     if tried_bad:
         return None, "; ".join(tried_bad)
     return None, f"no {MANIFEST} found for path {row_path!r}"

@@ -6,11 +6,15 @@ and profile labels (`labels.lane` or `labels.execution_lane`, `labels.profile`).
 but the hash and the date form a **group**; the baseline of a summary is the newest *pinned* record of its group,
 or, when none is pinned, the newest record (the seed runbook's rule, for sweeps instead of test ids).
 
-Layout under `--storage-root`: `records/<id>/summary.json`, the cells' manifests under `records/<id>/cells/<cell id>/`
+Layout under `--storage-root`: `records/<id>/summary.json`, the cells' manifests under `records/<id>/cells/<cell>/`
 (the stored rows point there, so the record keeps its per-layer recipes when the sweep folder is re-run or
-deleted) and `records/<id>/record.json`, each written atomically; `record.json` last, so a record without it is an interrupted write and is ignored (and removed by
-`prune`). Retention (`prune --keep-last N`, default 10): per group, the newest N unpinned records stay; pinned
-records always stay. Pure: no torch.
+deleted; `<cell>` is the cell id, or a hash of it when the id is not a plain file name) and
+`records/<id>/record.json`. A record is written into a staging folder and renamed into place whole, so a record
+folder without `record.json` can only be left by an older version or by hand: it is ignored (and removed by
+`prune`). `prune` renames a record away (`.removing-<id>`) before deleting it, so a failed removal never leaves a
+half record that still resolves. Retention (`prune --keep-last N`, default 10): per group, the newest N unpinned
+records stay; pinned records always stay. Every file is read through the reading layer (inputs/documents.py) and
+`record.json` is validated (`Record`), so a damaged store fails with the file and the field. Pure: no torch.
 """
 
 from __future__ import annotations
@@ -18,20 +22,41 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import InputError
-from .atomic import atomic_write_json, dumps
+from ..inputs.documents import SMALL, read_json
+from .atomic import atomic_write_json, check_output_dir, dumps, staged_outputs, write_error
 
 RECORDS = "records"
 RECORD = "record.json"
 SUMMARY = "summary.json"
 KEEP_LAST = 10
+REMOVING = ".removing-"
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
+
+
+def pydantic_location(loc: tuple[Any, ...]) -> str:
+    """A Pydantic error location as the field path other messages use: `groups[0].cells`."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def cell_folder(cell_id: str) -> str:
+    """The folder name of a cell's manifest in a record: the id itself when it is a plain file name (what `run`
+    writes), else a hash of it (an id from a hand-written summary may hold `/` or `..`)."""
+    if _PLAIN_NAME.match(cell_id) and cell_id not in (".", ".."):
+        return cell_id
+    return "cell-" + hashlib.sha256(cell_id.encode()).hexdigest()[:16]
 
 
 class Record(BaseModel):
@@ -51,6 +76,18 @@ class Record(BaseModel):
     cells: int = Field(ge=0)
     pinned: bool = False
     note: str | None = None
+
+    @field_validator("created_at")
+    @classmethod
+    def _dated(cls, v: str) -> str:
+        """Ages and ordering are computed from it: an ISO 8601 time with its UTC offset."""
+        try:
+            t = datetime.fromisoformat(v)
+        except ValueError:
+            raise ValueError(f"expected an ISO 8601 time such as 2026-01-02T03:04:05+00:00, got {v[:40]!r}") from None
+        if t.tzinfo is None:
+            raise ValueError(f"expected a time with its UTC offset (e.g. +00:00), got {v[:40]!r}")
+        return v
 
     @property
     def group(self) -> tuple[str | None, ...]:
@@ -81,35 +118,44 @@ class BaselineStore:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"{self.root}: --storage-root is a file, not a folder")
+        if self.records_dir.exists() and not self.records_dir.is_dir():
+            raise InputError(f"{self.records_dir}: is a file, where the store keeps its records (--storage-root)")
 
     @property
     def records_dir(self) -> Path:
         return self.root / RECORDS
 
+    def _writable(self) -> None:
+        """Refuse, before anything is read or written, a store this user cannot write into."""
+        check_output_dir(self.records_dir, "--storage-root")
+
+    def _folders(self) -> list[Path]:
+        """Record folders (a hidden name is a staging or removal in progress, or one a crash left)."""
+        if not self.records_dir.is_dir():
+            return []
+        try:
+            entries = sorted(self.records_dir.iterdir())
+        except OSError as exc:
+            raise InputError(f"{self.records_dir}: cannot list the records: {exc.strerror or exc}") from None
+        return [p for p in entries if not p.name.startswith(".") and p.is_dir()]
+
     def records(self) -> list[Record]:
         """Every complete record, oldest first; a record file that is not one is an input error naming it."""
         out = []
-        if not self.records_dir.is_dir():
-            return out
-        for folder in sorted(p for p in self.records_dir.iterdir() if p.is_dir()):
+        for folder in self._folders():
             path = folder / RECORD
-            if not path.exists():
-                continue  # an interrupted write: ignored, removed by prune
-            if not path.is_file():
-                raise InputError(f"{path}: not a file (a baseline record is a JSON file)")
+            if not path.exists() and not path.is_symlink():
+                continue  # an interrupted write of an older version: ignored, removed by prune
+            data = read_json(path, SMALL, "baseline record")
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
                 record = Record.model_validate(data)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InputError(f"{path}: not a baseline record ({type(exc).__name__}: {exc})") from None
             except ValidationError as exc:
                 e = exc.errors()[0]
-                loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-                raise InputError(f"{path}: {loc}: {e['msg']}") from None
+                raise InputError(f"{path}: {pydantic_location(e['loc'])}: {e['msg']}") from None
             if record.id != folder.name:  # the folder is what prune removes: they must agree
                 raise InputError(f"{path}: id: {record.id!r} is not its folder's name {folder.name!r}")
             out.append(record)
-        return sorted(out, key=lambda r: (r.created_at, r.id))
+        return sorted(out, key=lambda r: (datetime.fromisoformat(r.created_at), r.id))
 
     def get(self, record_id: str) -> Record:
         for r in self.records():
@@ -119,33 +165,35 @@ class BaselineStore:
 
     def add(self, summary_path: str | Path, doc: dict[str, Any], pinned: bool, note: str | None = None,
             now: datetime | None = None, manifests: dict[str, dict[str, Any]] | None = None) -> Record:
-        """Record `doc`. `manifests` (cell id -> manifest) are copied into the record, and the stored rows point at
-        the copies, so that a record keeps its per-layer recipes after the sweep folder is re-run or deleted."""
+        """Record `doc` (a validated summary). `manifests` (cell id -> manifest) are copied into the record, and the
+        stored rows point at the copies, so that a record keeps its per-layer recipes after the sweep folder is
+        re-run or deleted. The record appears whole or not at all."""
+        self._writable()
+        self.records()  # a damaged store is refused before it is written to
         now = now or datetime.now(UTC)
         doc = copy.deepcopy(doc)
         manifests = manifests or {}
         for r in doc.get("rows") or []:
-            if isinstance(r, dict) and r.get("cell_id") in manifests:
-                r["path"] = f"cells/{r['cell_id']}"
+            cid = r.get("cell_id") or r.get("key")  # a row without an id is known by its key (summary_io)
+            if cid in manifests:
+                r["path"] = f"cells/{cell_folder(cid)}"
         text = dumps(doc)
         ident = identity(doc)
         rid = now.strftime("%Y%m%dT%H%M%S") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
         record = Record(id=rid, created_at=now.isoformat(timespec="seconds"), source=str(summary_path),
                         cells=len(doc.get("rows") or []), pinned=pinned, note=note, **ident)
         folder = self.records_dir / rid
-        if (folder / RECORD).exists():
+        if folder.exists() or folder.is_symlink():
             raise InputError(f"{folder}: this summary is already recorded as {rid}")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
+        with staged_outputs(folder) as stage:
             for cell_id, manifest in manifests.items():
-                atomic_write_json(folder / "cells" / str(cell_id) / "manifest.json", manifest)
-            atomic_write_json(folder / SUMMARY, doc)
-            atomic_write_json(folder / RECORD, record.to_dict())  # last: its presence makes the record complete
-        except OSError as exc:
-            raise InputError(f"{folder}: cannot write the baseline record: {exc.strerror or exc}") from None
+                atomic_write_json(stage / "cells" / cell_folder(cell_id) / "manifest.json", manifest)
+            atomic_write_json(stage / SUMMARY, doc)
+            atomic_write_json(stage / RECORD, record.to_dict())
         return record
 
     def set_pinned(self, record_id: str, pinned: bool) -> Record:
+        self._writable()
         record = self.get(record_id)
         record.pinned = pinned
         atomic_write_json(self.records_dir / record.id / RECORD, record.to_dict())
@@ -170,6 +218,8 @@ class BaselineStore:
         """Remove, per group, the unpinned records older than the newest `keep_last`, and interrupted writes."""
         if keep_last < 0:
             raise InputError(f"--keep-last must be >= 0, got {keep_last}")
+        if not dry_run and self.records_dir.is_dir():
+            self._writable()
         removed: list[str] = []
         groups: dict[tuple, list[Record]] = {}
         for r in self.records():
@@ -178,12 +228,32 @@ class BaselineStore:
             unpinned = [r for r in members if not r.pinned]
             stale = unpinned[: max(0, len(unpinned) - keep_last)]
             removed.extend(r.id for r in stale)
-        if self.records_dir.is_dir():
-            removed.extend(p.name for p in self.records_dir.iterdir() if p.is_dir() and not (p / RECORD).exists())
+        removed.extend(p.name for p in self._folders() if not (p / RECORD).exists() and not (p / RECORD).is_symlink())
         if not dry_run:
             for rid in removed:
-                shutil.rmtree(self.records_dir / rid, ignore_errors=True)
+                self._remove(self.records_dir / rid)
+            for leftover in self._leftovers():
+                shutil.rmtree(leftover, ignore_errors=True)  # best effort: already out of every listing
         return sorted(removed)
+
+    def _remove(self, folder: Path) -> None:
+        """Rename the record out of every listing first (atomic: it no longer resolves), then delete it."""
+        gone = folder.with_name(REMOVING + folder.name)
+        try:
+            os.rename(folder, gone)
+        except OSError as exc:
+            raise write_error(exc, folder) from None
+        try:
+            shutil.rmtree(gone)
+        except OSError as exc:
+            raise write_error(exc, gone) from None
+
+    def _leftovers(self) -> list[Path]:
+        """Folders a crashed `prune` (or `add`) left behind: hidden, so never listed, removed by the next prune."""
+        if not self.records_dir.is_dir():
+            return []
+        return [p for p in self.records_dir.iterdir()
+                if p.is_dir() and not p.is_symlink() and p.name.startswith((REMOVING, ".staging-"))]
 
     def health(self, now: datetime | None = None) -> dict[str, Any]:
         now = now or datetime.now(UTC)

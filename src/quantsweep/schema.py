@@ -9,6 +9,8 @@ setting. Cross-field checks (a size name that the dataset does not define, dupli
 from __future__ import annotations
 
 import math
+import types
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -32,8 +34,53 @@ SAFE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SafeName = Annotated[str, Field(pattern=SAFE_NAME_PATTERN)]
 
 
+def _allows_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a boolean (bool itself, Any, or a union/annotation containing one)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _allows_bool(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_allows_bool(a) for a in typing.get_args(annotation))
+    return origin is None and not isinstance(annotation, type)  # unresolved or exotic: do not second-guess
+
+
+def _bool_for_number(annotation: Any, value: Any, where: str = "") -> str | None:
+    """Where `value` (or an element of a list/dict value) is a boolean though the type expects a number ("" for
+    the value itself), else None: pydantic's lax mode reads `true` as 1, so `seq_len: true` would silently become
+    a one-token sequence."""
+    if isinstance(value, bool):
+        return None if _allows_bool(annotation) else where
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _bool_for_number(typing.get_args(annotation)[0], value, where)
+    args = typing.get_args(annotation)
+    if origin is list and isinstance(value, list) and args:
+        return next((w for i, v in enumerate(value) if (w := _bool_for_number(args[0], v, f"{where}[{i}]")) is not None),
+                    None)
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return next((w for k, v in value.items() if (w := _bool_for_number(args[1], v, f"{where}.{k}")) is not None),
+                    None)
+    if origin in (typing.Union, types.UnionType) and isinstance(value, list | dict):
+        containers = [a for a in args if typing.get_origin(a) in (list, dict)]
+        found = [_bool_for_number(a, value, where) for a in containers]
+        return found[0] if found and all(f is not None for f in found) else None
+    return None
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, value: Any, info: Any) -> Any:
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        where = _bool_for_number(field.rebuild_annotation(), value) if field is not None else None
+        if where is not None:
+            at = f" at {info.field_name}{where}" if where else ""
+            raise PydanticCustomError("bool_not_number", f"expected a number, got a boolean (true/false){at}")
+        return value
 
 
 # --- model ------------------------------------------------------------------------------------------------

@@ -97,8 +97,8 @@ def _created_folders(path: Path) -> list[Path]:
 @contextlib.contextmanager
 def sweep_lock(sweep_dir: Path) -> Iterator[None]:
     """One `run` per sweep folder at a time (two writers would interleave rows). The lock file is opened without
-    following links. If the run fails on input (InputError) and the lock file is all this run created, the folders
-    it created are removed again: a run refused for bad input leaves nothing behind."""
+    following links. If the run fails on input (InputError), the lock file and the (empty) folders this run created
+    are removed again: a run refused for bad input leaves nothing behind."""
     created = _created_folders(sweep_dir)
     lock_path = sweep_dir / LOCK_FILE
     lock_existed = lock_path.exists() or lock_path.is_symlink()
@@ -113,8 +113,9 @@ def sweep_lock(sweep_dir: Path) -> Iterator[None]:
         os.write(fd, str(os.getpid()).encode())
         yield
     except InputError:
-        if not lock_existed and created and set(os.listdir(sweep_dir)) == {LOCK_FILE}:
-            os.unlink(lock_path)
+        if not lock_existed:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
             for folder in reversed(created):
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only if empty

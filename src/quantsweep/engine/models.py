@@ -213,7 +213,7 @@ def gguf_folder(gguf: Path, dtype: torch.dtype, progress: Any = None) -> Path:
 
 def load_model(spec: ModelSpec, progress: Any = None) -> LoadedModel:
     """Load once per sweep; `progress(msg)` receives one-line status messages."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
@@ -247,6 +247,8 @@ def load_model(spec: ModelSpec, progress: Any = None) -> LoadedModel:
             check_gguf_file(f, "model.path")
             folder = gguf_folder(f, dtype, progress)
             label, shown = "model.path", f
+        with model_load_errors(label, shown, "transformers cannot read config.json"):  # else the tokenizer's error
+            AutoConfig.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
         with model_load_errors(label, shown, "transformers cannot load the tokenizer"):
             tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
 

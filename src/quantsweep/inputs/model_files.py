@@ -442,6 +442,8 @@ def _gguf_header(buf: Any, path: Path, label: str, size: int, types: dict[int, t
             f"header claims {tensor_count:,} tensors and {kv_count:,} metadata entries, which cannot fit in "
             f"{size:,} bytes (damaged header)",
         )
+    if tensor_count == 0:
+        raise _err(label, path, "a GGUF file without tensors: not a model")
     alignment = 32
     architecture = None
     keys: set[bytes] = set()
@@ -459,6 +461,10 @@ def _gguf_header(buf: Any, path: Path, label: str, size: int, types: dict[int, t
             alignment = value
         elif key == b"general.architecture" and vtype == _GGUF_STRING:
             architecture = value.decode("utf-8", "replace")
+    if architecture is None:
+        raise _err(
+            label, path, "no general.architecture string in the metadata: transformers cannot tell what model it is"
+        )
     spans: list[tuple[str, int, int]] = []
     names: set[bytes] = set()
     for i in range(tensor_count):

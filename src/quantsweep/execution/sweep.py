@@ -109,9 +109,7 @@ def sweep_lock(sweep_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise InputError(f"{sweep_dir}: another `quantsweep run` is using this sweep folder") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
+        yield  # the lock file stays empty: a run refused on input must not change even that
     except InputError:
         if not lock_existed:
             with contextlib.suppress(OSError):
@@ -279,7 +277,7 @@ class Sweep:
             stale = remove_stale_temporaries(self.sweep_dir)
             if stale:
                 self.reporter.message(f"removed {len(stale)} temporary file(s) left by an interrupted run")
-            latest = latest_by_cell(read_rows(self.rows_path))
+            latest = latest_by_cell(read_rows(self.rows_path, strict=True))
             done_ids = set() if opts.rerun else {
                 cid for cid, r in latest.items() if r.get("status") == "ok" or not opts.retry_errors
             }

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExitCode, InputError, QuantsweepError
+from ..store.atomic import check_output_dir, make_dirs
 from .cell_inputs import locate
 
 QUALITY_RTOL = 1e-3
@@ -44,10 +45,11 @@ EXPORT_FILE = "quantsweep-export.json"
 
 def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = None,
                 message: Any = lambda _m: None) -> dict[str, Any]:
-    inputs = locate(cell_dir)
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         raise InputError(f"{out}: --out exists and is not an empty folder (an export never overwrites)")
+    check_output_dir(out, "--out")  # before the slow rebuild: a place that cannot be written fails at once
+    inputs = locate(cell_dir)
 
     from ..engine.data import build_samples, make_batches
     from ..engine.models import load_model
@@ -97,7 +99,7 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
     chosen, unchosen = _groups(man)
     if getattr(model.config, "architectures", None) is None:
         model.config.architectures = [type(model).__name__]
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         message("exporting with ModelOpt's export_hf_checkpoint")

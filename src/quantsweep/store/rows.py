@@ -14,24 +14,46 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from .atomic import append_bytes, open_no_follow, write_error
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """All complete rows; a trailing partial line (from a crash) is ignored."""
+def read_rows(path: str | Path, strict: bool = False) -> list[dict[str, Any]]:
+    """All complete rows; a trailing partial line (from a crash) is ignored. `strict` (the run that is about to
+    append): any other line that is not a row is an InputError naming the file and line, instead of being skipped
+    (skipping would silently re-run that cell and hide a damaged log)."""
     path = Path(path)
     if not path.exists():
         return []
     rows = []
     with path.open("rb") as fh:
         data = fh.read()
-    for raw in data.split(b"\n"):
+    lines = data.split(b"\n")
+    for lineno, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         row = parse_row(raw)
         if row is not None:
+            if strict:
+                problem = row_problem(row)
+                if problem:
+                    raise InputError(f"{path}: line {lineno}: {problem} (the log is damaged; move the line aside)")
             rows.append(row)
+        elif strict and lineno < len(lines):  # not the torn last line (which has no newline after it)
+            raise InputError(f"{path}: line {lineno}: not a row (a JSON object with a string cell_id); the log is "
+                             "damaged; move the line aside")
     return rows
+
+
+def row_problem(row: dict[str, Any]) -> str | None:
+    """Why a parsed row cannot be used, or None (the fields a resumed run reads; reports validate the rest)."""
+    from ..reports.summary_io import validate_row
+
+    try:
+        validate_row(row, "", "row")
+    except InputError as exc:
+        return str(exc).lstrip(": ")
+    return None
 
 
 def parse_row(raw: bytes) -> dict[str, Any] | None:

@@ -502,7 +502,7 @@ def _run(
     device: str,
     t_start: float,
 ) -> WeightsOutcome:
-    from ..store.atomic import atomic_write_json, atomic_write_text
+    from ..store.atomic import atomic_write_json, atomic_write_text, check_output_dir
     from .tables import delta_rows, delta_summary, hostile_layers, quant_summary, weight_summary
     from .writer import render_markdown, write_tables
 
@@ -510,8 +510,7 @@ def _run(
 
     with open_source(opts.model, progress.message) as src:
         out_dir = Path(opts.out) if opts.out is not None else Path("runs") / "weights" / src.name
-        if out_dir.exists() and not out_dir.is_dir():
-            raise InputError(f"--out: {out_dir} exists and is not a folder")
+        check_output_dir(out_dir, "--out")
         t0 = time.perf_counter()
         pl = plan(src, rules, opts.strict)
         t_plan = time.perf_counter() - t0

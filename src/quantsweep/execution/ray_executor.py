@@ -29,6 +29,7 @@ from typing import Any
 from ..errors import ExitCode, InputError, QuantsweepError
 from ..planning import Cell, Plan
 from ..schema import Matrix
+from ..store.atomic import atomic_write_text
 from .cell_runner import CellRun, _now
 from .progress import Reporter
 from .records import CellRecord, make_record
@@ -175,10 +176,9 @@ class RayExecutor:
         if self.spec.artifacts == "driver":
             return
         sweep_dir = self.base_dir / self.plan.sweep_dir
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         path = sweep_dir / PROBE_NAME
         token = secrets.token_hex(16)
-        path.write_text(token, encoding="utf-8")
+        atomic_write_text(path, token)  # never through a link planted at the probe's name
         self.probe = (str(path), token)
 
     def _spawn(self, name: str) -> _Slot:

@@ -23,14 +23,12 @@ input error; non-strict: a warning and the unsplit matrix under the rule's `proj
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import InputError
@@ -367,14 +365,13 @@ def load_rules(path: str | Path | None) -> NamingRules:
     """The default rules, or those of a YAML/JSON file (`--rules FILE`)."""
     if path is None:
         return default_rules()
+    from ..inputs.documents import SMALL, DocumentError, read_structured
+
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--rules: {p} not found")
     try:
-        text = p.read_text(encoding="utf-8")
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise InputError(f"--rules: cannot read {p}: {exc}") from exc
+        data = read_structured(p, SMALL, "naming rules file")
+    except DocumentError as exc:
+        raise InputError(f"--rules: {exc}") from None
     return rules_from_mapping(data or {}, str(p))
 
 

@@ -119,6 +119,8 @@ def assert_clean_error(o: Outcome, names: str | Path | None, code: int = 2) -> s
     assert_bounded(o)
     assert o.code == code, o.describe()
     msg = o.stderr.strip()
+    if "\nerror: " in msg:  # progress lines (`· loading model`) may precede the error; it ends the output
+        msg = msg[msg.index("\nerror: ") + 1 :]
     assert msg.startswith("error:") or msg.startswith("Usage:") or "Error" in msg, o.describe()
     if names is not None:
         assert str(names) in msg, f"{names!r} not named:\n" + o.describe()

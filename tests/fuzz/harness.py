@@ -26,6 +26,8 @@ DOCUMENTED = {0, 2, 3, 4, 5, 130}
 # Generous bounds: they catch hangs and blow-ups (minutes, gigabytes), not speed.
 MAX_SECONDS = 60.0
 MAX_NEW_RSS_MB = 1024
+INVOCATIONS = 0  # counted for the terminal summary (tests/fuzz/conftest.py)
+BY_COMMAND: dict[str, int] = {}
 
 
 @dataclass
@@ -52,6 +54,10 @@ def invoke(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Out
     """`quantsweep ARGS` in `cwd`, in this process; stdout/stderr captured, SystemExit turned into the code."""
     from quantsweep import cli
 
+    global INVOCATIONS
+    INVOCATIONS += 1
+    command = next((a for a in args if not a.startswith("-")), "(none)")
+    BY_COMMAND[command] = BY_COMMAND.get(command, 0) + 1
     out, err = io.StringIO(), io.StringIO()
     old_argv, old_cwd = sys.argv, os.getcwd()
     old_env = {k: os.environ.get(k) for k in (env or {})}

@@ -26,7 +26,7 @@ DOCUMENTED = {0, 2, 3, 4, 5, 130}
 # Generous bounds: they catch hangs and blow-ups (minutes, gigabytes), not speed.
 MAX_SECONDS = 60.0
 MAX_NEW_RSS_MB = 1024
-INVOCATIONS = 0  # counted for the terminal summary (tests/fuzz/conftest.py)
+INVOCATIONS = 0  # counted for the terminal summary (tests/conftest.py)
 BY_COMMAND: dict[str, int] = {}
 
 

@@ -11,6 +11,7 @@ field before a model is loaded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from ..reports.manifest_io import EXPORT, read_manifest_file
 from ..reports.summary_io import MANIFEST, read_summary_document
 
 SUMMARY = "sweep-summary.json"
+REPRODUCED = ("kl_mean", "ppl_ratio", "top1_agreement")  # export/checkpoint.py's quality check
 
 
 @dataclass
@@ -58,9 +60,15 @@ def locate(cell_dir: str | Path) -> ExportInputs:
         for i, row in enumerate(doc["rows"]):
             if row.get("cell_id") == cell_id:
                 if row["status"] != "ok":
-                    raise InputError(f"{path}: rows[{i}].status: cell {cell_id} is {row['status']}, not ok: nothing "
-                                     "to export")
+                    raise InputError(f"{path}: rows[{i}].status: cell {cell_id!r} is {row['status']}, not ok: "
+                                     "nothing to export")
                 if not isinstance(doc.get("matrix"), dict):
                     raise InputError(f"{path}: matrix: missing (the summary does not say how the model was built)")
+                quality = row.get("quality") or {}
+                for metric in REPRODUCED:  # what the rebuilt model is checked against before it is exported
+                    v = quality.get(metric)
+                    if v is not None and not math.isfinite(v):
+                        raise InputError(f"{path}: rows[{i}].quality.{metric}: {v} (the cell diverged): there is no "
+                                         "measured quality to check an export against")
                 return ExportInputs(cell_dir, manifest, row, path, doc, recipe)
-    raise InputError(f"{cell_dir}: no {SUMMARY} in the folders above lists cell {cell_id}")
+    raise InputError(f"{cell_dir}: no {SUMMARY} in the folders above lists cell {cell_id!r}")

@@ -22,7 +22,7 @@ FRONTIER_KIND = "quantsweep.frontier_explorer"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class ArtifactKey(_Strict):

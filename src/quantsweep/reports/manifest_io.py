@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..inputs.documents import DATA, read_json_object
-from .fields import ANY, BITS, COUNT, Fields, Num
+from .fields import ANY, BITS, COUNT, Fields, Num, show
 from .measures import check_quality, check_solver, check_telemetry
 
 MANIFEST_KIND = "quantsweep.cell_manifest"
@@ -121,7 +121,7 @@ def _layers(f: Fields, layers: Any, full: bool) -> None:
         f.expect(where, g, isinstance(g, dict), "an object")
         name = f.string(f"{where}.name", g.get("name"), required=True, nonempty=True)
         if name in names:
-            raise f.fail(f"{where}.name", f"duplicate layer group {name!r} (also layers[{names[name]}])")
+            raise f.fail(f"{where}.name", f"duplicate layer group {show(name)} (also layers[{names[name]}])")
         names[str(name)] = i
         formats = f.strings(f"{where}.formats", g.get("formats"), required=True)
         if not formats:
@@ -138,7 +138,8 @@ def _layers(f: Fields, layers: Any, full: bool) -> None:
                          else "present, while layers[0] has none (all layer groups or none are scored)")
         chosen = f.string(f"{where}.chosen", g.get("chosen"), required=full)
         if chosen is not None and chosen not in formats:
-            raise f.fail(f"{where}.chosen", f"{chosen!r} is not one of its formats ({', '.join(formats)})")
+            raise f.fail(f"{where}.chosen", f"{show(chosen)} is not one of its formats "
+                                            f"({', '.join(show(x) for x in formats[:8])})")
         f.number(f"{where}.chosen_bits", g.get("chosen_bits"), BITS, required=full)
         f.strings(f"{where}.module_names", g.get("module_names"), required=full)
 

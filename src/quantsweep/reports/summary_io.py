@@ -74,7 +74,7 @@ def validate_row(row: Any, source: str, where: str) -> None:
              isinstance(reasons, list) and all(isinstance(x, str) for x in reasons), "a list of strings")
     for i, reason in enumerate(reasons):
         if reason not in REASONS:
-            raise f.fail(f"{where}.reasons[{i}]", f"unknown reason {reason!r} (known: {', '.join(REASONS)})")
+            raise f.fail(f"{where}.reasons[{i}]", f"unknown reason {show(reason)} (known: {', '.join(REASONS)})")
 
 
 def _check_header(f: Fields, doc: dict[str, Any]) -> None:
@@ -136,11 +136,11 @@ def validate_summary(doc: Any, source: str) -> None:
         validate_row(row, source, where)
         ident = row.get("cell_id") or row["key"]
         if ident in seen:
-            raise f.fail(f"{where}.cell_id", f"duplicate cell {ident!r} (also rows[{seen[ident]}]); a summary holds "
+            raise f.fail(f"{where}.cell_id", f"duplicate cell {show(ident)} (also rows[{seen[ident]}]); a summary holds "
                                              "the latest row per cell")
         seen[ident] = i
         if row["key"] in keys:
-            raise f.fail(f"{where}.key", f"duplicate key {row['key']!r} (also rows[{keys[row['key']]}]); a "
+            raise f.fail(f"{where}.key", f"duplicate key {show(row['key'])} (also rows[{keys[row['key']]}]); a "
                                          "summary holds one row per cell")
         keys[row["key"]] = i
 

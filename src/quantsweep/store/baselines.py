@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import InputError
 from ..inputs.documents import SMALL, read_json
+from ..reports.fields import show
 from .atomic import atomic_write_json, check_output_dir, dumps, staged_outputs, write_error
 
 RECORDS = "records"
@@ -62,7 +63,7 @@ def cell_folder(cell_id: str) -> str:
 class Record(BaseModel):
     """`record.json`: also the published schema of a baseline record (docs/schemas/baseline-record.schema.json)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "yes" is not a pin, 3.0 is not a count
 
     id: str
     created_at: str
@@ -153,7 +154,7 @@ class BaselineStore:
                 e = exc.errors()[0]
                 raise InputError(f"{path}: {pydantic_location(e['loc'])}: {e['msg']}") from None
             if record.id != folder.name:  # the folder is what prune removes: they must agree
-                raise InputError(f"{path}: id: {record.id!r} is not its folder's name {folder.name!r}")
+                raise InputError(f"{path}: id: {show(record.id)} is not its folder's name {folder.name!r}")
             out.append(record)
         return sorted(out, key=lambda r: (datetime.fromisoformat(r.created_at), r.id))
 
@@ -161,7 +162,7 @@ class BaselineStore:
         for r in self.records():
             if r.id == record_id:
                 return r
-        raise InputError(f"{self.root}: no baseline record {record_id!r} (see `quantsweep baseline list`)")
+        raise InputError(f"{self.root}: no baseline record {show(record_id)} (see `quantsweep baseline list`)")
 
     def add(self, summary_path: str | Path, doc: dict[str, Any], pinned: bool, note: str | None = None,
             now: datetime | None = None, manifests: dict[str, dict[str, Any]] | None = None) -> Record:

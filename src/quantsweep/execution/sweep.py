@@ -365,13 +365,16 @@ class Sweep:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    import json
+    """A previous run's canary.json or summary, or None when absent or unusable (the canary then runs again, the
+    summary is rebuilt from the rows). Read through the bounded reader: a link to /dev/zero cannot hang a run."""
+    from ..inputs.documents import DATA, DocumentError, read_json_object
 
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not path.exists():
         return None
-    return doc if isinstance(doc, dict) else None
+    try:
+        return read_json_object(path, DATA)
+    except DocumentError:
+        return None
 
 
 def run_sweep(matrix_path: Path, options: RunOptions, reporter: Reporter | None = None) -> SweepOutcome:

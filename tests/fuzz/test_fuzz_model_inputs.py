@@ -26,8 +26,9 @@ from harness import expect_failure, invoke
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quantsweep.inputs.model_files import check_hf_folder, transformers_architectures
+from quantsweep.inputs.hf_folders import check_hf_folder
 from quantsweep.inputs.text_files import text_warnings
+from quantsweep.inputs.transformers_names import transformers_architectures
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 

@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..inputs.model_files import check_gguf_file, check_hf_folder, check_loading_info, model_load_errors
+from ..inputs.gguf_files import check_gguf_file
+from ..inputs.hf_folders import check_hf_folder
+from ..inputs.load_errors import check_loading_info, model_load_errors
 from ..schema import ModelSpec
 from .placement import OFFLOAD_WARNING, Placement, placed, resolve_placement
 
@@ -233,7 +235,8 @@ def load_model(spec: ModelSpec, progress: Any = None) -> LoadedModel:
             return _finish(model)
 
     else:
-        # The cheap header checks (inputs/model_files.py) first: a broken file is named before minutes of loading.
+        # The cheap header checks (inputs/hf_folders.py, inputs/gguf_files.py) first: a broken file is named before
+        # minutes of loading.
         if spec.source == "embedded":
             folder = embedded_model_folder(progress)
             path = str(folder)

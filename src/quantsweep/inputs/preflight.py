@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..schema import Matrix
-from .model_files import check_gguf_file, check_hf_folder
+from .gguf_files import check_gguf_file
+from .hf_folders import check_hf_folder
 from .text_files import read_jsonl_dataset, read_text_dataset, text_warnings
 
 

@@ -13,7 +13,7 @@ Accepted forms (the model sources of a matrix, written as one string):
   cannot be read tensor by tensor as float weights without dequantizing the whole model.
 
 Every safetensors file is checked here before anything is planned or written: its header by the pure checks of
-inputs/model_files.py (a truncated or damaged file is named with what is wrong), then opened once by safetensors
+inputs/safetensors_files.py (a truncated or damaged file is named with what is wrong), then opened once by safetensors
 itself, whose own refusal becomes the same kind of `--model` input error.
 """
 
@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..inputs.model_files import check_safetensors_file, model_load_errors, read_model_config, safetensors_shards
+from ..inputs.hf_folders import read_model_config
+from ..inputs.load_errors import model_load_errors
+from ..inputs.safetensors_files import check_safetensors_file, safetensors_shards
 
 INDEX_FILE = "model.safetensors.index.json"
 LABEL = "--model"

@@ -262,7 +262,7 @@ def expect_ran(args: list[str], cwd: Path, codes: tuple[int, ...] = (0,)) -> Any
     return o
 
 
-# --- summaries: kpi-report, frontier, compare, baseline add/pin/resolve ------------------------------------------------
+# --- summaries: kpi-report, frontier, compare, baseline add/pin/resolve -----------------------------------------------
 SUMMARY = "q/sweep-summary.json"
 SUMMARY_COMMANDS = ["kpi-report", "kpi-report-out", "frontier", "frontier-history", "compare-a", "compare-b-out",
                     "baseline-add", "baseline-pin", "baseline-resolve"]
@@ -334,7 +334,7 @@ def test_impossible_values_are_refused_by_every_summary_reader(path, value, mess
             assert f"{SUMMARY}: {message}" in o.stderr, o.describe()
 
 
-# --- render-report (the slowest reader: a small real sweep) -------------------------------------------------------------
+# --- render-report (the slowest reader: a small real sweep) -----------------------------------------------------------
 @fuzz(14)
 @given(data=st.data())
 def test_render_report_summary_mutations(data):
@@ -711,6 +711,39 @@ def test_output_locations(name, where):
             return
         o = expect_failure(_out_args(name, out), cwd, flag, 2, watch=(outside,))
         assert out.split("/")[0] in o.stderr, o.describe()
+
+
+@pytest.mark.parametrize("case", ["kpi-report", "frontier", "frontier-link", "render-report", "compare"])
+def test_an_output_never_replaces_the_input(case):
+    """Outputs are renamed over their names: a name that is the summary being read would lose it."""
+    with workspace((QUICKSTART, "q"), (QUICKSTART, "p")) as (cwd, _):
+        shutil.copy(cwd / SUMMARY, cwd / "q" / "compare.json")
+        shutil.copy(cwd / SUMMARY, cwd / "q" / "scatter.json")
+        (cwd / "alias.json").symlink_to("q/sweep-summary.json")
+        args, source = {
+            "kpi-report": (["kpi-report", "-s", SUMMARY, "--out", SUMMARY], SUMMARY),
+            "frontier": (["frontier", "-s", "alias.json", "-o", SUMMARY], "alias.json"),
+            "frontier-link": (["frontier", "-s", SUMMARY, "-o", "f.json", "--storage-root", "h"], None),
+            "render-report": (["render-report", "-s", "q/scatter.json", "-o", "q"], "q/scatter.json"),
+            "compare": (["compare", "-s", "p/sweep-summary.json", "-s", "q/compare.json", "-o", "q"], "q/compare.json"),
+        }[case]
+        if source is None:  # an output that is a link *to* the summary replaces the link, not the summary
+            expect_ran(["frontier", "-s", SUMMARY, "-o", "alias.json"], cwd)
+            assert not (cwd / "alias.json").is_symlink() and load(cwd / SUMMARY)["kind"] == "quantsweep.sweep_summary"
+            return
+        o = expect_failure(args, cwd, "--out")
+        assert f"would replace {source}, which this command reads" in o.stderr, o.describe()
+
+
+def test_frontier_history_keeps_two_artifacts_of_the_same_second():
+    from quantsweep.reports.frontier_artifact import build_artifact, write_artifact
+
+    with workspace((QUICKSTART, "q")) as (cwd, _):
+        doc = build_artifact(cwd / SUMMARY, generated_at="2026-01-01T00:00:00+00:00")
+        first = write_artifact(doc, cwd / "a.json", cwd / "h")[1]
+        second = write_artifact(dict(doc, provenance_ref="again"), cwd / "b.json", cwd / "h")[1]
+        assert first != second and second.endswith("2026-01-01T000000_0000-2.json")
+        assert len(list((cwd / "h").rglob("*.json"))) == 2
 
 
 def test_render_report_on_a_malformed_summary_leaves_the_out_folder_as_it_was():

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..store.atomic import atomic_write_json, atomic_write_text, check_output_dir, staged_outputs
+from .outputs import check_not_an_input
 from .summary_io import Summary, load_summary
 
 KIND = "quantsweep.compare"
@@ -206,6 +207,7 @@ def write(doc: dict[str, Any], out_dir: str | Path) -> list[str]:
     """compare.json and compare.md into `out_dir`, together (both or neither); an unusable folder is an input
     error naming --out, a failed write a WriteError (exit 5) naming the file."""
     out = check_output_dir(out_dir, "--out")
+    check_not_an_input([out / name for name in OUTPUTS], [doc["a"]["summary"], doc["b"]["summary"]], "--out")
     for name in OUTPUTS:
         if (out / name).is_dir() and not (out / name).is_symlink():
             raise InputError(f"--out {out}: {out / name} is a folder, where the comparison writes its {name}")

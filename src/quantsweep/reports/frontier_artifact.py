@@ -5,8 +5,9 @@ reduced to what a dashboard compares across runs: the frontier points with their
 and their text. It is keyed by hardware fingerprint + lane + profile (`store/baselines.identity`, the same labels
 as baselines), and carries its provenance: the summary and its SHA-256, the commit, the matrix name and hash, the
 model, library versions and a free `--provenance-ref`. With `--storage-root`, a copy is kept under
-`<root>/<hardware>/<lane>/<profile>/<generated_at>.json`, a history that later frontiers of the same key are
-compared with. The document is validated against `FrontierArtifact` before it is written.
+`<root>/<hardware>/<lane>/<profile>/<generated_at>.json` (`-2`, `-3`... when that second already has one: a
+history never loses an entry), a history that later frontiers of the same key are compared with. The document is
+validated against `FrontierArtifact` before it is written; neither file may be the summary it was built from.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..store.atomic import atomic_write_json, check_output_dir, check_output_fil
 from ..store.baselines import identity
 from .artifacts import FrontierArtifact
 from .frontier import build_frontier
+from .outputs import check_not_an_input
 from .summary_io import load_summary
 
 
@@ -88,12 +90,19 @@ def write_artifact(doc: dict[str, Any], out: str | Path, storage_root: str | Pat
     """The artifact at `out` and, with `storage_root`, its copy in the history. Every target is checked before
     anything is written; both files are written before either is moved into place."""
     targets = [check_output_file(out, "--out")]
+    check_not_an_input(targets, [doc["provenance"]["summary"]], "--out")
     if storage_root is not None:
         root = check_output_dir(storage_root, "--storage-root")
         k = doc["key"]
         stamp = _safe(doc["generated_at"].replace(":", ""))
-        path = root / _safe(k["hardware_fingerprint"]) / _safe(k["lane"]) / _safe(k["profile"]) / f"{stamp}.json"
+        folder = root / _safe(k["hardware_fingerprint"]) / _safe(k["lane"]) / _safe(k["profile"])
+        path = folder / f"{stamp}.json"
+        n = 1
+        while path.exists() or path.is_symlink():  # two artifacts of one key in one second: both are kept
+            n += 1
+            path = folder / f"{stamp}-{n}.json"
         targets.append(check_output_file(path, "--storage-root"))
+        check_not_an_input(targets[1:], [doc["provenance"]["summary"]], "--storage-root")
     with contextlib.ExitStack() as stack:
         for path in targets:
             stage = stack.enter_context(staged_outputs(path.parent))

@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import ExitCode, InputError
 from ..kpis import GATES, KPI_NAMES, compute_kpis, evaluate_gate
 from ..store.atomic import atomic_write_json, check_output_file
+from .outputs import check_not_an_input
 from .summary_io import load_summary
 
 
@@ -29,6 +30,7 @@ def kpi_report(
         raise InputError(f"--skip-kpi: unknown KPI {bad[0]!r}; known: {', '.join(KPI_NAMES)}")
     if out is not None:
         check_output_file(out, "--out")  # before anything is read
+        check_not_an_input([out], [summary_path], "--out")
     summary = load_summary(summary_path, overrides)
     kpis = compute_kpis(summary.rows, summary.canary, summary.thresholds)
     gate = evaluate_gate(kpis, summary.thresholds, tuple(skip))

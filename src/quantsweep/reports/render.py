@@ -25,6 +25,7 @@ from . import layers as L
 from . import noise
 from . import plots
 from .frontier import build_frontier
+from .outputs import check_not_an_input
 from .summary_io import Summary, load_summary
 
 REPORT_MD = "report.md"
@@ -470,6 +471,7 @@ def render_report(
     """Write the report into `out_dir`; return what was written and the counts the CLI prints. `bits`: the
     frontier's x axis, AutoQuantize's budget bits (`achieved`) or the bits a checkpoint stores (`storage`)."""
     out = check_output_dir(out_dir, "--out")  # before anything is read
+    check_not_an_input([out / name for name in OUTPUTS], [summary_path], "--out")
     summary = load_summary(summary_path)
     rep = build_report(summary, include_invalid, generated_at or now_utc(), bits)
     for name in OUTPUTS:

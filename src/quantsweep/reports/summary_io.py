@@ -47,6 +47,8 @@ _NUM = {
     "attempt": Num(lo=1, hi=COUNT.hi, integer=True),
 }
 _BOOL = ("satisfied", "scores_finite", "valid", "from_canary")
+
+
 def validate_row(row: Any, source: str, where: str) -> None:
     """One row (of a summary's `rows`, or a line of `rows.jsonl`): InputError `<source>: <where>.<field>: ...`
     for the first field that cannot be used."""
@@ -136,8 +138,8 @@ def validate_summary(doc: Any, source: str) -> None:
         validate_row(row, source, where)
         ident = row.get("cell_id") or row["key"]
         if ident in seen:
-            raise f.fail(f"{where}.cell_id", f"duplicate cell {show(ident)} (also rows[{seen[ident]}]); a summary holds "
-                                             "the latest row per cell")
+            raise f.fail(f"{where}.cell_id", f"duplicate cell {show(ident)} (also rows[{seen[ident]}]); a summary "
+                                             "holds the latest row per cell")
         seen[ident] = i
         if row["key"] in keys:
             raise f.fail(f"{where}.key", f"duplicate key {show(row['key'])} (also rows[{keys[row['key']]}]); a "

@@ -1,0 +1,34 @@
+"""An output must never replace an input of the same command.
+
+Why a module of its own: every report command writes its outputs atomically, by renaming a finished file over the
+name it is given, and that name is the user's to choose. `kpi-report -s s.json --out s.json`, or `render-report`
+into the folder of a summary named `scatter.json`, would then replace the document the command has just read:
+the input is lost, silently. Each command checks its output names against its inputs before anything is read or
+written (`check_not_an_input`).
+
+What counts is the directory entry that a rename would replace: an output that is a symbolic link *to* an input is
+fine (the rename replaces the link), an output whose name is the input (or an input that is a link to that name)
+is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def _entry(path: Path) -> str:
+    """The directory entry a rename onto `path` replaces: its folder resolved, its own name kept."""
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
+def check_not_an_input(outputs: Iterable[str | Path], inputs: Iterable[str | Path], label: str) -> None:
+    """InputError `<label> <output>: ...` when writing an output would replace one of `inputs`."""
+    targets = {os.path.realpath(p): str(p) for p in inputs}
+    for out in outputs:
+        source = targets.get(_entry(Path(out)))
+        if source is not None:
+            raise InputError(f"{label} {out}: would replace {source}, which this command reads; write it elsewhere")

@@ -107,15 +107,20 @@ class Fields:
         return v
 
     # --- scalars -----------------------------------------------------------------------------------------------
-    def string(self, where: str, v: Any, required: bool = False, nonempty: bool = False) -> str | None:
+    def string(self, where: str, v: Any, required: bool = False, nonempty: bool = False, path: bool = False
+               ) -> str | None:
+        """A string (or null/absent when not required). `path`: one that names a file or folder, so no NUL
+        character (no file name holds one) and at most 4096 characters (PATH_MAX)."""
         if v is None:
             if required:
                 raise self.fail(where, "missing")
             return None
         ok = isinstance(v, str) and (not nonempty or v != "")
         self.expect(where, v, ok, ("a non-empty string" if nonempty else "a string") + ("" if required else " or null"))
-        if "\x00" in v:
-            raise self.fail(where, "contains a NUL character")
+        if path and "\x00" in v:
+            raise self.fail(where, "contains a NUL character, which no file name can hold")
+        if path and len(v) > 4096:
+            raise self.fail(where, f"{len(v)} characters, longer than any file name can be (4096)")
         return v
 
     def boolean(self, where: str, v: Any) -> None:

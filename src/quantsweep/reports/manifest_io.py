@@ -57,8 +57,8 @@ def _cell(f: Fields, cell: Any, full: bool) -> None:
     c = f.obj("cell", cell, required=full)
     for name in ("id", "key", "pair", "granularity", "dataset_size"):
         f.string(f"cell.{name}", c.get(name), required=full, nonempty=True)
-    for name in ("config_hash", "path"):
-        f.string(f"cell.{name}", c.get(name))
+    f.string("cell.config_hash", c.get("config_hash"))
+    f.string("cell.path", c.get("path"), path=True)
     f.number("cell.samples", c.get("samples"), COUNT, required=full)
     if full and "effective_bits_target" not in c:
         raise f.fail("cell.effective_bits_target", "missing")

@@ -58,9 +58,7 @@ def validate_row(row: Any, source: str, where: str) -> None:
     f.one_of(f"{where}.status", row.get("status"), ROW_STATUSES, required=True)
     for name in _STR:
         f.string(f"{where}.{name}", row.get(name))
-    path = f.string(f"{where}.path", row.get("path"))
-    if path is not None and len(path) > 4096:
-        raise f.fail(f"{where}.path", f"longer than 4096 characters ({len(path)})")
+    f.string(f"{where}.path", row.get("path"), path=True)
     f.numeric_fields(where, row, _NUM)
     layers, quantized = row.get("layer_count"), row.get("quantized_layer_count")
     if layers is not None and quantized is not None and quantized > layers:

@@ -138,7 +138,11 @@ class BaselineStore:
             entries = sorted(self.records_dir.iterdir())
         except OSError as exc:
             raise InputError(f"{self.records_dir}: cannot list the records: {exc.strerror or exc}") from None
-        return [p for p in entries if not p.name.startswith(".") and p.is_dir()]
+        folders = [p for p in entries if not p.name.startswith(".") and p.is_dir()]
+        for p in folders:
+            if p.is_symlink():  # prune would remove the link's target's contents, or nothing
+                raise InputError(f"{p}: is a symbolic link; a baseline record is a folder of the store (remove it)")
+        return folders
 
     def records(self) -> list[Record]:
         """Every complete record, oldest first; a record file that is not one is an input error naming it."""

@@ -126,7 +126,7 @@ class BaselineStore:
     def records_dir(self) -> Path:
         return self.root / RECORDS
 
-    def _writable(self) -> None:
+    def check_writable(self) -> None:
         """Refuse, before anything is read or written, a store this user cannot write into."""
         check_output_dir(self.records_dir, "--storage-root")
 
@@ -173,7 +173,7 @@ class BaselineStore:
         """Record `doc` (a validated summary). `manifests` (cell id -> manifest) are copied into the record, and the
         stored rows point at the copies, so that a record keeps its per-layer recipes after the sweep folder is
         re-run or deleted. The record appears whole or not at all."""
-        self._writable()
+        self.check_writable()
         self.records()  # a damaged store is refused before it is written to
         now = now or datetime.now(UTC)
         doc = copy.deepcopy(doc)
@@ -198,7 +198,7 @@ class BaselineStore:
         return record
 
     def set_pinned(self, record_id: str, pinned: bool) -> Record:
-        self._writable()
+        self.check_writable()
         record = self.get(record_id)
         record.pinned = pinned
         atomic_write_json(self.records_dir / record.id / RECORD, record.to_dict())
@@ -224,7 +224,7 @@ class BaselineStore:
         if keep_last < 0:
             raise InputError(f"--keep-last must be >= 0, got {keep_last}")
         if not dry_run and self.records_dir.is_dir():
-            self._writable()
+            self.check_writable()
         removed: list[str] = []
         groups: dict[tuple, list[Record]] = {}
         for r in self.records():

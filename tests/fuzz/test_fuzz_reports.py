@@ -746,6 +746,27 @@ def test_frontier_history_keeps_two_artifacts_of_the_same_second():
         assert len(list((cwd / "h").rglob("*.json"))) == 2
 
 
+@pytest.mark.parametrize(("metric", "values", "limit"), [
+    ("ppl_ratio", (1.7e308, 1.0), 1e300),  # a linear axis that would span 1e308
+    ("kl_mean", (1.7e308, 1.7e308), 1e-300),  # a log axis from 1e-300 to 1e308
+    ("kl_mean", (5e-324, 0.0), 0.05),  # the smallest positive float and an exact zero on a log axis
+])
+def test_extreme_but_possible_measurements_render(metric, values, limit):
+    """Huge or tiny quality values are legitimate (a diverged cell): the plot draws them at its edge and says so,
+    the paired comparisons leave out what has no finite spread."""
+    with workspace((TINY, "t")) as (cwd, _):
+        doc = load(cwd / "t/sweep-summary.json")
+        doc["matrix"]["kpi"].update(quality_metric=metric, max_quality=limit)
+        for r, v in zip(doc["rows"], values, strict=False):
+            r["quality"][metric] = v
+            r["quality"]["per_sequence"]["kl"] = [v, v / 3, 0.0, v]  # a spread that overflows a float
+        dump(cwd / "t/sweep-summary.json", doc)
+        o = expect_ran(["render-report", "-s", "t/sweep-summary.json", "-o", "rep", "--json"], cwd)
+        notes = json.loads(o.stdout)["notes"]
+        edge = any(v != 0 and not 1e-100 <= v <= 1e100 for v in values)
+        assert any("drawn at the edge of the frontier plot" in n for n in notes) == edge, notes
+
+
 def test_render_report_on_a_malformed_summary_leaves_the_out_folder_as_it_was():
     with workspace((TINY, "t")) as (cwd, _):
         doc = load(cwd / "t/sweep-summary.json")

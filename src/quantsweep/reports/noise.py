@@ -21,7 +21,8 @@ METRICS = {"kl": "kl_mean", "ln_ppl_ratio": "ln_ppl_ratio"}
 
 
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float] | None:
-    """(mean of a - b, its standard error) over paired per-sequence values; None when they cannot be paired."""
+    """(mean of a - b, its standard error) over paired per-sequence values; None when they cannot be paired, or
+    when a value is not finite or so large that its spread is not (a diverged cell has no resolvable difference)."""
     if len(a) != len(b) or len(a) < 2:
         return None
     d = [x - y for x, y in zip(a, b, strict=True)]
@@ -29,7 +30,9 @@ def paired_difference(a: list[float], b: list[float]) -> tuple[float, float] | N
         return None
     g = len(d)
     mean = sum(d) / g
-    var = sum((x - mean) ** 2 for x in d) / (g - 1)
+    var = sum((x - mean) * (x - mean) for x in d) / (g - 1)  # `**` would raise on overflow; `*` gives inf
+    if not (math.isfinite(mean) and math.isfinite(var)):
+        return None
     return mean, math.sqrt(var / g)
 
 

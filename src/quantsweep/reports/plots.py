@@ -33,6 +33,9 @@ METRIC_LABEL = {
     "ppl_ratio": "perplexity ratio quant / base (lower = better)",
 }
 METRIC_SHORT = {"kl_mean": "KL", "ppl_ratio": "ppl ratio"}
+# Beyond this magnitude matplotlib cannot lay out an axis (its limits and ticks overflow): a quality value or
+# threshold past it is drawn at the edge of the frontier plot (the report says so; the tables keep the value).
+PLOT_LIMIT = 1e100
 ROLE_TEXT = {"baseline": "baseline", "minimum_viable": "min viable", "best_value": "best value"}
 
 
@@ -166,6 +169,7 @@ def draw_frontier(data: dict[str, Any]) -> Any:
     from matplotlib.lines import Line2D
 
     metric, limit = data["metric"], float(data["max_quality"])
+    shown_limit = min(max(limit, 1 / PLOT_LIMIT), PLOT_LIMIT)  # where the threshold is drawn (labels: the value)
     short = METRIC_SHORT.get(metric, metric)
     panels = [p for p in data["panels"] if p["points"]]
     with matplotlib.rc_context(RC):
@@ -180,10 +184,11 @@ def draw_frontier(data: dict[str, Any]) -> Any:
         colors = _pair_colors(data["pairs"])
         log = metric == "kl_mean"
         positive = [p["quality"] for pan in panels for p in pan["points"] if p["quality"] > 0]
-        floor = (min(positive) / 10 if positive else 1e-6) if log else None
+        floor = min(max(min(positive) / 10 if positive else 1e-6, 1 / PLOT_LIMIT), PLOT_LIMIT / 10) if log else None
 
         def y(v: float) -> float:
-            return max(v, floor) if floor is not None else v
+            v = min(v, PLOT_LIMIT)
+            return max(v, floor) if floor is not None else max(v, -PLOT_LIMIT)
 
         any_invalid = False
         several_budgets = len({p["budget"] for pan in panels for p in pan["points"]}) > 1
@@ -205,15 +210,15 @@ def draw_frontier(data: dict[str, Any]) -> Any:
         ax0.autoscale_view()
         lo, hi = ax0.get_ylim()
         if log:
-            lo, hi = min(lo, limit / 3), max(hi, limit * 3)
+            lo, hi = min(lo, shown_limit / 3), max(hi, shown_limit * 3)
         else:
-            pad = 0.15 * max(hi - lo, abs(limit) * 0.05, 1e-9)
-            lo, hi = min(lo, limit - pad), max(hi, limit + pad)
+            pad = 0.15 * max(hi - lo, abs(shown_limit) * 0.05, 1e-9)
+            lo, hi = min(lo, shown_limit - pad), max(hi, shown_limit + pad)
         ax0.set_ylim(lo, hi)
         x0, x1 = ax0.get_xlim()
         for i, (ax, pan) in enumerate(zip(flat, panels, strict=False)):
-            ax.axhspan(limit, hi, color=THRESHOLD_COLOR, alpha=0.07, lw=0, zorder=0)
-            ax.axhline(limit, color=THRESHOLD_COLOR, ls="--", lw=1.2, zorder=1)
+            ax.axhspan(shown_limit, hi, color=THRESHOLD_COLOR, alpha=0.07, lw=0, zorder=0)
+            ax.axhline(shown_limit, color=THRESHOLD_COLOR, ls="--", lw=1.2, zorder=1)
             ax.text(0.99, 0.985, f"fails the threshold ({short} > {limit:g})", transform=ax.transAxes, ha="right",
                     va="top", fontsize=7.5, color=THRESHOLD_COLOR)
             label_all = len(pan["points"]) <= 8
@@ -225,7 +230,7 @@ def draw_frontier(data: dict[str, Any]) -> Any:
                 if log:
                     fy = (math.log10(y(q)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
                 else:
-                    fy = (q - lo) / (hi - lo)
+                    fy = (y(q) - lo) / (hi - lo)
                 return fx * AX_W_PT, fy * AX_H_PT
 
             obstacles = [(AX_W_PT - 190, AX_H_PT - 14, AX_W_PT, AX_H_PT)]  # the "fails the threshold" note

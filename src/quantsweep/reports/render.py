@@ -94,6 +94,12 @@ def build_report(summary: Summary, include_invalid: bool, generated_at: str, bit
             notes.append(f"{p['key']}: its manifest has no per-layer raw scores; left out of the layer views")
             continue
         cells[p["key"]] = scores
+    edge = [p["key"] for p in view["points"] if p["quality"] is not None
+            and not 1 / plots.PLOT_LIMIT <= abs(p["quality"]) <= plots.PLOT_LIMIT and p["quality"] != 0]
+    if edge or not 1 / plots.PLOT_LIMIT <= limit <= plots.PLOT_LIMIT:
+        notes.append(f"{metric} values outside {1 / plots.PLOT_LIMIT:g} to {plots.PLOT_LIMIT:g} are drawn at the "
+                     "edge of the frontier plot ("
+                     + (", ".join(edge) if edge else f"the threshold {limit:g}") + "); the tables give them as measured")
     conv = L.convergence(view["points"], cells)
     heat = L.heatmap_data(cells)
     return {

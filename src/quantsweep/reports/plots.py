@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -366,7 +367,9 @@ def save_figure(fig: Any, out_dir: Path, stem: str) -> str:
     """Write `<stem>.png` and `<stem>.svg`; return the SVG text (for inlining)."""
     import matplotlib
 
-    with matplotlib.rc_context({**RC, "svg.hashsalt": f"quantsweep-{stem}"}):
+    with matplotlib.rc_context({**RC, "svg.hashsalt": f"quantsweep-{stem}"}), warnings.catch_warnings():
+        # a name with characters the bundled font lacks is drawn with boxes; one warning line each is just noise
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
         png = io.BytesIO()
         fig.savefig(png, format="png", metadata={"Software": "quantsweep"})
         svg = io.StringIO()

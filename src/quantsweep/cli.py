@@ -339,6 +339,10 @@ def compare(
         if value is not None and not value >= 0:
             raise QuantsweepError(f"{name} must be a number >= 0, got {value}", ExitCode.INVALID_INPUT)
     gate = CompareGate(max_kl_increase, max_ppl_ratio_increase, max_top1_drop, max_bits_increase, fail_on_missing)
+    if out_dir is not None:
+        from .store.atomic import check_output_dir
+
+        check_output_dir(out_dir, "--out")  # before anything is read
     doc = build(summaries[0], summaries[1], gate)
     files = write(doc, out_dir) if out_dir is not None else []
     if as_json:
@@ -369,6 +373,11 @@ def frontier(
 
     if bits not in ("achieved", "storage"):
         raise QuantsweepError("--bits must be achieved or storage", ExitCode.INVALID_INPUT)
+    from .store.atomic import check_output_dir, check_output_file
+
+    check_output_file(out_file, "--out")  # before anything is read
+    if storage_root is not None:
+        check_output_dir(storage_root, "--storage-root")
     doc = build_artifact(summary, provenance_ref, include_invalid, bits)
     files = write_artifact(doc, out_file, storage_root)
     if as_json:
@@ -417,16 +426,12 @@ def _summary_doc(path: Path) -> dict[str, Any]:
 
 
 def _recordable(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """A summary and the manifests of its cells that can be found (cell id -> manifest)."""
+    """A summary and the manifests of its cells that can be found (cell id -> manifest); a manifest that is found
+    but unusable is an input error (a record without it would lose that cell's per-layer recipe silently)."""
     from .reports.summary_io import load_summary
 
     s = load_summary(path)
-    manifests = {}
-    for r in s.rows:
-        manifest, _why = s.manifest(r)
-        if manifest is not None:
-            manifests[str(r["cell_id"])] = manifest
-    return s.doc, manifests
+    return s.doc, s.recordable_manifests()
 
 
 def _record_out(record: Any, as_json: bool, verb: str) -> None:
@@ -447,8 +452,10 @@ def baseline_add(
     """Record a sweep summary (unpinned: prune may remove it later)."""
     from .store.baselines import BaselineStore
 
+    store = BaselineStore(root)
+    store.check_writable()  # before anything is read
     doc, manifests = _recordable(summary)
-    _record_out(BaselineStore(root).add(summary, doc, pinned=False, note=note, manifests=manifests), as_json, "added")
+    _record_out(store.add(summary, doc, pinned=False, note=note, manifests=manifests), as_json, "added")
 
 
 @baseline_app.command("pin")
@@ -466,6 +473,7 @@ def baseline_pin(
         raise QuantsweepError("baseline pin takes exactly one of --record ID or --summary FILE", ExitCode.INVALID_INPUT)
     store = BaselineStore(root)
     if summary is not None:
+        store.check_writable()  # before anything is read
         doc, manifests = _recordable(summary)
         _record_out(store.add(summary, doc, pinned=True, note=note, manifests=manifests), as_json, "pinned")
     else:

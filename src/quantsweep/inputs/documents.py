@@ -19,6 +19,7 @@ be bounded; parsing a document within the size limit takes well under a second. 
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -166,9 +167,27 @@ class _DuplicateKey(ValueError):
         self.key = key
 
 
+def _finite_literal(literal: str) -> float:
+    """A number literal like 1e400 would silently become infinity; `Infinity`/`NaN` (written on purpose, as
+    quantsweep itself writes a diverged value) go through `parse_constant` and stay allowed."""
+    value = float(literal)
+    if math.isinf(value):
+        raise _Overflow(literal)
+    return value
+
+
+class _Overflow(ValueError):
+    def __init__(self, literal: str):
+        super().__init__(literal)
+        self.literal = literal
+
+
 def parse_json(text: str, source: str, limits: Limits) -> Any:
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_float=_finite_literal)
+    except _Overflow as exc:
+        shown = exc.literal if len(exc.literal) <= 40 else exc.literal[:37] + "..."
+        raise _fail(source, f"invalid JSON: the number {shown} is too large for a float") from None
     except _DuplicateKey as exc:
         raise _fail(source, f"invalid JSON: duplicate key {exc.key!r} (JSON keeps only the last one)") from None
     except json.JSONDecodeError as exc:

@@ -171,17 +171,19 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def check_output_dir(path: str | Path, label: str) -> Path:
+def check_output_dir(path: str | Path, label: str, shown: str | Path | None = None) -> Path:
     """Refuse, before anything is read or written, an output folder that cannot be one: a file (or a link to one)
-    in its place or on its way, or a place this user cannot write. Creates nothing."""
+    in its place or on its way, or a place this user cannot write. Creates nothing. `shown`: the path the user
+    gave, when `path` is only its folder."""
     path = Path(path)
+    shown = shown if shown is not None else path
     if path.exists() and not path.is_dir():
-        raise InputError(f"{label} {path}: is a file, not a folder")
+        raise InputError(f"{label} {shown}: {path} is a file, not a folder")
     base = _nearest_existing(path)
     if not base.is_dir():
-        raise InputError(f"{label} {path}: {base} is a file, so the folder cannot be created")
+        raise InputError(f"{label} {shown}: {base} is a file, so the folder cannot be created")
     if not os.access(base, os.W_OK | os.X_OK):
-        raise InputError(f"{label} {path}: {base} is not writable")
+        raise InputError(f"{label} {shown}: {base} is not writable")
     return path
 
 
@@ -190,7 +192,7 @@ def check_output_file(path: str | Path, label: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{label} {path}: is a folder, not a file")
-    check_output_dir(path.parent, label)
+    check_output_dir(path.parent, label, shown=path)
     return path
 
 
@@ -206,7 +208,10 @@ def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
     except OSError as exc:
         raise write_error(exc, out_dir) from None
     try:
-        yield stage
+        try:
+            yield stage
+        except WriteError as exc:  # name the output the user asked for, not the staging folder
+            raise WriteError(str(exc).replace(str(stage), str(out_dir))) from None
         if not existed:
             os.chmod(stage, 0o777 & ~_umask())
             try:
@@ -215,12 +220,16 @@ def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
                 raise write_error(exc, out_dir) from None
             _fsync_dir(out_dir.parent)
             return
-        for dirpath, _dirnames, filenames in os.walk(stage):
-            rel = Path(dirpath).relative_to(stage)
+        staged = [(Path(d).relative_to(stage), names) for d, _dirs, names in os.walk(stage)]
+        for rel, filenames in staged:  # refuse before moving anything: no partial set
+            for name in filenames:
+                if (out_dir / rel / name).is_dir() and not (out_dir / rel / name).is_symlink():
+                    raise WriteError(f"{out_dir / rel / name}: cannot write: a folder of that name is in the way")
+        for rel, filenames in staged:
             make_dirs(out_dir / rel)
             for name in filenames:
                 try:
-                    os.replace(Path(dirpath) / name, out_dir / rel / name)
+                    os.replace(stage / rel / name, out_dir / rel / name)
                 except OSError as exc:
                     raise write_error(exc, out_dir / rel / name) from None
         _fsync_dir(out_dir)

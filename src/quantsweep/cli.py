@@ -27,8 +27,9 @@ app = typer.Typer(
 )
 
 # Wide output when piped (Rich would default to 80 columns and fold the cell table).
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+# No automatic highlighting: its regex is quadratic in a string's length (a long description would stall dry-run).
+out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200, highlight=False)
+err = Console(stderr=True, highlight=False)
 
 MatrixOpt = Annotated[Path, typer.Option("--matrix", "-m", help="matrix file (.yaml, .yml or .json)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout and nothing else there")]

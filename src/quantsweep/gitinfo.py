@@ -7,9 +7,10 @@ stand in (or a matrix copied from someone else's checkout) is not code they chos
 - the **sha** is read from the repository's files (`HEAD`, loose refs, `packed-refs`; linked work trees through
   their `gitdir:`/`commondir` files); no git process at all;
 - **dirty** needs git's index comparison, so git runs with `core.fsmonitor` and hooks disabled, optional locks off
-  (nothing written), no system or global config, and only when the repository's own config names no filter
-  driver and includes no other config file (either could run a command); otherwise `dirty` is recorded as null,
-  with the reason.
+  (nothing written), no system or global config, and only when the repository's own config — as git itself parses
+  it (`git config --list --no-includes`, which runs nothing; per-worktree config included) — names no filter
+  driver and includes no other config file (either could make `git status` run a command); otherwise `dirty` is
+  recorded as null, with the reason.
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ import subprocess
 from pathlib import Path
 
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
-# config sections that can make `git status` execute a command, or pull in config we have not read
-_RISKY_CONFIG = re.compile(r"^\s*\[\s*(filter|include|includeif)\b", re.IGNORECASE | re.MULTILINE)
+# config keys that can make `git status` execute a command, or pull in config we have not read
+_RISKY_KEYS = ("filter.", "include.", "includeif.")
+_SAFE_ENV = {
+    "GIT_OPTIONAL_LOCKS": "0",  # `git status` must not refresh (write) the index
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_TERMINAL_PROMPT": "0",
+}
 
 
 def _read(path: Path) -> str | None:
@@ -84,22 +91,23 @@ def head_sha(git_dir: Path, common: Path) -> str | None:
     return head if _SHA.match(head) else None
 
 
+def _run_git(work_tree: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | _SAFE_ENV
+    return subprocess.run(["git", *args], cwd=work_tree, capture_output=True, text=True, timeout=10, check=True,
+                          env=env, stdin=subprocess.DEVNULL).stdout
+
+
 def _dirty(work_tree: Path, common: Path) -> tuple[bool | None, str | None]:
-    config = _read(common / "config") or ""
-    if _RISKY_CONFIG.search(config):
+    try:  # git's own parse of every config file it would read here; `git config` runs nothing
+        keys = [line.split("=", 1)[0].lower() for line in _run_git(work_tree, "config", "--list", "--no-includes").splitlines()]
+    except (OSError, subprocess.SubprocessError):
+        return None, "not checked: git could not read the repository's config"
+    if any(k.startswith(_RISKY_KEYS) for k in keys):
         return None, "not checked: the repository's config has filter drivers or includes, which git would run"
-    env = {
-        **os.environ,
-        "GIT_OPTIONAL_LOCKS": "0",  # `git status` must not refresh (write) the index
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_TERMINAL_PROMPT": "0",
-    }
-    cmd = ["git", "-c", "core.fsmonitor=false", "-c", f"core.hooksPath={os.devnull}", "-c", "core.untrackedCache=false",
+    cmd = ["-c", "core.fsmonitor=false", "-c", f"core.hooksPath={os.devnull}", "-c", "core.untrackedCache=false",
            "status", "--porcelain", "--untracked-files=no", "--ignore-submodules=all"]
     try:
-        out = subprocess.run(cmd, cwd=work_tree, capture_output=True, text=True, timeout=10, check=True, env=env,
-                             stdin=subprocess.DEVNULL).stdout
+        out = _run_git(work_tree, *cmd)
     except (OSError, subprocess.SubprocessError):
         return None, "not checked: git status failed"
     return bool(out.strip()), None

@@ -236,6 +236,43 @@ def test_cell_count_is_capped_before_expansion(tmp_path: Path) -> None:
     assert o.code == 0 and len(json.loads(o.stdout)["cells"]) == 10_800, o.describe()
 
 
+def test_long_strings_print_in_bounded_time(tmp_path: Path) -> None:
+    """Rich's automatic highlighting is quadratic in a string's length: a 500 KB description stalled dry-run."""
+    doc = copy.deepcopy(VALID)
+    doc["description"] = "x" * 500_000
+    doc["labels"] = {"lane": "y" * 200_000}
+    write_matrix(tmp_path, doc)
+    o = invoke(["dry-run", "-m", "m.yaml"], tmp_path)
+    assert_bounded(o)
+    assert o.code == 0 and o.stdout.count("x") >= 500_000, o.describe()  # printed whole
+
+
+def test_output_root_that_is_a_symlink_loop_is_invalid_input(tmp_path: Path) -> None:
+    write_matrix(tmp_path, VALID)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    expect_failure(["run", "-m", "m.yaml", "--output-root", "loop"], tmp_path, "is a dangling or looping symbolic link")
+
+
+def test_frontier_history_stays_under_its_root(tmp_path: Path) -> None:
+    """A summary's key parts (hardware fingerprint, lane, profile) name folders of the history: `..` must not climb."""
+    import shutil
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "quickstart"
+    shutil.copytree(fixture, tmp_path / "sweep")
+    path = tmp_path / "sweep" / "sweep-summary.json"
+    doc = json.loads(path.read_text())
+    doc["hardware"]["fingerprint"] = ".."
+    doc["labels"] = {"execution_lane": "..", "vram_profile": ".."}
+    path.write_text(json.dumps(doc))
+    root = tmp_path / "a" / "b" / "store"
+    root.mkdir(parents=True)
+    o = invoke(["frontier", "--json", "-s", str(path), "-o", "f.json", "--storage-root", str(root)], tmp_path)
+    assert o.code == 0, o.describe()
+    history = [Path(f) for f in json.loads(o.stdout)["files"][1:]]
+    assert len(history) == 1 and history[0].resolve().is_relative_to(root.resolve()), history
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b"]
+
+
 def test_trust_remote_code_is_warned_in_dry_run(tmp_path: Path) -> None:
     doc = copy.deepcopy(VALID)
     doc["model"]["trust_remote_code"] = True
@@ -281,6 +318,13 @@ def test_planted_links_are_never_written_through(tmp_path: Path) -> None:
         o = expect_failure(["run", "-m", "m.yaml"], tmp_path, f"runs/tiny/{name}: is a symbolic link")
         assert victim.read_text() == "precious\n", o.describe()
         link.unlink()
+    # a link planted at a folder on the way to a cell folder: the cell's files would land in the victim folder
+    victim_dir = tmp_path / "victim_dir"
+    victim_dir.mkdir()
+    (sweep / "wint8_afp16").symlink_to(victim_dir, target_is_directory=True)
+    expect_failure(["run", "-m", "m.yaml"], tmp_path, f"{sweep / 'wint8_afp16'}: is a symbolic link",
+                   watch=(victim_dir,))
+    assert list(victim_dir.iterdir()) == []
 
 
 def test_rows_log_last_row_without_newline_is_kept_and_torn_line_dropped(tmp_path: Path) -> None:
@@ -398,7 +442,7 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True, env=env).stdout.strip()
 
 
-@pytest.mark.parametrize("attack", ["fsmonitor", "filter"])
+@pytest.mark.parametrize("attack", ["fsmonitor", "filter", "filter-same-line", "filter-worktree-config"])
 def test_dry_run_never_runs_the_repositorys_commands(tmp_path: Path, attack: str) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -415,8 +459,15 @@ def test_dry_run_never_runs_the_repositorys_commands(tmp_path: Path, attack: str
     if attack == "fsmonitor":
         _git(repo, "config", "core.fsmonitor", str(script))
     else:
-        _git(repo, "config", "filter.evil.clean", str(script))
         (repo / ".gitattributes").write_text("*.txt filter=evil\n")
+        if attack == "filter":
+            _git(repo, "config", "filter.evil.clean", str(script))
+        elif attack == "filter-same-line":  # a section header after another on one line: no line starts with it
+            with open(repo / ".git" / "config", "a") as fh:
+                fh.write(f'[core][filter "evil"]\n\tclean = {script}\n')
+        else:  # per-worktree config, a file of its own
+            _git(repo, "config", "extensions.worktreeConfig", "true")
+            (repo / ".git" / "config.worktree").write_text(f'[filter "evil"]\n\tclean = {script}\n')
     os.utime(repo / "data.txt", (time.time() + 5, time.time() + 5))  # stat-dirty: git would consult the filter
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -425,7 +476,7 @@ def test_dry_run_never_runs_the_repositorys_commands(tmp_path: Path, attack: str
     assert not marker.exists(), "git ran a command configured by the repository"
     commit = json.loads(o.stdout)["commit"]
     assert commit["sha"] == sha
-    if attack == "filter":
+    if attack.startswith("filter"):
         assert commit["dirty"] is None and "filter drivers" in commit["dirty_unknown"]
     else:
         assert commit["dirty"] is False

@@ -34,7 +34,9 @@ from ..store.atomic import (
     atomic_write_json,
     check_output_dir,
     make_dirs,
+    missing_folders,
     open_no_follow,
+    remove_empty_folders,
     remove_stale_temporaries,
 )
 from ..store.rows import RowLog, latest_by_cell, read_rows
@@ -84,22 +86,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _created_folders(path: Path) -> list[Path]:
-    """The folders `mkdir -p path` would create, outermost first."""
-    missing = []
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    return missing[::-1]
-
-
 @contextlib.contextmanager
 def sweep_lock(sweep_dir: Path) -> Iterator[None]:
     """One `run` per sweep folder at a time (two writers would interleave rows). The lock file is opened without
     following links. If the run fails on input (InputError), the lock file and the (empty) folders this run created
     are removed again: a run refused for bad input leaves nothing behind."""
-    created = _created_folders(sweep_dir)
+    created = missing_folders(sweep_dir)
     lock_path = sweep_dir / LOCK_FILE
     lock_existed = lock_path.exists() or lock_path.is_symlink()
     make_dirs(sweep_dir)
@@ -114,12 +106,34 @@ def sweep_lock(sweep_dir: Path) -> Iterator[None]:
         if not lock_existed:
             with contextlib.suppress(OSError):
                 os.unlink(lock_path)
-            for folder in reversed(created):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only if empty
+            remove_empty_folders(created)
         raise
     finally:
         os.close(fd)
+
+
+def check_no_links_below(sweep_dir: Path, cells: list[Any]) -> None:
+    """Refuse a symbolic link planted at a folder between the sweep folder and a cell folder: the cell's manifest,
+    recipe and reports would be written wherever it points. (The output root and the sweep folder themselves may
+    be links: that is how results go to another disk.)"""
+    base = sweep_dir.absolute()
+    seen: set[Path] = set()
+    for cell in cells:
+        folder = Path(cell.path).absolute()
+        if not folder.is_relative_to(base):
+            continue
+        p = base
+        for part in folder.relative_to(base).parts:
+            p = p / part
+            if p in seen:
+                continue
+            seen.add(p)
+            if p.is_symlink():
+                raise InputError(f"{p}: is a symbolic link; quantsweep never writes a cell through a link (remove it)")
+            if p.exists() and not p.is_dir():
+                raise InputError(f"{p}: is a file where cell {cell.key}'s folder goes (remove it)")
+            if not p.exists():
+                break
 
 
 def check_cell_folders(cells: list[Any], rows_path: Path) -> list[tuple[Any, str]]:
@@ -282,6 +296,7 @@ class Sweep:
                 cid for cid, r in latest.items() if r.get("status") == "ok" or not opts.retry_errors
             }
             todo = [c for c in self.plan.cells if c.id not in done_ids]
+            check_no_links_below(self.sweep_dir, todo)
             conflicts = check_cell_folders(todo, self.rows_path)
             if conflicts and not opts.rerun:
                 cell, other = conflicts[0]

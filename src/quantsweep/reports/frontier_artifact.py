@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..store.atomic import atomic_write_json, check_output_dir, check_output_file, staged_outputs
 from ..store.baselines import identity
 from .artifacts import FrontierArtifact
@@ -83,7 +84,10 @@ def _commit(commit: Any) -> dict[str, Any]:
 
 
 def _safe(part: str | None) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", part or "none")[:80]
+    """One path component from a free-form key part: never empty, `.` or `..` (a summary's hardware fingerprint or
+    lane must not climb out of --storage-root)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", part or "none")[:80]
+    return "_" + name if not name.strip(".") else name
 
 
 def write_artifact(doc: dict[str, Any], out: str | Path, storage_root: str | Path | None = None) -> list[str]:
@@ -101,6 +105,8 @@ def write_artifact(doc: dict[str, Any], out: str | Path, storage_root: str | Pat
         while path.exists() or path.is_symlink():  # two artifacts of one key in one second: both are kept
             n += 1
             path = folder / f"{stamp}-{n}.json"
+        if not path.resolve().is_relative_to(root.resolve()):  # belt and braces: the history stays under its root
+            raise InputError(f"--storage-root {root}: the frontier's key would place it outside, at {path}")
         targets.append(check_output_file(path, "--storage-root"))
         check_not_an_input(targets[1:], [doc["provenance"]["summary"]], "--storage-root")
     with contextlib.ExitStack() as stack:

@@ -177,8 +177,12 @@ def check_output_dir(path: str | Path, label: str, shown: str | Path | None = No
     gave, when `path` is only its folder."""
     path = Path(path)
     shown = shown if shown is not None else path
+    for p in (path.absolute(), *path.absolute().parents):
+        if p.is_symlink() and not p.exists():
+            raise InputError(f"{label} {shown}: {p} is a dangling or looping symbolic link")
     if path.exists() and not path.is_dir():
-        raise InputError(f"{label} {shown}: {path} is a file, not a folder")
+        what = "is a file, not a folder" if Path(shown) == path else f"{path} is a file, not a folder"
+        raise InputError(f"{label} {shown}: {what}")
     base = _nearest_existing(path)
     if not base.is_dir():
         raise InputError(f"{label} {shown}: {base} is a file, so the folder cannot be created")
@@ -196,42 +200,73 @@ def check_output_file(path: str | Path, label: str) -> Path:
     return path
 
 
+def missing_folders(path: str | Path) -> list[Path]:
+    """The folders `mkdir -p path` would create, outermost first (to remove them again on an error path)."""
+    missing = []
+    p = Path(path).absolute()
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing[::-1]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Undo `missing_folders`' creation: innermost first, only folders that are (still) empty."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 @contextlib.contextmanager
 def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
     """A folder to write a set of outputs into; on success every file is moved into `out_dir` (created then), on
-    any error the staging folder is removed and `out_dir` is exactly as it was (or still absent)."""
+    any error the staging folder and any folder created on the way are removed and `out_dir` is exactly as it was
+    (or still absent)."""
     out_dir = Path(out_dir)
     existed = out_dir.is_dir()
-    parent = out_dir if existed else make_dirs(out_dir.parent)
+    created = [] if existed else missing_folders(out_dir.parent)
+    stage: Path | None = None
+    done = False
     try:
-        stage = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=parent))
-    except OSError as exc:
-        raise write_error(exc, out_dir) from None
-    try:
+        parent = out_dir if existed else make_dirs(out_dir.parent)
+        try:
+            stage = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=parent))
+        except OSError as exc:
+            raise write_error(exc, out_dir) from None
         try:
             yield stage
         except WriteError as exc:  # name the output the user asked for, not the staging folder
             raise WriteError(str(exc).replace(str(stage), str(out_dir))) from None
-        if not existed:
-            os.chmod(stage, 0o777 & ~_umask())
-            try:
-                os.rename(stage, out_dir)  # all at once
-            except OSError as exc:
-                raise write_error(exc, out_dir) from None
-            _fsync_dir(out_dir.parent)
-            return
-        staged = [(Path(d).relative_to(stage), names) for d, _dirs, names in os.walk(stage)]
-        for rel, filenames in staged:  # refuse before moving anything: no partial set
-            for name in filenames:
-                if (out_dir / rel / name).is_dir() and not (out_dir / rel / name).is_symlink():
-                    raise WriteError(f"{out_dir / rel / name}: cannot write: a folder of that name is in the way")
-        for rel, filenames in staged:
-            make_dirs(out_dir / rel)
-            for name in filenames:
-                try:
-                    os.replace(stage / rel / name, out_dir / rel / name)
-                except OSError as exc:
-                    raise write_error(exc, out_dir / rel / name) from None
-        _fsync_dir(out_dir)
+        _publish(stage, out_dir, existed)
+        done = True
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if not done:
+            remove_empty_folders(created)
+
+
+def _publish(stage: Path, out_dir: Path, existed: bool) -> None:
+    """Move what was written into `out_dir`: a new folder by one rename, into an existing one file by file after
+    checking that no folder stands where a file goes (so no partial set)."""
+    if not existed:
+        os.chmod(stage, 0o777 & ~_umask())
+        try:
+            os.rename(stage, out_dir)  # all at once
+        except OSError as exc:
+            raise write_error(exc, out_dir) from None
+        _fsync_dir(out_dir.parent)
+        return
+    staged = [(Path(d).relative_to(stage), names) for d, _dirs, names in os.walk(stage)]
+    for rel, filenames in staged:
+        for name in filenames:
+            if (out_dir / rel / name).is_dir() and not (out_dir / rel / name).is_symlink():
+                raise WriteError(f"{out_dir / rel / name}: cannot write: a folder of that name is in the way")
+    for rel, filenames in staged:
+        make_dirs(out_dir / rel)
+        for name in filenames:
+            try:
+                os.replace(stage / rel / name, out_dir / rel / name)
+            except OSError as exc:
+                raise write_error(exc, out_dir / rel / name) from None
+    _fsync_dir(out_dir)

@@ -341,7 +341,7 @@ def test_rows_log_last_row_without_newline_is_kept_and_torn_line_dropped(tmp_pat
 
 
 def test_second_run_is_refused_at_once_before_torch(tmp_path: Path) -> None:
-    _tiny(tmp_path)
+    _tiny(tmp_path, model={**TINY_MATRIX["model"], "trust_remote_code": True})
     sweep = tmp_path / "runs" / "tiny"
     sweep.mkdir(parents=True)
     with open(sweep / ".lock", "w") as fh:
@@ -353,6 +353,7 @@ def test_second_run_is_refused_at_once_before_torch(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr
     assert "another `quantsweep run` is using this sweep folder" in res.stderr
     assert "torch imported: False" in res.stderr
+    assert "warning: model.trust_remote_code is true" in res.stderr  # said before anything is loaded
 
 
 @pytest.mark.slow

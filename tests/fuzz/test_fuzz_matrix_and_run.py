@@ -273,6 +273,43 @@ def test_frontier_history_stays_under_its_root(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b"]
 
 
+def test_unpaired_surrogates_are_refused(tmp_path: Path) -> None:
+    """A JSON `\\ud800` escape decodes to a string Python cannot encode: printing or tokenising it crashed later."""
+    doc = copy.deepcopy(VALID)
+    doc["labels"] = {"k": "v\ud800"}
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    expect_failure(["dry-run", "-m", "m.json"], tmp_path, "m.json: a string holds an unpaired UTF-16 surrogate")
+    (tmp_path / "d.jsonl").write_text('{"text": "hello world"}\n{"text": "hello \\ud800 world"}\n')
+    doc = copy.deepcopy(VALID)
+    doc["dataset"] = {**doc["dataset"], "source": "jsonl", "path": "d.jsonl"}
+    write_matrix(tmp_path, doc)
+    expect_failure(["run", "-m", "m.yaml"], tmp_path, "d.jsonl: line 2")
+
+
+def test_reports_never_replace_what_a_sweep_records(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "quickstart", tmp_path / "s")
+    manifest = next((tmp_path / "s").rglob("manifest.json")).relative_to(tmp_path)
+    for args in (["kpi-report", "-s", "s/sweep-summary.json", "--out", str(manifest)],
+                 ["frontier", "-s", "s/sweep-summary.json", "-o", str(manifest)]):
+        o = expect_failure(args, tmp_path, f"--out {manifest}: would replace a file that a sweep or baseline store")
+        assert o.code == 2
+
+
+def test_baseline_store_records_folder_must_not_be_a_link(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "quickstart", tmp_path / "s")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "records").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    for args in (["baseline", "add", "--storage-root", "store", "-s", "s/sweep-summary.json"],
+                 ["baseline", "prune", "--storage-root", "store", "--keep-last", "0"]):
+        expect_failure(args, tmp_path, "store/records: is a symbolic link")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 def test_trust_remote_code_is_warned_in_dry_run(tmp_path: Path) -> None:
     doc = copy.deepcopy(VALID)
     doc["model"]["trust_remote_code"] = True
@@ -325,6 +362,15 @@ def test_planted_links_are_never_written_through(tmp_path: Path) -> None:
     expect_failure(["run", "-m", "m.yaml"], tmp_path, f"{sweep / 'wint8_afp16'}: is a symbolic link",
                    watch=(victim_dir,))
     assert list(victim_dir.iterdir()) == []
+    (sweep / "wint8_afp16").unlink()
+    # --rerun moves the previous results into archive/: not through a link planted there
+    (sweep / "archive").symlink_to(victim_dir, target_is_directory=True)
+    expect_failure(["run", "--rerun", "-m", "m.yaml"], tmp_path, "runs/tiny/archive: is a symbolic link",
+                   watch=(victim_dir,))
+    (sweep / "archive").unlink()
+    # a folder where the row log goes: named, not "4: Is a directory"
+    (sweep / "rows.jsonl").mkdir()
+    expect_failure(["run", "-m", "m.yaml"], tmp_path, "runs/tiny/rows.jsonl: is not a regular file")
 
 
 def test_rows_log_last_row_without_newline_is_kept_and_torn_line_dropped(tmp_path: Path) -> None:
@@ -481,3 +527,18 @@ def test_dry_run_never_runs_the_repositorys_commands(tmp_path: Path, attack: str
         assert commit["dirty"] is None and "filter drivers" in commit["dirty_unknown"]
     else:
         assert commit["dirty"] is False
+
+
+@pytest.mark.parametrize("algorithm", ["bogus", {"method": "bogus"}, 7])
+def test_export_refuses_an_unknown_calibration_algorithm_before_loading(tmp_path: Path, algorithm: Any) -> None:
+    """ModelOpt asserts on an algorithm it does not know, after the model is loaded and the baseline computed."""
+    import shutil
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "tiny_cells", tmp_path / "s")
+    cell = tmp_path / "s" / "wint8_afp16" / "default" / "a"
+    manifest = json.loads((cell / "manifest.json").read_text())
+    manifest["quantization"]["effective_config"]["algorithm"] = algorithm
+    (cell / "manifest.json").write_text(json.dumps(manifest))
+    o = expect_failure(["export", "--cell", str(cell), "--out", "x"], tmp_path,
+                       f"{cell / 'manifest.json'}: quantization.effective_config.algorithm")
+    assert "is not a calibration algorithm ModelOpt knows" in o.stderr, o.describe()

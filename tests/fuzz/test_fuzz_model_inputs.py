@@ -490,7 +490,7 @@ def _tokenizer_json(edit: Callable[[dict[str, Any]], Any]) -> Callable[[Path], P
 
 DEEP = {
     "shapes_disagree_with_config": (_config(hidden_size=32, head_dim=16), "do not match config.json"),
-    "tensors_missing_for_config": (_config(num_hidden_layers=3), "lacks 9 tensor(s)"),
+    "tensors_missing_for_config": (_config(num_hidden_layers=3), "num_hidden_layers is 3, but the weights hold 2 layers"),
     "config_value_of_wrong_type": (_config(num_hidden_layers=2.5), "num_hidden_layers"),
     "unknown_activation": (_config(hidden_act="nope"), "cannot load the model"),
     "tokenizer_json_not_a_tokenizer": (_tokenizer_json(lambda d: {}), "cannot load the tokenizer"),
@@ -507,6 +507,22 @@ def test_failures_only_loading_shows_are_input_errors(tiny, case):
         args = ["run", "-m", str(write_matrix(tmp, {"source": "hf", "path": str(folder)})), "--json"]
         o = expect_failure(args, tmp, folder)
         assert "model.path" in o.stderr and expected in o.stderr, o.describe()
+
+
+@pytest.mark.parametrize("cmd", ["dry-run", "run"])
+@pytest.mark.parametrize("changes, expected", [
+    ({"num_hidden_layers": 100_000}, "num_hidden_layers is 100,000, but the weights hold 2 layers (0..1)"),
+    ({"vocab_size": 50_000_000}, "vocab_size is 50,000,000, but the embedding in the weights has"),
+])
+def test_config_claiming_more_than_the_weights_is_refused_before_loading(tiny, cmd, changes, expected):
+    """transformers would build (and randomly fill) a model of the config's size first: 100,000 layers never finish
+    loading, a 50M-token vocabulary allocates 12.8 GB."""
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        folder = _config(**changes)(copy_model(tiny, tmp))
+        o = expect_failure([cmd, "-m", str(write_matrix(tmp, {"source": "hf", "path": str(folder)}))], tmp,
+                           folder / "config.json")
+        assert expected in o.stderr, o.describe()
 
 
 def test_gguf_of_an_architecture_transformers_cannot_load(gguf_bytes):

@@ -307,6 +307,10 @@ class Sweep:
                     "or pass --rerun to archive the previous results and their cell folders"
                 )
             if opts.rerun:
+                archive = self.sweep_dir / "archive"
+                if archive.is_symlink() or (archive.exists() and not archive.is_dir()):
+                    raise InputError(f"{archive}: is a {'symbolic link' if archive.is_symlink() else 'file'}; --rerun "
+                                     "moves the previous results into this folder (remove it)")
                 moved = _archive_previous(self.sweep_dir, [Path(c.path) for c, _ in conflicts])
                 if moved:
                     self.reporter.message(f"--rerun: previous results moved to {moved}")

@@ -43,6 +43,16 @@ QUALITY_RTOL = 1e-3
 EXPORT_FILE = "quantsweep-export.json"
 
 
+def _check_algorithm(algorithm: Any, cell_dir: Path) -> None:
+    """A calibration algorithm ModelOpt knows, before the model is loaded (ModelOpt would assert mid-way)."""
+    from modelopt.torch.quantization.mode import CalibrateModeRegistry
+
+    method = algorithm.get("method") if isinstance(algorithm, dict) else algorithm
+    if method is not None and (not isinstance(method, str) or CalibrateModeRegistry.get(f"{method}_calibrate") is None):
+        raise InputError(f"{Path(cell_dir) / 'manifest.json'}: quantization.effective_config.algorithm: "
+                         f"{json.dumps(algorithm)[:80]} is not a calibration algorithm ModelOpt knows")
+
+
 def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = None,
                 message: Any = lambda _m: None) -> dict[str, Any]:
     out = Path(out_dir)
@@ -72,8 +82,12 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
     batch = int(man["autoquant"]["batch_size"])
     steps = int(man["autoquant"]["calib_steps"])
     algorithm = (man.get("quantization") or {}).get("effective_config", {}).get("algorithm") or "max"
+    _check_algorithm(algorithm, inputs.cell_dir)
     if "awq" in json.dumps(algorithm):
         steps = max(1, steps // 4)  # what AutoQuantize calibrates AWQ formats with
+    if matrix.model.trust_remote_code:
+        message(f"warning: model.trust_remote_code is true in {inputs.summary_path}: the model folder's own Python "
+                "code will run in this process")
     message(f"loading model ({matrix.model.source})")
     loaded = load_model(matrix.model)
     needed = max(calib_samples, int(man["dataset"].get("score_samples") or calib_samples))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +136,14 @@ def read_text(path: str | Path, limits: Limits, what: str = "file") -> str:
 
 
 # --- shape of a parsed tree ----------------------------------------------------------------------------------------
+# A JSON `\ud800` escape decodes to a lone surrogate: a str Python holds but cannot encode, so printing or writing it
+# later (a report, a tokenizer) would fail far from the file that carried it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def check_tree(doc: Any, source: str, limits: Limits) -> None:
-    """Depth and node count of a parsed JSON tree (iterative: the check itself must not recurse)."""
+    """Depth and node count of a parsed JSON tree, and no lone surrogates in its strings (iterative: the check itself
+    must not recurse)."""
     stack: list[tuple[Any, int]] = [(doc, 1)]
     nodes = 0
     while stack:
@@ -144,11 +151,18 @@ def check_tree(doc: Any, source: str, limits: Limits) -> None:
         nodes += 1
         if nodes > limits.max_nodes:
             raise _fail(source, f"more than {limits.max_nodes:,} values; refusing to read it")
-        if isinstance(obj, dict | list):
+        if isinstance(obj, str):
+            if _SURROGATE.search(obj):
+                raise _fail(source, f"a string holds an unpaired UTF-16 surrogate escape (\\u{ord(_SURROGATE.search(obj)[0]):04x}), "
+                                    "which is not text")
+        elif isinstance(obj, dict | list):
             if depth > limits.max_depth:
                 raise _fail(source, f"nested more than {limits.max_depth} levels deep")
-            children = obj.values() if isinstance(obj, dict) else obj
-            stack.extend((c, depth + 1) for c in children)
+            if isinstance(obj, dict):
+                stack.extend((k, depth + 1) for k in obj)
+                stack.extend((c, depth + 1) for c in obj.values())
+            else:
+                stack.extend((c, depth + 1) for c in obj)
 
 
 # --- JSON ----------------------------------------------------------------------------------------------------
@@ -323,7 +337,9 @@ def parse_yaml(text: str, source: str, limits: Limits) -> Any:
         if node is None:
             return None
         _expanded_shape(node, limits)
-        return loader.construct_document(node)
+        doc = loader.construct_document(node)
+        check_tree(doc, source, limits)  # bounded by the expanded shape just checked; finds lone surrogates
+        return doc
     except _YamlLimit as exc:
         raise _fail(source, f"invalid YAML: {exc.msg}") from None
     except yaml.YAMLError as exc:

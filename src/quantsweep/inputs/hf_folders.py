@@ -13,6 +13,7 @@ Pure Python: nothing here imports torch.
 
 from __future__ import annotations
 
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,37 @@ def _hf_weights(folder: Path, cfg: dict[str, Any], label: str) -> tuple[str, lis
     )
 
 
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+_EMBEDDING = re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|embed_in)\.weight$")
+
+
+def _config_int(cfg: dict[str, Any], key: str) -> int | None:
+    for scope in (cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else None, cfg):
+        v = (scope or {}).get(key)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def _check_config_against_weights(folder: Path, cfg: dict[str, Any], weights: list[Path], label: str) -> None:
+    """A config that claims far more than the weights hold makes transformers build (and randomly initialise) a
+    model of the config's size before noticing the missing tensors: 100,000 layers never finish loading, a
+    50M-token vocabulary allocates gigabytes. Compare the two from the headers first."""
+    names: dict[str, tuple[int, ...]] = {}
+    for w in weights:
+        names.update({n: shape for n, (_dtype, shape) in check_safetensors_file(w, label).tensors.items()})
+    layers = {int(m.group(1)) for n in names if (m := _LAYER_INDEX.search(n))}
+    claimed = _config_int(cfg, "num_hidden_layers")
+    if layers and claimed is not None and claimed > max(layers) + 1:
+        raise _err(label, folder / "config.json", f"num_hidden_layers is {claimed:,}, but the weights hold "
+                   f"{max(layers) + 1} layers (0..{max(layers)})")
+    vocab = _config_int(cfg, "vocab_size")
+    rows = [shape[0] for n, shape in names.items() if _EMBEDDING.search(n) and shape]
+    if rows and vocab is not None and vocab > max(rows):
+        raise _err(label, folder / "config.json", f"vocab_size is {vocab:,}, but the embedding in the weights has "
+                   f"{max(rows):,} rows")
+
+
 def _check_tokenizer(folder: Path, label: str, trust_remote_code: bool) -> list[str]:
     for name, what in SIDE_JSON.items():
         if _present(folder / name):
@@ -218,5 +250,7 @@ def check_hf_folder(path: str | Path, label: str, *, trust_remote_code: bool = F
     assert cfg is not None
     model_type = _check_architecture(folder, cfg, label, trust_remote_code)
     fmt, weights, tensors = _hf_weights(folder, cfg, label)
+    if fmt == "safetensors":
+        _check_config_against_weights(folder, cfg, weights, label)
     tokenizer = _check_tokenizer(folder, label, trust_remote_code)
     return HfFolderInfo(folder, model_type, cfg, weights, fmt, tensors, tokenizer)

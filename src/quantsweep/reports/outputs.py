@@ -25,10 +25,21 @@ def _entry(path: Path) -> str:
     return os.path.join(os.path.realpath(path.parent), path.name)
 
 
+# What a sweep or cell folder records: a report written over one of them would lose recorded results (a replaced
+# rows.jsonl loses every row, and a run appending at that moment keeps writing to the unlinked file).
+RECORDED_NAMES = frozenset({"rows.jsonl", "sweep-summary.json", "canary.json", "manifest.json", "recipe.json", ".lock",
+                            "record.json"})
+
+
 def check_not_an_input(outputs: Iterable[str | Path], inputs: Iterable[str | Path], label: str) -> None:
-    """InputError `<label> <output>: ...` when writing an output would replace one of `inputs`."""
+    """InputError `<label> <output>: ...` when writing an output would replace one of `inputs`, or an existing file
+    that a sweep, a cell or a baseline store records results in."""
     targets = {os.path.realpath(p): str(p) for p in inputs}
     for out in outputs:
         source = targets.get(_entry(Path(out)))
         if source is not None:
             raise InputError(f"{label} {out}: would replace {source}, which this command reads; write it elsewhere")
+        p = Path(out)
+        if p.name in RECORDED_NAMES and (p.exists() or p.is_symlink()):
+            raise InputError(f"{label} {out}: would replace a file that a sweep or baseline store records results "
+                             "in; write it elsewhere")

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,15 +113,20 @@ def atomic_write_json(path: str | Path, doc: Any) -> None:
 
 # --- files opened in place ------------------------------------------------------------------------------------------
 def open_no_follow(path: str | Path, flags: int, mode: int = 0o644) -> int:
-    """`os.open` that refuses a symbolic link at `path` (InputError naming it) instead of writing through it."""
+    """`os.open` of a regular file that refuses a symbolic link at `path` (InputError naming it) instead of going
+    through it, and a folder or device there (which would fail later with a message naming a descriptor)."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0), mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InputError(f"{path}: is a symbolic link; quantsweep never writes through links (remove it)") from None
         if exc.errno == errno.EISDIR:
             raise InputError(f"{path}: is a folder; quantsweep expected its own file there") from None
         raise write_error(exc, path) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(f"{path}: is not a regular file; quantsweep expected its own file there")
+    return fd
 
 
 def append_bytes(path: str | Path, data: bytes) -> None:

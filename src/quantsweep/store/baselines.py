@@ -119,6 +119,9 @@ class BaselineStore:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"{self.root}: --storage-root is a file, not a folder")
+        if self.records_dir.is_symlink():  # add would write, and prune delete, wherever it points
+            raise InputError(f"{self.records_dir}: is a symbolic link; a baseline store's records must be its own "
+                             "folder (--storage-root)")
         if self.records_dir.exists() and not self.records_dir.is_dir():
             raise InputError(f"{self.records_dir}: is a file, where the store keeps its records (--storage-root)")
 

@@ -542,3 +542,11 @@ def test_export_refuses_an_unknown_calibration_algorithm_before_loading(tmp_path
     o = expect_failure(["export", "--cell", str(cell), "--out", "x"], tmp_path,
                        f"{cell / 'manifest.json'}: quantization.effective_config.algorithm")
     assert "is not a calibration algorithm ModelOpt knows" in o.stderr, o.describe()
+
+
+def test_weights_rules_with_catastrophic_backtracking_are_refused(tmp_path: Path) -> None:
+    """Python's regex engine has no timeout: `(a+)+$` against a near-miss name runs for hours."""
+    (tmp_path / "r.yaml").write_text("version: 1\nignore: ['(a+)+$']\n")
+    o = expect_failure(["weights", "--model", "synthetic:llama-tiny", "--rules", "r.yaml", "--formats", "none"],
+                       tmp_path, "r.yaml")
+    assert "repeats a repeated group" in o.stderr, o.describe()

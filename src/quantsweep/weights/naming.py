@@ -46,6 +46,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# A group that repeats something repeated and is itself repeated — `(a+)+`, `(\w*)*`, `(x|y+){2,}` — can make
+# Python's backtracking matcher take exponential time on a near-miss tensor name (it has no timeout).
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
+
+
 def _check_regex(v: str | None) -> str | None:
     if v is None:
         return v
@@ -53,6 +58,9 @@ def _check_regex(v: str | None) -> str | None:
         re.compile(v)
     except re.error as exc:
         raise ValueError(f"invalid regular expression {v!r}: {exc}") from exc
+    if _NESTED_QUANTIFIER.search(v):
+        raise ValueError(f"regular expression {v!r} repeats a repeated group (like `(a+)+`), which can take "
+                         "exponential time to match; rewrite it without the nested repetition")
     return v
 
 

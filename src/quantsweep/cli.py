@@ -689,9 +689,15 @@ def main() -> None:
         # bare `quantsweep` prints the help (NoArgsIsHelpError): that is not an error
         sys.exit(0 if type(exc).__name__ == "NoArgsIsHelpError" else int(ExitCode.INVALID_INPUT))
     except OSError as exc:
-        # The file system failed under us (disk full, permission, I/O error) somewhere the writing layer does not
-        # reach (a library writing its own files): one line naming the file, not a traceback.
+        # The file system failed under us (disk full, quota, read-only, I/O error) somewhere the writing layer does
+        # not reach (a library writing its own files): one line naming the file, not a traceback. Anything else is
+        # a bug and keeps its traceback.
+        import errno
+
         from .store.atomic import write_error
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO):
+            raise
 
         werr = write_error(exc, getattr(exc, "filename", None) or "a file", "input/output failed")
         err.print("[bold red]error:[/] ", end="")

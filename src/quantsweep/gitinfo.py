@@ -31,10 +31,10 @@ _SAFE_ENV = {
 }
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path, limit: int = 1 << 20) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read(1 << 20)
+            return fh.read(limit)
     except OSError:
         return None
 
@@ -76,7 +76,7 @@ def _resolve_ref(git_dir: Path, common: Path, ref: str, depth: int = 0) -> str |
             if text.startswith("ref:"):
                 return _resolve_ref(git_dir, common, text[4:].strip(), depth + 1)
             return text if _SHA.match(text) else None
-    packed = _read(common / "packed-refs") or ""
+    packed = _read(common / "packed-refs", 256 << 20) or ""  # large in big repositories
     for line in packed.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1] == ref and _SHA.match(parts[0]):
@@ -97,7 +97,7 @@ def _run_git(work_tree: Path, *args: str) -> str:
                           env=env, stdin=subprocess.DEVNULL).stdout
 
 
-def _dirty(work_tree: Path, common: Path) -> tuple[bool | None, str | None]:
+def _dirty(work_tree: Path) -> tuple[bool | None, str | None]:
     try:  # git's own parse of every config file it would read here; `git config` runs nothing
         keys = [line.split("=", 1)[0].lower() for line in _run_git(work_tree, "config", "--list", "--no-includes").splitlines()]
     except (OSError, subprocess.SubprocessError):
@@ -126,7 +126,7 @@ def git_commit(near: str | Path | None = None) -> dict[str, object] | None:
     sha = head_sha(git_dir, common)
     if sha is None:
         return None
-    dirty, why = _dirty(work_tree, common)
+    dirty, why = _dirty(work_tree)
     doc: dict[str, object] = {"sha": sha, "dirty": dirty}
     if why:
         doc["dirty_unknown"] = why

@@ -50,6 +50,10 @@ ROWS_FILE = "rows.jsonl"
 SUMMARY_FILE = "sweep-summary.json"
 CANARY_FILE = "canary.json"
 LOCK_FILE = ".lock"
+# What `run` writes atomically: a temporary of one of these names in the sweep folder is a killed run's (reports
+# and baselines writing into the sweep folder stage their files elsewhere, so theirs are never taken).
+RUN_WRITES = frozenset({SUMMARY_FILE, CANARY_FILE, RECIPE_FILE, MANIFEST_FILE, "layer-sensitivity-report.md",
+                        "layer-sensitivity-report.json", ".fs-probe"})  # .fs-probe: the Ray executor's
 __all__ = ["RECIPE_FILE", "Reporter", "RunOptions", "SweepOutcome", "run_sweep"]
 
 
@@ -96,14 +100,22 @@ def sweep_lock(sweep_dir: Path) -> Iterator[None]:
     lock_existed = lock_path.exists() or lock_path.is_symlink()
     make_dirs(sweep_dir)
     fd = open_no_follow(lock_path, os.O_RDWR | os.O_CREAT)
+    acquired = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise InputError(f"{sweep_dir}: another `quantsweep run` is using this sweep folder") from None
+        try:  # the file we locked must still be the lock (a run refused on input removes the lock it created)
+            same = os.fstat(fd).st_ino == os.stat(lock_path, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise InputError(f"{sweep_dir}: another `quantsweep run` started on this sweep folder at the same moment")
+        acquired = True
         yield  # the lock file stays empty: a run refused on input must not change even that
     except InputError:
-        if not lock_existed:
+        if acquired and not lock_existed:  # only the run holding the lock may remove it (never a refused one)
             with contextlib.suppress(OSError):
                 os.unlink(lock_path)
             remove_empty_folders(created)
@@ -136,7 +148,7 @@ def check_no_links_below(sweep_dir: Path, cells: list[Any]) -> None:
                 break
 
 
-def check_cell_folders(cells: list[Any], rows_path: Path) -> list[tuple[Any, str]]:
+def check_cell_folders(cells: list[Any]) -> list[tuple[Any, str]]:
     """Cells whose folder already holds another cell's manifest: (cell, the other id). Two matrices with the same
     `name` (e.g. after changing `dataset.seq_len`) plan the same `<pair>/<granularity>/<size>` paths with different
     cell ids; writing there would overwrite the artifacts the first run's rows point at."""
@@ -202,6 +214,8 @@ class Sweep:
         from ..inputs.preflight import preflight_inputs  # the model's headers and the dataset, before anything is made
 
         self.input_warnings = preflight_inputs(self.matrix)
+        for w in self.input_warnings:
+            reporter.message(f"warning: {w}")
         self.sweep_dir = Path(self.plan.sweep_dir)
         self.rows_path = self.sweep_dir / ROWS_FILE
         self.summary_path = self.sweep_dir / SUMMARY_FILE
@@ -214,6 +228,7 @@ class Sweep:
         self.executor: Any = None
         self.info: dict[str, Any] | None = None  # model, dataset, baseline, setup: known once the executor started
         self.canary: dict[str, Any] | None = None
+        self._archive_pending: list[Path] | None = None  # --rerun: what to move aside once the executor started
 
     # -- summary -------------------------------------------------------------------------------------------
     def _rows_in_plan(self) -> list[dict[str, Any]]:
@@ -288,16 +303,17 @@ class Sweep:
     def run(self) -> SweepOutcome:
         opts = self.options
         with sweep_lock(self.sweep_dir):
-            stale = remove_stale_temporaries(self.sweep_dir)
+            stale = remove_stale_temporaries(self.sweep_dir, RUN_WRITES)
             if stale:
                 self.reporter.message(f"removed {len(stale)} temporary file(s) left by an interrupted run")
-            latest = latest_by_cell(read_rows(self.rows_path, strict=True))
+            # --rerun sets the log aside whatever it holds; otherwise a damaged line stops the run
+            latest = {} if opts.rerun else latest_by_cell(read_rows(self.rows_path, strict=True))
             done_ids = set() if opts.rerun else {
                 cid for cid, r in latest.items() if r.get("status") == "ok" or not opts.retry_errors
             }
             todo = [c for c in self.plan.cells if c.id not in done_ids]
             check_no_links_below(self.sweep_dir, todo)
-            conflicts = check_cell_folders(todo, self.rows_path)
+            conflicts = check_cell_folders(todo)
             if conflicts and not opts.rerun:
                 cell, other = conflicts[0]
                 raise InputError(
@@ -311,17 +327,16 @@ class Sweep:
                 if archive.is_symlink() or (archive.exists() and not archive.is_dir()):
                     raise InputError(f"{archive}: is a {'symbolic link' if archive.is_symlink() else 'file'}; --rerun "
                                      "moves the previous results into this folder (remove it)")
-                moved = _archive_previous(self.sweep_dir, [Path(c.path) for c, _ in conflicts])
-                if moved:
-                    self.reporter.message(f"--rerun: previous results moved to {moved}")
-                latest = {}
-            log = RowLog(self.rows_path)
-            torn = log.repair()
-            if torn:
-                self.reporter.message(f"repaired {self.rows_path}: dropped a partial last line ({torn} bytes)")
+                # moved only once the executor has started (model and data loaded): a run refused on input changes
+                # nothing, not even where the previous results are
+                self._archive_pending = [Path(c.path) for c, _ in conflicts]
+            else:
+                torn = RowLog(self.rows_path).repair()
+                if torn:
+                    self.reporter.message(f"repaired {self.rows_path}: dropped a partial last line ({torn} bytes)")
             skipped = len(self.plan.cells) - len(todo)
             canary_path = self.sweep_dir / CANARY_FILE
-            previous_canary = _read_json(canary_path)
+            previous_canary = None if opts.rerun else _read_json(canary_path)  # --rerun runs the canary again
             if previous_canary and previous_canary.get("cell_id") == getattr(self.plan.canary_cell, "id", None):
                 self.canary = previous_canary
             if not todo:
@@ -339,6 +354,11 @@ class Sweep:
     ) -> SweepOutcome:
         opts = self.options
         self.info = self.executor.start()
+        if self._archive_pending is not None:
+            moved = _archive_previous(self.sweep_dir, self._archive_pending)
+            if moved:
+                self.reporter.message(f"--rerun: previous results moved to {moved}")
+            self._archive_pending = None
         written = 0
         attempt_of = {cid: int(r.get("attempt", 1)) for cid, r in latest.items()}
         canary_cell = self.plan.canary_cell

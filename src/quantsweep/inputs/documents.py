@@ -277,6 +277,12 @@ class _BoundedLoader(Composer, SafeConstructor, Resolver, _EventParser):  # type
         finally:
             self._depth -= 1
 
+    def construct_yaml_float(self, node: ScalarNode) -> float:  # type: ignore[override]
+        value = super().construct_yaml_float(node)
+        if math.isinf(value) and "inf" not in str(node.value).lower():  # 1e400, not `.inf` written on purpose
+            raise _YamlLimit(f"{_line(node)}the number {str(node.value)[:40]} is too large for a float")
+        return value
+
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:  # type: ignore[override]
         seen: dict[Any, Node] = {}
         for key_node, _ in node.value:
@@ -292,6 +298,9 @@ class _BoundedLoader(Composer, SafeConstructor, Resolver, _EventParser):  # type
                 )
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:float", _BoundedLoader.construct_yaml_float)
 
 
 def _expanded_shape(root: Node, limits: Limits) -> None:

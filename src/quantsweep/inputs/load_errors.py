@@ -11,6 +11,7 @@ Pure Python: nothing here imports torch (it is only looked up in sys.modules, to
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 from collections.abc import Iterator
@@ -51,9 +52,18 @@ def _load_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+_NOT_INPUT = re.compile(r"out of memory|DefaultCPUAllocator|CUDA|cuDNN|NCCL|device-side", re.IGNORECASE)
+
+
 def _out_of_memory(exc: BaseException) -> bool:
+    """Not the files' fault: running out of (host or device) memory, a device error, or a failed write (an offload
+    folder on a full disk). These keep their own exit code."""
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ()))
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and _NOT_INPUT.search(str(exc))):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

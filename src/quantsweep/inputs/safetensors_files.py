@@ -33,6 +33,7 @@ DTYPE_BITS = {
     "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
     "C64": 64, "F64": 64, "I64": 64, "U64": 64,
 }  # fmt: skip
+MAX_DIMS = 64  # no framework uses more; bounds the header check's own arithmetic
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ def check_safetensors_file(path: str | Path, label: str) -> SafetensorsHeader:
             )
         if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
             raise _err(label, path, f"{where}: shape must be a list of non-negative integers, got {_short(shape)}")
+        if len(shape) > MAX_DIMS:  # math.prod over millions of dimensions would take minutes
+            raise _err(label, path, f"{where}: shape has {len(shape):,} dimensions; at most {MAX_DIMS} are supported")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
             raise _err(label, path, f"{where}: data_offsets must be [begin, end] byte offsets, got {_short(offsets)}")
         begin, end = offsets

@@ -110,7 +110,7 @@ def write_artifact(doc: dict[str, Any], out: str | Path, storage_root: str | Pat
         targets.append(check_output_file(path, "--storage-root"))
         check_not_an_input(targets[1:], [doc["provenance"]["summary"]], "--storage-root")
     with contextlib.ExitStack() as stack:
-        for path in targets:
+        for path in reversed(targets):  # contexts exit last-in first-out: --out is published first
             stage = stack.enter_context(staged_outputs(path.parent))
             atomic_write_json(stage / path.name, doc)
     return [str(path) for path in targets]

@@ -145,27 +145,37 @@ def append_bytes(path: str | Path, data: bytes) -> None:
 
 
 # --- temporaries ------------------------------------------------------------------------------------------------
-def is_temporary(name: str) -> bool:
-    return bool(_TMP_NAME.match(name)) or name.startswith(_STAGING_PREFIX)
+def temporary_target(name: str) -> str | None:
+    """The file a temporary `.<target>.<random>.tmp` was going to become, or None."""
+    if not _TMP_NAME.match(name):
+        return None
+    return name[1:-len(TMP_SUFFIX)].rsplit(".", 1)[0]
 
 
-def remove_stale_temporaries(root: str | Path) -> list[Path]:
-    """Remove the temporaries a killed writer left under `root` (call it only while holding `root`'s lock, so no
-    live writer's temporary is taken). Links are not followed. Returns what was removed."""
+def remove_stale_temporaries(root: str | Path, targets: frozenset[str], stale_after_s: float = 600.0) -> list[Path]:
+    """Remove what a killed writer left under `root`: temporaries of the files in `targets` (call it only while
+    holding the lock of whoever writes those, so no live writer's temporary is taken), and staging folders not
+    touched for `stale_after_s` (another command may be staging a report there right now). Links are not
+    followed. Returns what was removed."""
+    import time
+
     removed: list[Path] = []
+    now = time.time()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         for name in filenames:
-            if is_temporary(name):
+            if temporary_target(name) in targets:
                 p = Path(dirpath) / name
                 with contextlib.suppress(OSError):
                     p.unlink()
                     removed.append(p)
         for name in list(dirnames):
             if name.startswith(_STAGING_PREFIX):
-                p = Path(dirpath) / name
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
                 dirnames.remove(name)
+                p = Path(dirpath) / name
+                with contextlib.suppress(OSError):
+                    if now - p.lstat().st_mtime > stale_after_s:
+                        shutil.rmtree(p, ignore_errors=True)
+                        removed.append(p)
     return removed
 
 

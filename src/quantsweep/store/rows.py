@@ -63,9 +63,11 @@ def row_problem(row: dict[str, Any]) -> str | None:
 
 def parse_row(raw: bytes) -> dict[str, Any] | None:
     """A complete row (a JSON object with a string `cell_id`), or None for a torn or foreign line."""
-    try:
-        row = json.loads(raw)
-    except (ValueError, RecursionError):  # only a torn last line can be invalid: complete lines are written whole
+    from ..inputs.documents import DATA, DocumentError, parse_json
+
+    try:  # the reading layer: no duplicate keys, lone surrogates or overflowing numbers slip into a summary
+        row = parse_json(raw.decode("utf-8", errors="strict"), "row", DATA)
+    except (DocumentError, UnicodeDecodeError):  # a torn last line (or, read strictly, a damaged one)
         return None
     return row if isinstance(row, dict) and isinstance(row.get("cell_id"), str) else None
 

@@ -46,9 +46,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# A group that repeats something repeated and is itself repeated — `(a+)+`, `(\w*)*`, `(x|y+){2,}` — can make
-# Python's backtracking matcher take exponential time on a near-miss tensor name (it has no timeout).
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
+def _backtracks(pattern: str) -> bool:
+    """Whether a repetition contains another repetition or an alternation — `(a+)+`, `((a+))+`, `(a|aa)+`,
+    `(.*a){12}`: the shapes that make Python's backtracking matcher (which has no timeout) take exponential time on
+    a near-miss tensor name. Read from the parsed pattern, so groups and nesting cannot hide them."""
+    from re import _constants as c  # type: ignore[attr-defined]
+    from re import _parser  # type: ignore[attr-defined]
+
+    repeats = (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None))
+
+    def walk(items: Any, inside_repeat: bool) -> bool:
+        for op, av in items:
+            if op in repeats:
+                _lo, hi, sub = av
+                if hi != 1 and (inside_repeat or walk(sub, True)):
+                    return True
+            elif op is c.BRANCH:
+                if inside_repeat or any(walk(b, inside_repeat) for b in av[1]):
+                    return True
+            elif op is c.SUBPATTERN:
+                if walk(av[-1], inside_repeat):
+                    return True
+            elif op in (c.ASSERT, c.ASSERT_NOT):
+                if walk(av[1], inside_repeat):
+                    return True
+        return False
+
+    return walk(_parser.parse(pattern), False)
 
 
 def _check_regex(v: str | None) -> str | None:
@@ -58,7 +82,7 @@ def _check_regex(v: str | None) -> str | None:
         re.compile(v)
     except re.error as exc:
         raise ValueError(f"invalid regular expression {v!r}: {exc}") from exc
-    if _NESTED_QUANTIFIER.search(v):
+    if _backtracks(v):
         raise ValueError(f"regular expression {v!r} repeats a repeated group (like `(a+)+`), which can take "
                          "exponential time to match; rewrite it without the nested repetition")
     return v

@@ -41,18 +41,18 @@ from ..store.atomic import (
 )
 from ..store.rows import RowLog, latest_by_cell, read_rows
 from ..store.validity import finalize_rows
+from ..reports.layer_report import MANIFEST
 from .progress import Reporter
 
 # Not `.records` here: it imports torch (through the engine), and the lock must be taken before that.
 RECIPE_FILE = "recipe.json"
-MANIFEST_FILE = "manifest.json"
 ROWS_FILE = "rows.jsonl"
 SUMMARY_FILE = "sweep-summary.json"
 CANARY_FILE = "canary.json"
 LOCK_FILE = ".lock"
 # What `run` writes atomically: a temporary of one of these names in the sweep folder is a killed run's (reports
 # and baselines writing into the sweep folder stage their files elsewhere, so theirs are never taken).
-RUN_WRITES = frozenset({SUMMARY_FILE, CANARY_FILE, RECIPE_FILE, MANIFEST_FILE, "layer-sensitivity-report.md",
+RUN_WRITES = frozenset({SUMMARY_FILE, CANARY_FILE, RECIPE_FILE, MANIFEST, "layer-sensitivity-report.md",
                         "layer-sensitivity-report.json", ".fs-probe"})  # .fs-probe: the Ray executor's
 __all__ = ["RECIPE_FILE", "Reporter", "RunOptions", "SweepOutcome", "run_sweep"]
 
@@ -156,7 +156,7 @@ def check_cell_folders(cells: list[Any]) -> list[tuple[Any, str]]:
 
     conflicts = []
     for cell in cells:
-        mf = Path(cell.path) / MANIFEST_FILE
+        mf = Path(cell.path) / MANIFEST
         if not mf.exists() and not mf.is_symlink():
             continue
         try:
@@ -317,7 +317,7 @@ class Sweep:
             if conflicts and not opts.rerun:
                 cell, other = conflicts[0]
                 raise InputError(
-                    f"{Path(cell.path) / MANIFEST_FILE}: this folder holds cell {other}, not {cell.id} of this matrix "
+                    f"{Path(cell.path) / MANIFEST}: this folder holds cell {other}, not {cell.id} of this matrix "
                     f"({len(conflicts)} such folder(s); the matrix changed since they were written, or another matrix "
                     "has the same `name`). Nothing was overwritten: give the matrix another `name` or --output-root, "
                     "or pass --rerun to archive the previous results and their cell folders"

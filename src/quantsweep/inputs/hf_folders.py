@@ -22,6 +22,7 @@ from typing import Any
 from .documents import MiB, DocumentError, Limits, read_bytes
 from .file_checks import _err, _json_object, _present, _regular_file, _relabel, _short
 from .safetensors_files import (
+    SafetensorsHeader,
     SAFETENSORS_FILE,
     SAFETENSORS_INDEX,
     _shard_path,
@@ -120,26 +121,25 @@ def _check_architecture(folder: Path, cfg: dict[str, Any], label: str, trust_rem
     return model_type
 
 
-def _hf_weights(folder: Path, cfg: dict[str, Any], label: str) -> tuple[str, list[Path], int | None]:
-    """The weights transformers will load, in its order of preference, checked."""
+def _hf_weights(folder: Path, cfg: dict[str, Any], label: str) -> tuple[str, list[Path], list[SafetensorsHeader]]:
+    """The weights transformers will load, in its order of preference, checked: (format, files, their safetensors
+    headers — empty for .bin)."""
     explicit = cfg.get("transformers_weights")
     if isinstance(explicit, str):
         target = _shard_path(folder, folder / "config.json", explicit, label, "transformers_weights")
         if explicit.endswith(".safetensors.index.json"):
             headers = check_safetensors_index(target, folder, label)
-            return "safetensors", [h.path for h in headers], sum(len(h.tensors) for h in headers)
-        header = check_safetensors_file(target, label)
-        return "safetensors", [target], len(header.tensors)
+            return "safetensors", [h.path for h in headers], headers
+        return "safetensors", [target], [check_safetensors_file(target, label)]
     single, index = folder / SAFETENSORS_FILE, folder / SAFETENSORS_INDEX
     if single.is_file():
-        header = check_safetensors_file(single, label)
-        return "safetensors", [single], len(header.tensors)
+        return "safetensors", [single], [check_safetensors_file(single, label)]
     if index.is_file():
         headers = check_safetensors_index(index, folder, label)
-        return "safetensors", [h.path for h in headers], sum(len(h.tensors) for h in headers)
+        return "safetensors", [h.path for h in headers], headers
     if (folder / BIN_FILE).is_file():
         check_torch_bin(folder / BIN_FILE, label)
-        return "pytorch", [folder / BIN_FILE], None
+        return "pytorch", [folder / BIN_FILE], []
     if (folder / BIN_INDEX).is_file():
         shards = sorted(set(read_index(folder / BIN_INDEX, folder, label, "PyTorch checkpoint index").values()))
         for s in shards:
@@ -173,13 +173,12 @@ def _config_int(cfg: dict[str, Any], key: str) -> int | None:
     return None
 
 
-def _check_config_against_weights(folder: Path, cfg: dict[str, Any], weights: list[Path], label: str) -> None:
+def _check_config_against_weights(folder: Path, cfg: dict[str, Any], headers: list[SafetensorsHeader],
+                                  label: str) -> None:
     """A config that claims far more than the weights hold makes transformers build (and randomly initialise) a
     model of the config's size before noticing the missing tensors: 100,000 layers never finish loading, a
     50M-token vocabulary allocates gigabytes. Compare the two from the headers first."""
-    names: dict[str, tuple[int, ...]] = {}
-    for w in weights:
-        names.update({n: shape for n, (_dtype, shape) in check_safetensors_file(w, label).tensors.items()})
+    names = {n: shape for h in headers for n, (_dtype, shape) in h.tensors.items()}
     layers = {int(m.group(1)) for n in names if (m := _LAYER_INDEX.search(n))}
     claimed = _config_int(cfg, "num_hidden_layers")
     if layers and claimed is not None and claimed > max(layers) + 1:
@@ -249,8 +248,8 @@ def check_hf_folder(path: str | Path, label: str, *, trust_remote_code: bool = F
     cfg = read_model_config(folder, label)
     assert cfg is not None
     model_type = _check_architecture(folder, cfg, label, trust_remote_code)
-    fmt, weights, tensors = _hf_weights(folder, cfg, label)
-    if fmt == "safetensors":
-        _check_config_against_weights(folder, cfg, weights, label)
+    fmt, weights, headers = _hf_weights(folder, cfg, label)
+    _check_config_against_weights(folder, cfg, headers, label)
+    tensors = sum(len(h.tensors) for h in headers) if fmt == "safetensors" else None
     tokenizer = _check_tokenizer(folder, label, trust_remote_code)
     return HfFolderInfo(folder, model_type, cfg, weights, fmt, tensors, tokenizer)

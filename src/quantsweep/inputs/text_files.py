@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .documents import MiB, DocumentError, Limits, decode_utf8, parse_json, read_bytes
+from .file_checks import _err
 
 # A calibration set needs a few MB of text; a file this large is almost certainly the wrong file.
 DATASET = Limits(max_bytes=1024 * MiB, max_depth=64, max_nodes=1_000_000)
@@ -37,10 +38,6 @@ _CASE_SWITCH = re.compile(r"[a-z][A-Z]")
 _ASCII_LETTER = re.compile(r"[A-Za-z]")
 _SAMPLE_CHARS = 1 << 18  # per sampled stretch; four stretches bound the heuristic's cost on a large file
 _MIN_CHARS = 200  # below this the shares say little
-
-
-def _err(label: str, path: Path, detail: str) -> InputError:
-    return InputError(f"{label}: {path}: {detail}")
 
 
 def _read(path: Path, label: str, what: str) -> str:

@@ -176,3 +176,32 @@ def test_a_model_whose_calibration_cannot_be_shared_by_prefix_falls_back_to_one_
     rows = outcome.summary["rows"]
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert sorted(r["telemetry"]["shared"]["union"] for r in rows) == ["calib-4", "calib-8"]
+
+
+def test_formats_that_rescale_weights_get_calls_of_their_own_and_equal_naive(tmp_path):
+    """AWQ and SmoothQuant fold their scales into the shared weights at the end of ModelOpt's search: in one call
+    together the cells' quality came out 100x too high (KL 0.020 for 0.00015). Each gets a call of its own, and
+    then every cell equals the naive engine's (raw scores, recipe, quality)."""
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = "rescale"
+    data["canary"]["enabled"] = False
+    data["autoquant"]["effective_bits"] = 12.0
+    data["axes"] = {"quant_pairs": ["wint4_afp16_awq", "wint8_aint8_sq"], "granularities": ["default"],
+                    "dataset_sizes": ["a"]}
+    path = write_matrix(tmp_path, data)
+    naive = run_sweep(path, RunOptions(output_root=str(tmp_path / "naive"), engine="naive"))
+    shared = run_sweep(path, RunOptions(output_root=str(tmp_path / "shared"), engine="shared"))
+    n_rows = {r["cell_id"]: r for r in naive.summary["rows"]}
+    s_rows = {r["cell_id"]: r for r in shared.summary["rows"]}
+    assert set(n_rows) == set(s_rows) and len(s_rows) == 2
+    unions = sorted(r["telemetry"]["shared"]["union"] for r in s_rows.values())
+    assert unions == ["calib-4-wint4_afp16_awq/default", "calib-4-wint8_aint8_sq/default"]  # not one "calib-4"
+    for cid, n in n_rows.items():
+        s = s_rows[cid]
+        assert s["status"] == n["status"] == "ok"
+        n_layers = {g["name"]: g for g in _manifest(n)["layers"]}
+        for g in _manifest(s)["layers"]:
+            assert g["raw_scores"] == pytest.approx(n_layers[g["name"]]["raw_scores"], rel=1e-6, abs=0)
+            assert g["chosen"] == n_layers[g["name"]]["chosen"]
+        for metric in ("kl_mean", "ppl_quant", "top1_agreement"):
+            assert s["quality"][metric] == pytest.approx(n["quality"][metric], rel=1e-4, abs=1e-7), (n["key"], metric)

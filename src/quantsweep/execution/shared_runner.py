@@ -21,6 +21,7 @@ from ..engine.shared import (
     UnionCall,
     UnionResult,
     calibration_depends_on_data,
+    calibration_rescales_weights,
     run_union,
     shares_calibration_across_sizes,
     solve_cell,
@@ -42,6 +43,9 @@ def plan_union_calls(
     the batch size has a short last batch that no prefix of a longer list has, so it gets a call of its own
     batches. `prefix_calibration=False` keeps max-calibrated formats at one call per size (the fallback when a
     model's calibration cannot be recorded by prefix, see engine/prefix_calibration.py).
+
+    A format whose calibration rescales the weights (AWQ, SmoothQuant) never shares a call with another format
+    (engine/shared.py::calibration_rescales_weights); its budgets still share one.
 
     Needs only the matrix and the device type, so a Ray driver groups cells exactly as its workers will."""
     method = matrix.autoquant.method
@@ -68,6 +72,8 @@ def plan_union_calls(
             key = ("calib", cell.calib_samples, "score", cell.score_samples)
         if own_batches and method == "gradient":
             key = (*key, "samples", cell.calib_samples, cell.score_samples)
+        if calibration_rescales_weights(config):
+            key = (*key, f"{cell.pair.name}/{cell.granularity.name}")  # a call of its own: see the function
         if key not in groups:
             name = "-".join(str(k) for k in key)
             call = UnionCall(key=name, calib_steps=1 if free else cell.calib_steps, score_steps=0)

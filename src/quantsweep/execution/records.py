@@ -55,8 +55,18 @@ def make_record(
         path=str(first.cell.path),
         row=row,
         manifest=build_manifest(ctx, first),
-        recipe=first.result.recipe_config if first.result is not None else None,
+        recipe=with_calibration(first.result.recipe_config, first.cell.config) if first.result is not None else None,
     )
+
+
+def with_calibration(recipe: dict[str, Any], cell_config: dict[str, Any]) -> dict[str, Any]:
+    """The chosen recipe with the calibration algorithm the cell was scored and evaluated with.
+
+    ModelOpt's `get_auto_quantize_config` always names `max` (its per-recipe algorithms are "not preserved"), so
+    an AWQ or SmoothQuant cell's `recipe.json`, applied with `mtq.quantize`, would silently give another model
+    than the one measured. With the format's algorithm, the file reproduces the cell (as `export` does)."""
+    algorithm = cell_config.get("algorithm")
+    return {**recipe, "algorithm": algorithm if algorithm is not None else recipe.get("algorithm", "max")}
 
 
 def _storage_bits(config: dict[str, Any], res: Any) -> dict[str, float | None]:

@@ -41,6 +41,10 @@ from .cell_inputs import locate
 
 QUALITY_RTOL = 1e-3
 EXPORT_FILE = "quantsweep-export.json"
+LOGITS_BATCHES = 1  # held-out batches the reloaded checkpoint is run on
+LOGITS_KL_REL = 0.05  # its KL to the evaluated model: at most 5 % of the cell's own KL to the baseline ...
+LOGITS_KL_ABS = 1e-6  # ... or this, for cells that barely differ from the baseline
+LOGITS_TOP1_MIN = 0.99
 
 
 def _check_algorithm(algorithm: Any, cell_dir: Path) -> None:
@@ -109,8 +113,11 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
     expected = inputs.row.get("quality") or {}
     reproduced = _check_quality(expected, quality, inputs)
 
-    fake = _fake_quantized_weights(model)
+    evaluated = _evaluated_layers(model)
     chosen, unchosen = _groups(man)
+    check_batches = evals[:LOGITS_BATCHES]
+    reference = baseline_outputs(model, check_batches)  # the evaluated model's outputs, for the reload check
+    dtype = next(model.parameters()).dtype
     if getattr(model.config, "architectures", None) is None:
         model.config.architectures = [type(model).__name__]
     make_dirs(out.parent)
@@ -129,7 +136,14 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
                 ExitCode.INVALID_INPUT,
             ) from None
         loaded.tokenizer.save_pretrained(str(tmp))
-        checks = _read_back(tmp, chosen, unchosen, fake)
+        del model  # the reload below holds a second model: not both at once
+        tensors = _read_tensors(tmp)
+        checks, formats = _read_back(tmp, tensors, chosen, unchosen, evaluated)
+        del evaluated
+        message("reloading the checkpoint without ModelOpt and comparing its outputs with the evaluated model's")
+        checks["logits"] = _compare_logits(tmp, tensors, formats, reference, check_batches, dtype, loaded.device,
+                                           expected.get("kl_mean"))
+        del tensors
         doc = {
             "kind": "quantsweep.export",
             "cell": man["cell"],
@@ -188,33 +202,53 @@ def _groups(manifest: dict[str, Any]) -> tuple[set[str], set[str]]:
     return chosen, unchosen
 
 
-def _fake_quantized_weights(model: Any) -> dict[str, Any]:
-    """Per quantized linear with an enabled weight quantizer: its fake-quantized weight (float32, on the CPU)."""
+def _evaluated_layers(model: Any) -> dict[str, dict[str, Any]]:
+    """Per linear with an enabled weight quantizer: its fake-quantized weight (on the CPU, in the model's dtype),
+    the weight and activation families of its quantizers and its weight block size: what the evaluated model is."""
     import torch
+
+    from .unpack import activation_family, weight_family
 
     out = {}
     with torch.no_grad():
         for name, module in model.named_modules():
             q = getattr(module, "weight_quantizer", None)
-            if q is None or not getattr(q, "is_enabled", False) or getattr(module, "weight", None) is None:
+            fam = weight_family(q)
+            if fam is None or getattr(module, "weight", None) is None:
                 continue
-            out[name] = q(module.weight).detach().float().cpu()
+            block = (getattr(q, "block_sizes", None) or {}).get(-1)
+            iq = getattr(module, "input_quantizer", None)
+            in_block = (getattr(iq, "block_sizes", None) or {}).get(-1) if activation_family(iq) != "none" else None
+            out[name] = {
+                "fake": q(module.weight).detach().cpu(),
+                "families": (fam, activation_family(iq)),
+                "block": int(block) if block else None,
+                "input_block": int(in_block) if in_block else None,
+            }
     return out
 
 
-def _read_back(folder: Path, chosen: set[str], unchosen: set[str], fake: dict[str, Any]) -> dict[str, Any]:
-    import torch
+def _read_tensors(folder: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
-    hf_cfg_path = folder / "hf_quant_config.json"
-    if not hf_cfg_path.is_file():
-        raise QuantsweepError(f"{folder}: the exporter wrote no hf_quant_config.json", ExitCode.INTERNAL)
-    hf_cfg = json.loads(hf_cfg_path.read_text())
     tensors: dict[str, Any] = {}
     for shard in sorted(folder.glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as fh:
             for key in fh.keys():
                 tensors[key] = fh.get_tensor(key)
+    return tensors
+
+
+def _read_back(folder: Path, tensors: dict[str, Any], chosen: set[str], unchosen: set[str],
+               evaluated: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-layer formats and dequantized weights of the checkpoint against the evaluated model; the checks, and
+    the per-layer formats (for the reload)."""
+    from .unpack import dequantize, layer_formats, levels_of
+
+    hf_cfg_path = folder / "hf_quant_config.json"
+    if not hf_cfg_path.is_file():
+        raise QuantsweepError(f"{folder}: the exporter wrote no hf_quant_config.json", ExitCode.INTERNAL)
+    hf_cfg = json.loads(hf_cfg_path.read_text())
     problems = []
     for name in sorted(chosen):
         if f"{name}.weight_scale" not in tensors:
@@ -222,46 +256,100 @@ def _read_back(folder: Path, chosen: set[str], unchosen: set[str], fake: dict[st
     for name in sorted(unchosen):
         if f"{name}.weight_scale" in tensors:
             problems.append(f"{name} is 16-bit in the recipe but stored quantized")
-    compared, largest, largest_steps, differing, total, skipped = 0, 0.0, 0.0, 0, 0, set()
-    for name in sorted(chosen):
-        w, scale = tensors.get(f"{name}.weight"), tensors.get(f"{name}.weight_scale")
-        if w is None or scale is None or name not in fake:
+    stored = {k.removesuffix(".weight_scale") for k in tensors if k.endswith(".weight_scale")}
+    formats = layer_formats(hf_cfg, stored)
+    labels: dict[str, int] = {}
+    compared, largest, largest_levels, differing, total, skipped = 0, 0.0, 0, 0, 0, set()
+    for name in sorted(stored & chosen):
+        fmt = formats.get(name)
+        if fmt is None:
+            problems.append(f"{name} is stored quantized but hf_quant_config.json gives it no format")
             continue
-        if w.dtype not in (torch.int8, torch.float8_e4m3fn) or w.shape != fake[name].shape:
-            skipped.add(str(w.dtype))  # packed formats (INT4, FP4): not dequantized here
+        labels[fmt.algo] = labels.get(fmt.algo, 0) + 1
+        ev = evaluated.get(name)
+        if fmt.families is None:
+            skipped.add(fmt.algo)  # a label this reader does not know (MX formats): not dequantized here
             continue
-        s = scale.float()
-        s = s.reshape(-1, 1) if s.numel() == w.shape[0] else s
-        deq = w.float() * s
-        diff = (deq - fake[name]).abs()
-        steps = diff / s.abs().clamp_min(1e-30) if w.dtype == torch.int8 else diff / (s.abs() * 2**-3)  # FP8: 3 bits
+        if ev is None or fmt.families != ev["families"]:
+            got = "not quantized" if ev is None else "weights {} / inputs {}".format(*ev["families"])
+            problems.append(f"{name} is stored as {fmt.algo} (weights {fmt.families[0]} / inputs "
+                            f"{fmt.families[1]}) but the evaluated model has {got}")
+            continue
+        try:
+            deq = dequantize(fmt.families[0], tensors, name)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            problems.append(f"{name} ({fmt.algo}): {exc}")
+            continue
+        if deq.weight.shape != ev["fake"].shape:
+            problems.append(f"{name}: stored weight of shape {tuple(deq.weight.shape)} for a "
+                            f"{tuple(ev['fake'].shape)} layer")
+            continue
+        if ev["block"] is not None and deq.block is not None and ev["block"] != deq.block:
+            problems.append(f"{name}: stored in blocks of {deq.block} where the evaluated model used {ev['block']}")
+        if fmt.group_size and ev["block"] is not None and fmt.group_size != ev["block"]:
+            problems.append(f"{name}: hf_quant_config.json says group_size {fmt.group_size} where the evaluated "
+                            f"model used blocks of {ev['block']}")
+        if fmt.group_size and ev["input_block"] is not None and fmt.group_size != ev["input_block"]:
+            problems.append(f"{name}: the checkpoint has one group_size ({fmt.group_size}) for weights and inputs, "
+                            f"but the evaluated model quantized its inputs in blocks of {ev['input_block']}: an "
+                            "engine would run another model than the one measured")
+        fake = ev["fake"].float()
+        diff = (deq.weight - fake).abs()
+        levels = (deq.levels.int() - levels_of(fmt.families[0], fake, deq.scale).int()).abs()
         compared += 1
         largest = max(largest, float(diff.max()))
-        largest_steps = max(largest_steps, float(steps.max()))
-        differing += int((steps > 1e-3).sum())
+        largest_levels = max(largest_levels, int(levels.max()))
+        differing += int((levels > 0).sum())
         total += diff.numel()
-        if float(steps.max()) > 1.0 + 1e-3:
-            problems.append(f"{name}: stored weights differ from the evaluated model's by {float(steps.max()):.3g} "
-                            "quantization steps")
+        if int(levels.max()) > 1:
+            problems.append(f"{name}: stored weights differ from the evaluated model's by {int(levels.max())} "
+                            f"levels of {fmt.algo}")
     if total and differing / total > 0.01:
         problems.append(f"{differing} of {total} stored weights differ from the evaluated model's")
     if problems:
         raise QuantsweepError(f"{folder}: the exported checkpoint does not match the recipe: " + "; ".join(problems[:5]),
                               ExitCode.INTERNAL)
-    algo = (hf_cfg.get("quantization") or {}).get("quant_algo")
-    excluded = (hf_cfg.get("quantization") or {}).get("exclude_modules") or []
+    quant = hf_cfg.get("quantization") or {}
+    excluded = quant.get("exclude_modules") or []
     leaked = sorted(n for n in chosen if any(fnmatch.fnmatch(n, p) for p in excluded))
     if leaked:
         raise QuantsweepError(f"{folder}: hf_quant_config excludes modules the recipe quantizes: {leaked[:5]}",
                               ExitCode.INTERNAL)
     return {
-        "quant_algo": algo,
+        "quant_algo": quant.get("quant_algo"),
+        "layer_formats": dict(sorted(labels.items())),
         "quantized_modules": len(chosen),
         "unquantized_modules": len(unchosen),
         "dequantized_weights_compared": compared,
         "largest_weight_difference": largest,
-        "largest_weight_difference_steps": largest_steps,  # in quantization steps (FP8: of the top binade's)
+        "largest_weight_difference_levels": largest_levels,  # on the format's grid (INT: steps; FP: codes)
         "weights_differing": differing,
         "weights_compared": total,
-        "not_dequantized_dtypes": sorted(skipped),
-    }
+        "not_dequantized_formats": sorted(skipped),
+    }, formats
+
+
+def _compare_logits(folder: Path, tensors: dict[str, Any], formats: dict[str, Any], reference: Any,
+                    batches: list[Any], dtype: Any, device: Any, cell_kl: float | None) -> dict[str, Any]:
+    """The checkpoint reloaded without ModelOpt (export/reload.py) against the evaluated model's logits."""
+    from ..engine.quality import compare_to_baseline
+    from .reload import reload_dequantized
+
+    try:
+        model, not_emulated = reload_dequantized(folder, tensors, formats, dtype, device)
+    except (ValueError, RuntimeError, KeyError, OSError) as exc:
+        raise QuantsweepError(f"{folder}: the exported checkpoint cannot be loaded back as a model: {exc}",
+                              ExitCode.INTERNAL) from None
+    got = compare_to_baseline(model, batches, reference)
+    del model
+    kl, top1 = float(got["kl_mean"]), float(got["top1_agreement"])
+    limit = max(LOGITS_KL_ABS, LOGITS_KL_REL * (cell_kl or 0.0))
+    out = {"samples": sum(int(b["input_ids"].shape[0]) for b in batches), "kl_mean": kl,
+           "top1_agreement": top1, "kl_limit": limit, "activations_not_emulated": not_emulated}
+    if not not_emulated and (kl > limit or top1 < LOGITS_TOP1_MIN):
+        raise QuantsweepError(
+            f"{folder}: the exported checkpoint, reloaded, does not give the evaluated model's outputs: KL "
+            f"{kl:.3g} (limit {limit:.3g}), top-1 agreement {top1:.4f} (at least {LOGITS_TOP1_MIN})",
+            ExitCode.INTERNAL,
+        )
+    return out

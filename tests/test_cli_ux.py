@@ -206,6 +206,8 @@ def test_run_json_prints_plain_progress_on_stderr(tmp_path):
     res = run_cli("run", "--matrix", str(path), "--output-root", str(tmp_path / "runs"), "--json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout)["rows_written"] == 4
+    summary = json.loads((tmp_path / "runs" / "tiny" / "sweep-summary.json").read_text())
+    assert summary["model"]["provenance"]["source_format"] == "synthetic"  # recorded with the model
     lines = res.stderr.splitlines()
     assert not any("\x1b[" in ln or "━" in ln for ln in lines)  # plain lines, no bars
     done = [ln for ln in lines if ln.startswith("done ")]

@@ -206,3 +206,20 @@ def embedded_gguf_file() -> Path:
         if (Path(loc) / EMBEDDED_GGUF).is_file():
             return Path(loc) / EMBEDDED_GGUF
     raise FileNotFoundError(EMBEDDED_GGUF)
+
+
+def describe_provenance(prov: dict[str, Any] | None) -> str:
+    """One sentence a report can print: what the baseline's weights really are."""
+    if not isinstance(prov, dict) or not prov:  # a summary is input: anything may be there
+        return "not recorded"
+    fmt = prov.get("source_format") or "unknown"
+    if prov.get("dequantized") and prov.get("original_quantization"):
+        types = prov.get("matrix_storage_types")
+        kinds = ", ".join(f"{n} {t}" for t, n in types.items()) if isinstance(types, dict) else ""
+        return (f"{fmt} file {prov.get('file', '')} stored as {prov['original_quantization']}"
+                + (f" ({kinds} matrices)" if kinds else "")
+                + f", dequantized to floating point when loaded: the baseline is itself a {prov['original_quantization']}"
+                " model, not the original unquantized weights")
+    if prov.get("original_quantization"):
+        return f"{fmt}, already quantized ({prov['original_quantization']})"
+    return f"{fmt}" + (f": {prov['note']}" if prov.get("note") else ", unquantized weights")

@@ -285,3 +285,95 @@ GRANULARITIES: dict[str, Granularity] = {
         ),
     )
 }
+
+
+# --- pair name aliases ------------------------------------------------------------------------------------
+# What people type for a format, from the tools they already know, mapped to the catalogue pair that realises it
+# (docs/matrix-format.md has the table). Only spellings with one meaning in their own tool are aliases: `w4a8`
+# (INT4 x FP8 in ModelOpt, INT4 x INT8 elsewhere) is not, and gets suggestions instead. Lookups ignore case and
+# treat `-` as `_`. A ModelOpt built-in name (`INT4_AWQ_CFG`, with or without `_CFG`) is an alias of the pair
+# that equals it byte for byte.
+_PAIR_ALIASES_BY_SOURCE: dict[str, dict[str, str]] = {
+    # `quant_algo` of ModelOpt's exported hf_quant_config.json, and hf_ptq.py's --qformat choices
+    "ModelOpt export / hf_ptq --qformat": {
+        "fp8": "wfp8_afp8",
+        "int8": "wint8_aint8",
+        "int8_sq": "wint8_aint8_sq",
+        "int8_wo": "wint8_afp16",
+        "int4_awq": "wint4_afp16_awq",
+        "nvfp4": "wfp4_afp4",
+        "w4a16_nvfp4": "wfp4_afp16",
+        "w4a8_nvfp4_fp8": "wfp4_afp8",
+        "mxfp8": "wmxfp8_amxfp8",
+        "mxfp4": "wmxfp4_amxfp4",
+    },
+    # llm-compressor / compressed-tensors preset schemes (the scale granularity of those schemes is per-channel
+    # weights with per-token dynamic activations: pair them with the `recipe_match_channel_token` overlay)
+    "llm-compressor scheme": {
+        "w8a16": "wint8_afp16",
+        "w4a16": "wint4_afp16",
+        "w8a8": "wint8_aint8",
+        "fp8_dynamic": "wfp8_afp8",
+        "nvfp4a16": "wfp4_afp16",
+    },
+    "common shorthand": {
+        "int4": "wint4_afp16",
+        "int4_wo": "wint4_afp16",
+        "fp8_wo": "wfp8_afp16",
+        "w8a8_fp8": "wfp8_afp8",
+        "mxfp6": "wmxfp6_amxfp6",
+        "mxint8": "wmxint8_amxint8",
+    },
+}
+
+
+def _normalize_name(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def _build_aliases() -> dict[str, tuple[str, str]]:
+    """alias (normalized) -> (catalogue pair, where the spelling comes from)."""
+    out: dict[str, tuple[str, str]] = {}
+    for source, table in _PAIR_ALIASES_BY_SOURCE.items():
+        for alias, pair in table.items():
+            assert pair in QUANT_PAIRS, (alias, pair)
+            out[_normalize_name(alias)] = (pair, source)
+    for p in QUANT_PAIRS.values():
+        if p.base_builtin:
+            builtin = _normalize_name(p.base_builtin)
+            out.setdefault(builtin, (p.name, "ModelOpt built-in config"))
+            out.setdefault(builtin.removesuffix("_cfg"), (p.name, "ModelOpt built-in config"))
+    return out
+
+
+PAIR_ALIASES: dict[str, tuple[str, str]] = _build_aliases()
+
+
+def resolve_pair_name(name: str) -> str | None:
+    """The catalogue pair a name means (its own name in any case, or an alias), else None."""
+    key = _normalize_name(name)
+    if key in QUANT_PAIRS:
+        return key
+    hit = PAIR_ALIASES.get(key)
+    return hit[0] if hit else None
+
+
+def suggest_pair_names(name: str, n: int = 3) -> list[str]:
+    """The nearest catalogue pairs to an unknown name (difflib over pair names and aliases), nearest first."""
+    import difflib
+
+    key = _normalize_name(name)
+    spellings = {**{p: p for p in QUANT_PAIRS}, **{a: pair for a, (pair, _src) in PAIR_ALIASES.items()}}
+    found: list[str] = []
+    for match in difflib.get_close_matches(key, list(spellings), n=3 * n, cutoff=0.5):
+        pair = spellings[match]
+        if pair not in found:
+            found.append(pair)
+    return found[:n]
+
+
+def unknown_pair_message(name: str) -> str:
+    """'unknown quant pair 'x'; did you mean a, b? (...)': one line for validation errors."""
+    near = suggest_pair_names(name)
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    return f"unknown quant pair {name!r}{hint} (`quantsweep catalogue` lists pairs, docs/matrix-format.md their aliases)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -24,18 +24,42 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command and sub-command
 )
 
-# Wide output when piped (Rich would default to 80 columns and fold the cell table).
+# Wide output when piped (Rich would default to 80 columns and fold tables and lines mid-value in CI logs); the
+# progress lines on stderr are printed with soft_wrap (never folded) as well.
 # No automatic highlighting: its regex is quadratic in a string's length (a long description would stall dry-run).
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200, highlight=False)
-err = Console(stderr=True, highlight=False)
+PIPED_WIDTH = 200
+out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else PIPED_WIDTH, highlight=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH, highlight=False)
 
 MatrixOpt = Annotated[Path, typer.Option("--matrix", "-m", help="matrix file (.yaml, .yml or .json)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout and nothing else there")]
 MaxCellsOpt = Annotated[
     int, typer.Option("--max-cells", min=1, help="refuse a matrix expanding to more cells (default 10,000)")
 ]
+# Constrained options are typed as Literal so that `--help` lists their choices (`<auto|cpu|cuda>`, not `<str>`)
+# and a wrong value is refused by the parser (exit 2) with the choices named.
+Device = Literal["auto", "cpu", "cuda"]
+DeviceOpt = Annotated[Device | None, typer.Option("--device", help="override model.device")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"quantsweep {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Sweep LLM quantization choices (quant pairs x granularities x dataset sizes) with ModelOpt AutoQuantize."""
 
 
 def _emit_json(doc: Any) -> None:
@@ -66,7 +90,7 @@ def run(
         bool, typer.Option("--rerun", help="run every cell again (previous rows are moved to archive/)")
     ] = False,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="run cells whose last row is an error")] = False,
-    device: Annotated[str | None, typer.Option("--device", help="override model.device: auto, cpu or cuda")] = None,
+    device: DeviceOpt = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads")] = None,
     output_root: Annotated[str | None, typer.Option("--output-root", help="override output_root")] = None,
     baseline_root: Annotated[
@@ -74,7 +98,7 @@ def run(
         typer.Option("--baseline-root", help="after the run, compare with this sweep's baseline there (docs/baselines.md)"),
     ] = None,
     engine: Annotated[
-        str,
+        Literal["shared", "naive"],
         typer.Option(
             "--engine",
             help="shared: one AutoQuantize call serves every cell that can share it (default); "
@@ -82,7 +106,7 @@ def run(
         ),
     ] = "shared",
     executor: Annotated[
-        str | None,
+        Literal["local", "ray"] | None,
         typer.Option(
             "--executor",
             help="local: this process, one device (default); ray: workers on a Ray cluster (needs the optional ray extra). "
@@ -222,7 +246,7 @@ def report(
 def export(
     cell: Annotated[Path, typer.Option("--cell", help="a cell folder of a finished sweep (manifest.json, recipe.json)")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="a new or empty folder for the checkpoint")],
-    device: Annotated[str | None, typer.Option("--device", help="override model.device: auto, cpu or cuda")] = None,
+    device: DeviceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Export a cell's recipe as a unified Hugging Face checkpoint, verified against the cell. See docs/export.md."""
@@ -258,7 +282,7 @@ def kpi_report(
     max_polluted_run_rate: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
     min_frontier_success_rate: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
     min_determinism_rate: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
-    quality_metric: Annotated[str | None, typer.Option(help="kl_mean or ppl_ratio (override matrix.kpi)")] = None,
+    quality_metric: Annotated[Literal["kl_mean", "ppl_ratio"] | None, typer.Option(help="override matrix.kpi")] = None,
     max_quality: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
     skip_kpi: Annotated[list[str] | None, typer.Option("--skip-kpi", help="leave this KPI out of the gate")] = None,
     as_json: JsonOpt = False,
@@ -295,7 +319,7 @@ def render_report(
         str | None, typer.Option("--generated-at", help="timestamp written into the report (default: now, UTC)")
     ] = None,
     bits: Annotated[
-        str,
+        Literal["achieved", "storage"],
         typer.Option("--bits", help="frontier x axis: achieved (AutoQuantize's budget bits) or storage (scales counted)"),
     ] = "achieved",
     as_json: JsonOpt = False,
@@ -365,7 +389,7 @@ def frontier(
     ] = None,
     provenance_ref: Annotated[str | None, typer.Option(help="free text: where the run came from")] = None,
     include_invalid: Annotated[bool, typer.Option("--include-invalid", help="rank invalid rows too")] = False,
-    bits: Annotated[str, typer.Option("--bits", help="achieved or storage")] = "achieved",
+    bits: Annotated[Literal["achieved", "storage"], typer.Option("--bits", help="frontier x axis")] = "achieved",
     as_json: JsonOpt = False,
 ) -> None:
     """The frontier explorer artifact of a sweep (per group: frontier, roles, recommendation; keyed by hardware,
@@ -630,10 +654,11 @@ def weights(
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="a fused split that does not add up is an error")] = True,
     rules: Annotated[Path | None, typer.Option("--rules", help="naming rules file (YAML/JSON)")] = None,
     top: Annotated[int, typer.Option("--top", min=0, help="hostile layers to show")] = 10,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto (for fake quantization)")] = "cpu",
+    device: Annotated[Device, typer.Option("--device", help="where to fake-quantize")] = "cpu",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads")] = None,
     fake_quant_backend: Annotated[
-        str, typer.Option("--fake-quant-backend", help="NVFP4/MX: auto (PyTorch on a CPU), modelopt or torch")
+        Literal["auto", "modelopt", "torch"],
+        typer.Option("--fake-quant-backend", help="NVFP4/MX: auto = PyTorch on a CPU, ModelOpt's kernels on CUDA"),
     ] = "auto",
     as_json: JsonOpt = False,
 ) -> None:

@@ -54,6 +54,12 @@ def build_dry_run(matrix_path: Path, max_cells: int = DEFAULT_MAX_CELLS) -> dict
     }
 
 
+def _minimum(cell: dict[str, Any]) -> str:
+    """' (min 15.82)' when disabled layers lift the least reachable bits above the format's own."""
+    low = cell.get("min_effective_bits")
+    return f" (min {low:.4g})" if low is not None and low > cell["format_bits"] + 1e-9 else ""
+
+
 def render_dry_run(doc: dict[str, Any], console: Console) -> None:
     mx, model, ds, aq = doc["matrix"], doc["model"], doc["dataset"], doc["autoquant"]
     commit = doc["commit"]
@@ -76,7 +82,7 @@ def render_dry_run(doc: dict[str, Any], console: Console) -> None:
         + (f", disabled {aq['disabled_layers']}" if aq["disabled_layers"] else "")
     )
     t = Table(title=f"{len(doc['cells'])} cells -> {doc['sweep_dir']}")
-    for col in ("id", "pair", "W/A", "granularity", "size", "bits", "weight quantizer", "input quantizer", "path", "flags"):
+    for col in ("id", "pair", "W/A", "granularity", "size", "bits (budget/format)", "weight quantizer", "input quantizer", "path", "flags"):
         t.add_column(col, overflow="fold")
     for c in doc["cells"]:
         t.add_row(
@@ -85,7 +91,7 @@ def render_dry_run(doc: dict[str, Any], console: Console) -> None:
             f"{c['weight']}/{c['activation']}",
             c["granularity"],
             f"{c['dataset_size']} ({c['samples']})",
-            f"{c['effective_bits_target']:g}/{c['format_bits']:g}",
+            f"{c['effective_bits_target']:g}/{c['format_bits']:g}" + _minimum(c),
             c["weight_quantizer"],
             c["input_quantizer"],
             c["path"],

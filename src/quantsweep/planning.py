@@ -26,6 +26,7 @@ from .quant_summary import (
     modelopt_violations,
     quantizer_summary,
 )
+from .planning_feasibility import infeasible, minimum_effective_bits
 from .schema import InlineGranularity, InlinePair, InlineSize, Matrix
 
 # A sweep larger than this is almost always a typo (a 31 KB matrix can name 270,000 cells); --max-cells overrides.
@@ -85,6 +86,8 @@ class Cell:
     score_samples: int
     batch_size: int
     warnings: tuple[str, ...] = ()
+    # the least effective bits any recipe of this cell reaches (planning_feasibility.py); None: shapes unknown
+    min_effective_bits: float | None = None
 
     @property
     def key(self) -> str:
@@ -114,6 +117,8 @@ class Cell:
             out.append("needs_gpu")
         if self.budget < self.format_bits:
             out.append("budget_below_format_bits")
+        elif self.min_effective_bits is not None and infeasible(self.budget, self.min_effective_bits):
+            out.append("budget_infeasible")
         if any("rejected by ModelOpt" in w for w in self.warnings):
             out.append("invalid_for_modelopt")
         if any("does nothing" in w for w in self.warnings):
@@ -137,6 +142,7 @@ class Cell:
             "score_samples": self.score_samples,
             "effective_bits_target": self.budget,
             "format_bits": self.format_bits,
+            "min_effective_bits": None if self.min_effective_bits is None else round(self.min_effective_bits, 4),
             "weight_quantizer": qs["*weight_quantizer"]["description"],
             "input_quantizer": qs["*input_quantizer"]["description"],
             "calibration": self.calibration_method,
@@ -293,6 +299,9 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
     context = _shared_context(m)
     root = PurePosixPath(m.output_root) / m.name
     aq = m.autoquant
+    from .model_shapes import plan_shapes
+
+    shapes = plan_shapes(m.model)  # layer shapes from config / GGUF header (no weights); None when unknown
 
     cells: list[Cell] = []
     warnings: list[str] = []
@@ -303,6 +312,7 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
             invalid = modelopt_violations(config)
             overlay_warnings = overlay_warnings + [f"rejected by ModelOpt: {v}" for v in invalid]
             fbits = format_bits(config)
+            min_bits = None if shapes is None else minimum_effective_bits(shapes, fbits, aq.disabled_layers)
             for size_name, samples in sizes:
                 calib = samples if aq.calib_size == "dataset_size" else int(aq.calib_size)
                 score = min(samples, aq.score_size) if aq.score_size else samples
@@ -338,6 +348,7 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
                         score_samples=score,
                         batch_size=aq.batch_size,
                         warnings=tuple(f"{pair.name}/{gran.name}: {w}" for w in overlay_warnings),
+                        min_effective_bits=min_bits,
                     )
                     low = str(path).lower()
                     if low in seen_paths:
@@ -357,6 +368,11 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
             warnings.append(
                 f"{c.key}: budget {c.budget:g} bits is below the format's {c.format_bits:g} bits; "
                 "this cell will be an error row"
+            )
+        elif "budget_infeasible" in c.flags:
+            warnings.append(
+                f"{c.key}: budget {c.budget:g} bits is infeasible: with autoquant.disabled_layers kept at 16 bits the "
+                f"minimum achievable is {c.min_effective_bits:.4f} bits; this cell will be an error row"
             )
     by_hash: dict[str, list[str]] = {}
     for c in cells:
@@ -383,7 +399,7 @@ def _canary_cell(m: Matrix, cells: list[Cell], source: str) -> Cell | None:
             source, [("canary.cell", f"no cell {m.canary.cell!r}; cells are addressed as pair/granularity/size")]
         )
     # Cheapest = fewest samples, a prefix-friendly (max) calibration, runnable budget, CPU-capable first.
-    runnable = [c for c in cells if c.budget >= c.format_bits] or cells
+    runnable = [c for c in cells if c.budget >= c.format_bits and "budget_infeasible" not in c.flags] or cells
     return min(
         runnable,
         key=lambda c: (

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .catalogue import GRANULARITIES, QUANT_PAIRS
+from .catalogue import GRANULARITIES, QUANT_PAIRS, resolve_pair_name, unknown_pair_message
 from .overlay import OverlayError, normalize_attributes, normalize_overlay
 
 SCHEMA_VERSION = "1"
@@ -282,19 +282,21 @@ class InlinePair(StrictModel):
                 "shadow", "inline pair name '{n}' shadows a catalogue pair; choose another name", {"n": self.name}
             )
         if self.base is not None:
-            if self.base not in QUANT_PAIRS:
-                raise PydanticCustomError("unknown_pair", "unknown base quant pair '{b}'", {"b": self.base})
+            if resolve_pair_name(self.base) is None:
+                raise PydanticCustomError("unknown_pair", "base: {msg}", {"msg": unknown_pair_message(self.base)})
+            object.__setattr__(self, "base", resolve_pair_name(self.base))  # an alias names its catalogue pair
         elif self.weight_quantizer is None:
             raise PydanticCustomError("no_weight", "an inline pair needs `base` or `weight_quantizer`", {})
         return self
 
 
 def _known_pair(name: str) -> str:
-    if name not in QUANT_PAIRS:
-        raise PydanticCustomError(
-            "unknown_pair", "unknown quant pair '{n}' (see `quantsweep catalogue`)", {"n": name}
-        )
-    return name
+    """A catalogue pair name, or an alias of one (W4A16, int4_awq, nvfp4, fp8 ...: catalogue.PAIR_ALIASES), as the
+    catalogue name; an unknown name is refused with the nearest names."""
+    resolved = resolve_pair_name(name)
+    if resolved is None:
+        raise PydanticCustomError("unknown_pair", "{msg}", {"msg": unknown_pair_message(name)})
+    return resolved
 
 
 def _known_granularity(name: str) -> str:

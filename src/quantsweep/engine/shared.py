@@ -290,6 +290,12 @@ def solve_cell(
     raw_by_group: dict[str, list[float]] = {}
     for name, stat in stats_all.items():
         sigs = [r.checkpoint_signature for r in stat["formats"]]
+        if sig not in sigs and set(sigs) == {none_sig}:
+            # a group `autoquant.disabled_layers` keeps unquantized: its only choice is 16 bits, in every call
+            cell_stats[name] = {**stat, "formats": list(stat["formats"]), "scores": [0.0] * len(sigs),
+                                "costs": list(stat["costs"])}
+            raw_by_group[name] = [0.0] * len(sigs)
+            continue
         if sig not in sigs:
             raise CellError(f"format {label} missing from the shared search of {name}")
         i, j = sigs.index(sig), sigs.index(none_sig)
@@ -324,6 +330,7 @@ def solve_cell(
         "active_moe_expert_ratio": searcher.active_moe_expert_ratio,
     }
     total = searcher._get_total_weight_size_from_candidate_stats(cell_stats)
+    _check_feasible(cell_stats, budget)
     solve = exact_search() if method == "gradient" else contextlib.nullcontext([])
     with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings(), solve as records:
         best, satisfied = searcher.run_search_with_stats(total * budget / 16.0, verbose=False)
@@ -363,6 +370,19 @@ def solve_cell(
         phases={"search": time.perf_counter() - t0},
         solver=records[-1].to_dict() if records else None,
     )
+
+
+def _check_feasible(cell_stats: dict[str, dict[str, Any]], budget: float) -> None:
+    """What ModelOpt's `_verify_resolved_constraint` checks before a single-format call (the naive engine): the
+    cheapest choice of every group must fit the budget. Same test, same message, so both engines give the same
+    error row (a budget below the minimum, typically because `disabled_layers` keeps large layers at 16 bits)."""
+    uncompressed = sum(max(stat["costs"]) for stat in cell_stats.values())
+    minimum = sum(min(stat["costs"]) for stat in cell_stats.values())
+    if uncompressed > 0 and minimum > uncompressed * float(budget) / 16.0 + uncompressed * 1e-12:
+        raise CellError(
+            f"ModelOpt rejected the search: The effective_bits target {float(budget)} is infeasible for the resolved "
+            f"module search spaces. The minimum achievable effective bits is {minimum / uncompressed * 16:.4f}."
+        )
 
 
 @contextlib.contextmanager

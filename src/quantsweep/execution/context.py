@@ -68,8 +68,11 @@ class SweepContext:
 
     def describe(self) -> dict[str, Any]:
         """What the sweep summary says about the model, the data and the baseline (JSON-ready)."""
+        from ..model_shapes import plan_shapes
+
+        shapes = plan_shapes(self.matrix.model)  # what the baseline's weights are (a dequantized GGUF is not fp16)
         return {
-            "model": self.loaded.info,
+            "model": {**self.loaded.info, "provenance": None if shapes is None else shapes.provenance},
             "dataset": self.samples.describe(),
             "baseline": {
                 "perplexity": self.baseline.perplexity,

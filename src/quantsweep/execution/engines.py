@@ -20,7 +20,7 @@ def run_cell_repeats(ctx: SweepContext, cell: Cell, times: int, reporter: Report
     runs = []
     for i in range(times):
         label = cell.key + (f" (repeat {i + 1}/{times})" if times > 1 else "")
-        reporter.start_cell(cell, label, {"calibrate": cell.calib_steps, "score": cell.score_steps})
+        reporter.start_cell(cell, label, {"calibrate": cell.calib_steps, "score": cell.score_steps, "evaluate": 1})
         runs.append(execute_cell(ctx, cell, on_step=reporter.step))
     return runs
 
@@ -32,7 +32,8 @@ def execute_cells(ctx: SweepContext, cells: list[Cell], reporter: Reporter) -> I
 
         def on_union(call: Any, n_cells: int) -> None:
             label = f"shared search: {len(call.formats)} formats for {n_cells} cells ({call.key})"
-            steps = {"calibrate": call.calib_steps * len(call.formats), "score": call.score_steps}
+            steps = {"calibrate": call.calib_steps * len(call.formats), "score": call.score_steps,
+                     "solve": n_cells, "evaluate": n_cells}
             reporter.start_cell(None, label, steps)
 
         for run in execute_shared(ctx, cells, on_step=reporter.step, on_union=on_union):

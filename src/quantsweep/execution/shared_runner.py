@@ -195,6 +195,8 @@ def execute_shared(
             phases: dict[str, float] = {}
             try:
                 with cell_mem:
+                    if on_step is not None:
+                        on_step("solve")
                     result = solve_cell(
                         union, label, config, cell.budget, cell.score_steps, m.autoquant.method, cell.calib_steps
                     )

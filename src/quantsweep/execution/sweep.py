@@ -216,6 +216,9 @@ class Sweep:
         self.input_warnings = preflight_inputs(self.matrix)
         for w in self.input_warnings:
             reporter.message(f"warning: {w}")
+        for w in self.plan.warnings:  # budgets no recipe can meet (planning_feasibility.py): said before any work
+            if w.endswith("this cell will be an error row"):
+                reporter.message(f"warning: {w}")
         self.sweep_dir = Path(self.plan.sweep_dir)
         self.rows_path = self.sweep_dir / ROWS_FILE
         self.summary_path = self.sweep_dir / SUMMARY_FILE

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..kpis import GATES, KPI_NAMES, compute_kpis, evaluate_gate
+from ..model_shapes import describe_provenance
 from ..store.atomic import atomic_write_text, check_output_dir, dumps, staged_outputs
 from . import layers as L
 from . import noise
@@ -201,6 +202,7 @@ def _header(rep: dict[str, Any]) -> list[str]:
         f"[{', '.join(format(b, 'g') for b in _as_list(aq.get('effective_bits'))) or '—'}]",
         f"Model: {model.get('name') or (m.get('model') or {}).get('name') or '—'}"
         + (f" ({', '.join(str(x) for x in mparts)})" if mparts else ""),
+        f"Baseline weights: {_text(describe_provenance(model.get('provenance')), 400)}",
         f"Dataset: {mds.get('source', '—')}, seq_len {mds.get('seq_len', '—')}, held-out samples "
         f"{mds.get('eval_samples', '—')}, fingerprint {ds.get('fingerprint', '—')}",
         f"AutoQuantize: method {aq.get('method', '—')}, batch size {aq.get('batch_size', '—')}",

@@ -17,59 +17,98 @@ from quantsweep.export.cell_inputs import locate
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+CASES = {  # cell (pair/granularity) -> the quant_algo ModelOpt's unified checkpoint must give its layers
+    "wint8_afp16/default": "W8A16",
+    "wfp8_afp8/default": "FP8",
+    "wint4_afp16/w_group64": "W4A16_AWQ",  # ModelOpt's label for every INT4 block-wise weight-only layer
+    "wint4_afp16_awq/w_group64": "W4A16_AWQ",
+    "wfp4_afp4/default": "NVFP4",
+    "wint8_aint8_sq/default": "W8A8_SQ_PER_CHANNEL",
+}
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     data = copy.deepcopy(TINY_MATRIX)
     data["name"] = "exp"
     data["canary"]["enabled"] = False
-    data["autoquant"]["effective_bits"] = 12.0  # some groups quantized, some left at 16 bits
-    data["axes"] = {"quant_pairs": ["wint8_afp16", "wfp8_afp8", "wint4_afp16"], "granularities": ["default"],
-                    "dataset_sizes": ["a"]}
-    path = write_matrix(folder, data)
-    outcome = run_sweep(path, RunOptions(output_root=str(folder / "runs"), engine="shared"))
-    rows = {r["pair"]: r for r in outcome.summary["rows"]}
-    assert all(r["status"] == "ok" for r in rows.values())
+    # lm_head is 94 % of the tiny model's weights: kept at 16 bits, a budget of 15.9 bits quantizes some of the
+    # other groups and leaves the rest at 16 bits (a mixed recipe in every cell)
+    data["autoquant"]["effective_bits"] = 15.9
+    data["autoquant"]["disabled_layers"] = ["*lm_head*"]
+    data["autoquant"]["fake_quant_backend"] = "auto"  # NVFP4 on the CPU through quantsweep's torch backend
+    rows = {}
+    for granularity in ("default", "w_group64"):  # two sweeps: a matrix is a full product of pairs x granularities
+        data["name"] = f"exp-{granularity}"
+        pairs = sorted({c.split("/")[0] for c in CASES if c.endswith("/" + granularity)})
+        data["axes"] = {"quant_pairs": pairs + (["wint4_afp16"] if granularity == "default" else []),
+                        "granularities": [granularity], "dataset_sizes": ["a"]}
+        path = write_matrix(folder, data, f"{granularity}.yaml")
+        outcome = run_sweep(path, RunOptions(output_root=str(folder / "runs"), engine="shared"))
+        rows.update({f"{r['pair']}/{r['granularity']}": r for r in outcome.summary["rows"]})
+    assert set(rows) == set(CASES) | {"wint4_afp16/default"}
+    assert all(r["status"] == "ok" for r in rows.values()), [r.get("error") for r in rows.values()]
     return folder, rows
 
 
-@pytest.mark.parametrize("pair,algo", [("wint8_afp16", "W8A16"), ("wfp8_afp8", "FP8")])
-def test_export_reproduces_the_cell_and_the_stored_weights_match(sweep, pair, algo):
+@pytest.mark.parametrize("cell", sorted(CASES))
+def test_export_reproduces_the_cell_and_the_checkpoint_runs_as_the_evaluated_model(sweep, cell):
     folder, rows = sweep
-    row = rows[pair]
-    res = cli("export", "--cell", row["path"], "--out", str(folder / f"out-{pair}"), "--json", cwd=folder)
+    row = rows[cell]
+    out = folder / f"out-{cell.replace('/', '-')}"
+    res = cli("export", "--cell", row["path"], "--out", str(out), "--json", cwd=folder)
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert doc["checks"]["quant_algo"] == algo
+    checks = doc["checks"]
     manifest = json.loads((Path(row["path"]) / "manifest.json").read_text())
     chosen = [g for g in manifest["layers"] if g["chosen"] != "none"]
     assert 0 < len(chosen) < len(manifest["layers"])  # a mixed recipe: 16-bit groups must stay unquantized
-    assert doc["checks"]["quantized_modules"] == sum(len(g["module_names"]) for g in chosen)
-    assert doc["checks"]["dequantized_weights_compared"] == doc["checks"]["quantized_modules"]
+    n_quantized = sum(len(g["module_names"]) for g in chosen)
+    assert checks["quantized_modules"] == n_quantized
+    # every quantized layer is stored in the cell's format, dequantized (packed INT4 / FP4 included) and compared
+    assert checks["layer_formats"] == {CASES[cell]: n_quantized}
+    assert checks["dequantized_weights_compared"] == n_quantized and checks["not_dequantized_formats"] == []
     # the exporter rounds w / scale where the fake quantizer rounds w * (1 / scale): at most one level apart, rarely
-    assert doc["checks"]["largest_weight_difference_steps"] <= 1.0 + 1e-3
-    assert doc["checks"]["weights_differing"] <= 0.01 * doc["checks"]["weights_compared"]
+    assert checks["largest_weight_difference_levels"] <= 1
+    assert checks["weights_differing"] <= 0.001 * checks["weights_compared"]
+    # the checkpoint, reloaded without ModelOpt, computes what the evaluated model computed
+    logits = checks["logits"]
+    assert logits["activations_not_emulated"] == [] and logits["samples"] == 4
+    assert logits["kl_mean"] <= logits["kl_limit"] and logits["top1_agreement"] >= 0.99
+    if checks["global_scale_unified_layers"]:
+        # the exporter re-derives the scales of layers an engine fuses (gate/up): one NVFP4 global scale, AWQ's
+        # pre-quant scale folded into the layer norm and the weights quantized again. Reported, bounded.
+        assert cell in ("wfp4_afp4/default", "wint4_afp16_awq/w_group64")
+        assert logits["kl_mean"] < row["quality"]["kl_mean"] and "not the evaluated model to the bit" in res.stderr
+    else:
+        assert logits["kl_mean"] < 0.05 * row["quality"]["kl_mean"]
     for metric in ("kl_mean", "ppl_ratio", "top1_agreement"):  # the exported model is the measured one
         assert doc["quality"]["reproduced"][metric] == pytest.approx(row["quality"][metric], rel=1e-3)
-    out = folder / f"out-{pair}"
     assert {"config.json", "hf_quant_config.json", "quantsweep-export.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
     umask = os.umask(0)
     os.umask(umask)
     assert all((f.stat().st_mode & 0o777) == (0o666 & ~umask) for f in out.iterdir())  # not private temp files
     assert (out.stat().st_mode & 0o777) == (0o777 & ~umask)
     record = json.loads((out / "quantsweep-export.json").read_text())
-    assert record["cell"]["id"] == row["cell_id"] and record["recipe"]["algorithm"] == "max"
+    recipe = json.loads((Path(row["path"]) / "recipe.json").read_text())
+    assert record["cell"]["id"] == row["cell_id"]
+    # the calibration the cell was measured with: AWQ / SmoothQuant in the export and in the cell's recipe.json
+    expected_algorithm = {"wint4_afp16_awq/w_group64": "awq_lite", "wint8_aint8_sq/default": "smoothquant"}.get(cell, "max")
+    for algorithm in (record["recipe"]["algorithm"], recipe["algorithm"], record["calibration"]["algorithm"]):
+        name = algorithm["method"] if isinstance(algorithm, dict) else algorithm
+        assert name == expected_algorithm
 
 
 def test_export_errors_leave_nothing_behind(sweep):
     folder, rows = sweep
     # INT4 blocks of 128 do not divide the tiny model's 64 inputs: ModelOpt cannot pack them, and says so
-    res = cli("export", "--cell", rows["wint4_afp16"]["path"], "--out", str(folder / "out-int4"), cwd=folder)
+    res = cli("export", "--cell", rows["wint4_afp16/default"]["path"], "--out", str(folder / "out-int4"), cwd=folder)
     assert res.returncode == 2 and "cannot pack format wint4_afp16/default" in res.stderr, res.stderr
     assert not (folder / "out-int4").exists() and not list(folder.glob(".out-int4.*"))
     (folder / "full").mkdir()
     (folder / "full" / "x").write_text("x")
-    res = cli("export", "--cell", rows["wint8_afp16"]["path"], "--out", str(folder / "full"), cwd=folder)
+    res = cli("export", "--cell", rows["wint8_afp16/default"]["path"], "--out", str(folder / "full"), cwd=folder)
     assert res.returncode == 2 and "not an empty folder" in res.stderr
     with pytest.raises(InputError, match="no cell manifest here"):
         locate(folder)

@@ -108,6 +108,13 @@ def reload_dequantized(folder: Path, tensors: dict[str, torch.Tensor], formats: 
         else:
             state[key] = t.to(dtype) if t.is_floating_point() else t
     expected = set(model.state_dict())
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight:
+        # tied: the exporter stores the shared tensor once, under either name
+        names = {n for n, p in model.named_parameters(remove_duplicate=False) if p is in_emb.weight}
+        present = [n for n in names if n in state]
+        if present:
+            state.update({n: state[present[0]] for n in names})
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise ValueError(f"the checkpoint's tensors do not fit its config.json: missing {missing[:3]}, "

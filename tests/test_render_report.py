@@ -101,6 +101,7 @@ def test_render_default_view(rendered):
         ["missing_telemetry_rate", "0.1", "1 / 10", "≤ 0 (max_missing_telemetry_rate)", "FAIL"],
         ["polluted_run_rate", "0.2", "2 / 10", "≤ 0.25 (max_polluted_run_rate)", "PASS"],
         ["frontier_success_rate", "1", "2 / 2", "≥ 0.5 (min_frontier_success_rate)", "PASS"],
+        ["recipe_stability_rate", "null", "0 / 0", "≥ 0 (min_recipe_stability_rate)", "SKIPPED"],
     ]
     assert "## Stability KPIs — gate FAIL" in md
     assert "- missing_telemetry_rate: 0.1 (1/10) > max_missing_telemetry_rate 0" in md

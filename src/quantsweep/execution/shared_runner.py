@@ -30,6 +30,7 @@ from ..schema import Matrix
 from .cell_runner import CellRun, _now, describe_failure, format_config_for
 from .context import SweepContext
 from .telemetry import PeakMemory, by_device_mb
+from .trust_checks import trust_checks
 from .work_units import UnitMember, WorkUnit
 
 
@@ -198,6 +199,9 @@ def execute_shared(
                         on_step("evaluate")
                     quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
                     phases["evaluate"] = time.perf_counter() - t
+                    t = time.perf_counter()
+                    run.trust = trust_checks(ctx, cell, result, union.model)
+                    phases["trust"] = time.perf_counter() - t
                     trim_host_memory()
                 run.status, run.result, run.quality = "ok", result, quality
             except KeyboardInterrupt:

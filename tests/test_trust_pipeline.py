@@ -25,7 +25,7 @@ def trust_runs(tmp_path_factory):
     data["dataset"]["sizes"] = {"a": 8}
     data["autoquant"] = {"batch_size": 2, "effective_bits": [8.0]}  # 4 score batches
     data["axes"] = {"quant_pairs": ["wint4_afp16"], "granularities": ["default"], "dataset_sizes": ["a"]}
-    data["evaluation"] = {"stability": {"resamples": 20, "seed": 3}}
+    data["evaluation"] = {"stability": {"resamples": 20, "seed": 3}, "layer_fidelity": {"k": 2, "seed": 1}}
     path = write_matrix(folder, data)
     naive = run_sweep(path, RunOptions(output_root=str(folder / "naive"), engine="naive"))
     shared = run_sweep(path, RunOptions(output_root=str(folder / "shared"), engine="shared"))
@@ -61,3 +61,32 @@ def test_both_engines_record_the_same_per_batch_scores_and_stability(trust_runs)
         assert st_s[key] == st_n[key], key  # the same bootstrap on the same scores
     kpi = naive.summary["stability_kpis"]["recipe_stability_rate"]
     assert kpi == {"value": float(st_n["stable"]), "numerator": int(st_n["stable"]), "denominator": 1}
+
+
+def _textbook_spearman(x, y):
+    """1 - 6 sum d^2 / (n (n^2 - 1)): exact when neither side has ties."""
+    rx = {v: i + 1 for i, v in enumerate(sorted(x))}
+    ry = {v: i + 1 for i, v in enumerate(sorted(y))}
+    n = len(x)
+    return 1 - 6 * sum((rx[a] - ry[b]) ** 2 for a, b in zip(x, y, strict=True)) / (n * (n * n - 1))
+
+
+def test_layer_fidelity_measures_top_k_and_k_random_groups(trust_runs):
+    naive, shared = trust_runs
+    (n,), (s,) = naive.summary["rows"], shared.summary["rows"]
+    lf = n["trust"]["layer_fidelity"]
+    assert lf["k"] == 2 and lf["seed"] == 1 and lf["measured"] == lf["n"] == 4
+    assert [g["picked"] for g in lf["groups"]] == ["top", "top", "random", "random"]
+    proxy = {g["name"]: g["raw_scores"][g["formats"].index("wint4_afp16/default")] for g in _manifest(n)["layers"]}
+    top2 = sorted(proxy, key=proxy.get, reverse=True)[:2]
+    assert [g["name"] for g in lf["groups"][:2]] == top2
+    assert len({g["name"] for g in lf["groups"]}) == 4  # the random ones are drawn from the others
+    for g in lf["groups"]:
+        assert g["proxy_score"] == pytest.approx(proxy[g["name"]], rel=1e-12)
+        assert g["kl_mean"] > 0  # one group at W4: measurably different from the unquantized model
+        assert g["kl_mean"] < n["quality"]["kl_mean"] * 10
+    xs, ys = [g["proxy_score"] for g in lf["groups"]], [g["kl_mean"] for g in lf["groups"]]
+    assert lf["computable"] is True and lf["rho"] == pytest.approx(_textbook_spearman(xs, ys), abs=1e-12)
+    other = s["trust"]["layer_fidelity"]  # the shared engine measures the same groups the same way
+    assert [g["name"] for g in other["groups"]] == [g["name"] for g in lf["groups"]]
+    assert [g["kl_mean"] for g in other["groups"]] == pytest.approx(ys, rel=1e-3)

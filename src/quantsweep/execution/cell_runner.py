@@ -133,7 +133,7 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
             quality = compare_to_baseline(model, ctx.eval_batches, ctx.baseline)
             phases["evaluate"] = time.perf_counter() - t
             t = time.perf_counter()
-            run.trust = trust_checks(ctx, cell, result, model)
+            run.trust = trust_checks(ctx, cell, result, model, (label, config))
             phases["trust"] = time.perf_counter() - t
         run.status, run.result, run.quality = "ok", result, quality
     except KeyboardInterrupt:

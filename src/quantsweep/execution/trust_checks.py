@@ -33,15 +33,28 @@ def stability_for(matrix: Matrix, cell: Cell, result: SearchResult) -> dict[str,
         return {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None, **settings}
 
 
-def trust_checks(ctx: Any, cell: Cell, result: SearchResult, model: Any = None) -> dict[str, Any]:
-    """`{"stability": ..., "layer_fidelity": ...}` for a cell whose model (with the recipe active) is `model`."""
+def trust_checks(
+    ctx: Any,
+    cell: Cell,
+    result: SearchResult,
+    model: Any = None,
+    fmt: tuple[str, dict[str, Any]] | None = None,
+    prepare: Any = None,
+) -> dict[str, Any]:
+    """`{"stability": ..., "layer_fidelity": ...}` for a cell whose model (with the recipe active) is `model` and
+    whose format is `fmt` = (label, config as handed to ModelOpt); `prepare`: see engine/layer_fidelity.py."""
     out: dict[str, Any] = {"stability": stability_for(ctx.matrix, cell, result), "layer_fidelity": None}
     spec = ctx.matrix.evaluation.layer_fidelity
-    if spec.k > 0 and model is not None:
+    if spec.k > 0 and model is not None and fmt is not None:
+        from modelopt.torch.quantization.algorithms import QuantRecipe
+
         from ..engine.layer_fidelity import layer_fidelity
 
         try:
-            out["layer_fidelity"] = layer_fidelity(model, result, ctx.eval_batches, ctx.baseline, spec.k, spec.seed)
+            signature = QuantRecipe(fmt[1], name=fmt[0]).checkpoint_signature
+            out["layer_fidelity"] = layer_fidelity(
+                model, result, signature, ctx.eval_batches, ctx.baseline, spec.k, spec.seed, prepare
+            )
         except Exception as exc:  # a check that fails is recorded, the cell stands
             out["layer_fidelity"] = {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "k": spec.k,
                                      "seed": spec.seed}

@@ -165,7 +165,9 @@ def test_html_is_self_contained(rendered):
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3
     assert "<img" not in page and "src=" not in page and "<link" not in page
     assert "<td>w7_afp16/default/small</td>" in page and 'gate <span class="FAIL">FAIL</span>' in page
-    assert page.count("<tr>") == (1 + 4) + (1 + 2) + (1 + 8) + (1 + 15) + (1 + 3) + (1 + 2)  # head + body rows
+    # head + body rows; (1 + 4) + (1 + 2): the trust section's verdicts (2 groups x 2 recommended cells) and
+    # cell-level fidelity (one row per group)
+    assert page.count("<tr>") == (1 + 5) + (1 + 2) + (1 + 4) + (1 + 2) + (1 + 8) + (1 + 15) + (1 + 3) + (1 + 2)
 
 
 def test_output_is_deterministic(rendered):

@@ -159,7 +159,7 @@ def test_gate_pass_fail_missing_and_skip():
     rows[3]["satisfied"] = False
     g = evaluate_gate(kpis_of(rows), {**th, "max_polluted_run_rate": 0.2})
     assert g["failures"] == ["polluted_run_rate: 0.25 (1/4) > max_polluted_run_rate 0.2"]
-    assert [c["status"] for c in g["checks"]] == ["PASS", "PASS", "FAIL", "PASS"]
+    assert [c["status"] for c in g["checks"]] == ["PASS", "PASS", "FAIL", "PASS", "SKIPPED"]  # no stability data
 
 
 def test_kpi_report_thresholds_come_from_the_matrix_then_flags(tmp_path):
@@ -187,7 +187,7 @@ def test_kpi_report_without_matrix_uses_schema_defaults(tmp_path):
     s = load_summary(write(tmp_path / "s.json", doc))
     assert s.thresholds == {"max_missing_telemetry_rate": 0.0, "max_polluted_run_rate": 0.25,
                             "min_frontier_success_rate": 0.5, "min_determinism_rate": 1.0,
-                            "quality_metric": "kl_mean", "max_quality": 0.1}
+                            "min_recipe_stability_rate": 0.0, "quality_metric": "kl_mean", "max_quality": 0.1}
 
 
 @pytest.mark.parametrize(

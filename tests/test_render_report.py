@@ -101,6 +101,7 @@ def test_render_default_view(rendered):
         ["missing_telemetry_rate", "0.1", "1 / 10", "≤ 0 (max_missing_telemetry_rate)", "FAIL"],
         ["polluted_run_rate", "0.2", "2 / 10", "≤ 0.25 (max_polluted_run_rate)", "PASS"],
         ["frontier_success_rate", "1", "2 / 2", "≥ 0.5 (min_frontier_success_rate)", "PASS"],
+        ["recipe_stability_rate", "null", "0 / 0", "≥ 0 (min_recipe_stability_rate)", "SKIPPED"],
     ]
     assert "## Stability KPIs — gate FAIL" in md
     assert "- missing_telemetry_rate: 0.1 (1/10) > max_missing_telemetry_rate 0" in md
@@ -164,7 +165,9 @@ def test_html_is_self_contained(rendered):
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3
     assert "<img" not in page and "src=" not in page and "<link" not in page
     assert "<td>w7_afp16/default/small</td>" in page and 'gate <span class="FAIL">FAIL</span>' in page
-    assert page.count("<tr>") == (1 + 4) + (1 + 2) + (1 + 8) + (1 + 15) + (1 + 3) + (1 + 2)  # head + body rows
+    # head + body rows; (1 + 4) + (1 + 2): the trust section's verdicts (2 groups x 2 recommended cells) and
+    # cell-level fidelity (one row per group)
+    assert page.count("<tr>") == (1 + 5) + (1 + 2) + (1 + 4) + (1 + 2) + (1 + 8) + (1 + 15) + (1 + 3) + (1 + 2)
 
 
 def test_output_is_deterministic(rendered):

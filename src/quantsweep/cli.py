@@ -282,6 +282,7 @@ def kpi_report(
     max_polluted_run_rate: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
     min_frontier_success_rate: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
     min_determinism_rate: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
+    min_recipe_stability_rate: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
     quality_metric: Annotated[Literal["kl_mean", "ppl_ratio"] | None, typer.Option(help="override matrix.kpi")] = None,
     max_quality: Annotated[float | None, typer.Option(help="override matrix.kpi")] = None,
     skip_kpi: Annotated[list[str] | None, typer.Option("--skip-kpi", help="leave this KPI out of the gate")] = None,
@@ -296,6 +297,7 @@ def kpi_report(
         "max_polluted_run_rate": max_polluted_run_rate,
         "min_frontier_success_rate": min_frontier_success_rate,
         "min_determinism_rate": min_determinism_rate,
+        "min_recipe_stability_rate": min_recipe_stability_rate,
         "quality_metric": quality_metric,
         "max_quality": max_quality,
     }

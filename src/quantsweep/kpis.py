@@ -16,7 +16,9 @@ from typing import Any
 
 from .store.validity import missing_telemetry
 
-KPI_NAMES = ("determinism_rate", "missing_telemetry_rate", "polluted_run_rate", "frontier_success_rate")
+KPI_NAMES = (
+    "determinism_rate", "missing_telemetry_rate", "polluted_run_rate", "frontier_success_rate", "recipe_stability_rate"
+)
 
 # KPI -> (threshold field of `KpiThresholds`, "min" = the value must be >= it, "max" = <= it)
 GATES: dict[str, tuple[str, str]] = {
@@ -24,7 +26,11 @@ GATES: dict[str, tuple[str, str]] = {
     "missing_telemetry_rate": ("max_missing_telemetry_rate", "max"),
     "polluted_run_rate": ("max_polluted_run_rate", "max"),
     "frontier_success_rate": ("min_frontier_success_rate", "min"),
+    "recipe_stability_rate": ("min_recipe_stability_rate", "min"),
 }
+# KPIs a sweep may have no evidence for without being at fault (a stability bootstrap needs two score batches):
+# missing, they are gated only once their threshold asks for something (> 0); else reported as SKIPPED
+OPTIONAL_KPIS = ("recipe_stability_rate",)
 
 # The value of each quality metric for a cell identical to the unquantized model.
 IDEAL_QUALITY = {"kl_mean": 0.0, "ppl_ratio": 1.0}
@@ -91,10 +97,19 @@ def row_missing_telemetry(row: dict[str, Any]) -> list[str]:
     return missing
 
 
+def stability_verdict(row: dict[str, Any]) -> bool | None:
+    """The row's recipe-stability verdict (`trust.stability.stable`), None when not computed or not computable."""
+    st = (row.get("trust") or {}).get("stability") if isinstance(row.get("trust"), dict) else None
+    if not isinstance(st, dict) or st.get("computable") is not True:
+        return None
+    v = st.get("stable")
+    return v if isinstance(v, bool) else None
+
+
 def compute_kpis(
     rows: list[dict[str, Any]], canary: dict[str, Any] | None, thresholds: dict[str, Any]
 ) -> dict[str, Any]:
-    """The four stability KPIs with their counts. `thresholds` supplies `quality_metric` and `max_quality`
+    """The five stability KPIs with their counts. `thresholds` supplies `quality_metric` and `max_quality`
     (a `KpiThresholds` dump; missing keys take that model's defaults)."""
     from .schema import KpiThresholds
 
@@ -125,11 +140,14 @@ def compute_kpis(
     for r in rows:
         ok = bool(r.get("valid")) and meets_quality(r, metric, limit)  # strict: polluted rows never count
         groups[group_key(r)] = groups.get(group_key(r), False) or ok
+    verdicts = [stability_verdict(r) for r in rows if r.get("status") == "ok"]
+    judged = [v for v in verdicts if v is not None]
     return {
         "determinism_rate": _rate(agreeing, checked),
         "missing_telemetry_rate": _rate(missing, n),
         "polluted_run_rate": _rate(polluted, n),
         "frontier_success_rate": _rate(sum(groups.values()), len(groups)),
+        "recipe_stability_rate": _rate(sum(judged), len(judged)),
         "rows": n,
         "groups": len(groups),
         "repeated_executions": executions,
@@ -149,14 +167,15 @@ def evaluate_gate(
     checks, failures = [], []
     for name in KPI_NAMES:
         field, direction = GATES[name]
-        limit = float(thresholds[field])
+        limit = float(thresholds.get(field, 0.0) if name in OPTIONAL_KPIS else thresholds[field])
         kpi = kpis.get(name)
         value = kpi.get("value") if isinstance(kpi, dict) else None
-        if name in skip:
+        if name in skip or (name in OPTIONAL_KPIS and not _finite(value) and limit <= 0):
             status = "SKIPPED"
         elif not _finite(value):
             status = "FAIL"
-            why = "nothing was repeated" if name == "determinism_rate" else "no rows"
+            why = {"determinism_rate": "nothing was repeated",
+                   "recipe_stability_rate": "no cell had a computable stability bootstrap"}.get(name, "no rows")
             failures.append(f"{name}: missing ({why}); required {'>=' if direction == 'min' else '<='} {limit:g}")
         elif (value < limit) if direction == "min" else (value > limit):
             status = "FAIL"

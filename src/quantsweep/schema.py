@@ -377,8 +377,37 @@ class KpiThresholds(StrictModel):
     max_polluted_run_rate: float = Field(default=0.25, ge=0, le=1)
     min_frontier_success_rate: float = Field(default=0.5, ge=0, le=1)
     min_determinism_rate: float = Field(default=1.0, ge=0, le=1)
+    min_recipe_stability_rate: float = Field(
+        default=0.0, ge=0, le=1, description="share of cells whose recipe survives resampling (docs/trust.md)"
+    )
     quality_metric: Literal["kl_mean", "ppl_ratio"] = "kl_mean"
     max_quality: float = Field(default=0.1, gt=0, description="a cell 'meets quality' when its metric is <= this")
+
+
+class StabilitySpec(StrictModel):
+    """Recipe stability (docs/trust.md): bootstrap the per-batch scores, re-solve each resample."""
+
+    resamples: int = Field(default=50, ge=0, le=10000, description="bootstrap resamples per cell; 0 turns it off")
+    seed: int = Field(default=0, ge=0, description="seed of the resampling (same seed, same result)")
+    max_flip_share: float = Field(
+        default=0.05, ge=0, le=1, description="a recipe is stable when at most this share of groups flips on average"
+    )
+
+
+class LayerFidelitySpec(StrictModel):
+    """Layer-level fidelity (docs/trust.md): one evaluation per measured decision group, so opt-in."""
+
+    k: int = Field(
+        default=0, ge=0, le=10000, description="measure the top-K most sensitive groups and K random ones; 0: off"
+    )
+    seed: int = Field(default=0, ge=0, description="seed of the random groups")
+
+
+class EvaluationSpec(StrictModel):
+    """Checks of the answer beyond each cell's quality against the baseline (docs/trust.md)."""
+
+    stability: StabilitySpec = Field(default_factory=StabilitySpec)
+    layer_fidelity: LayerFidelitySpec = Field(default_factory=LayerFidelitySpec)
 
 
 class ExecutionSpec(StrictModel):
@@ -426,3 +455,4 @@ class Matrix(StrictModel):
     kpi: KpiThresholds = Field(default_factory=KpiThresholds)
     output_root: str = Field(default="runs", min_length=1)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)

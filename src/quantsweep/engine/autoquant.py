@@ -54,6 +54,8 @@ class LayerGroup:
     chosen: str
     chosen_bits: float
     weight_shapes: list[list[int]] = field(default_factory=list)  # per module, for the bits that count scales
+    # per format, per score batch: the raw score's contributions (engine/batch_scores.py); None for kl_div
+    batch_scores: list[list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +69,7 @@ class LayerGroup:
             "chosen": self.chosen,
             "chosen_bits": self.chosen_bits,
             "weight_shapes": self.weight_shapes,
+            "batch_scores": self.batch_scores,
         }
 
 
@@ -305,6 +308,10 @@ def run_auto_quantize(
     for label, cfg in formats:
         format_labels[QuantRecipe(cfg, name=label).checkpoint_signature] = label
 
+    from .batch_scores import increments
+    from .shared import _as_floats, _snapshot
+
+    snapshots: list[Any] = []  # ModelOpt's accumulators after each score batch (per-batch scores, for stability)
     outcome = call_auto_quantize(
         model,
         configs=[cfg for _, cfg in formats],
@@ -317,7 +324,9 @@ def run_auto_quantize(
         on_step=on_step,
         exact=True,
         stdout=sys.stderr if verbose_to_stderr else None,
+        after_batch=lambda m: snapshots.append(_snapshot(m)),
     )
+    running = [_as_floats(s) for s in snapshots]
     model, search_state, phases = outcome.model, outcome.search_state, outcome.phases
 
     stats = search_state["candidate_stats"]
@@ -332,6 +341,10 @@ def run_auto_quantize(
         labels = [_label_for(r, format_labels) for r in recipes]
         raw = [float(hp.get_score(r)) for r in recipes]
         chosen = _label_for(hp.active, format_labels)
+        batch_scores = None
+        if running and method == "gradient":
+            sigs = [r.checkpoint_signature for r in recipes]
+            batch_scores = [increments([f.get(hp_name, {}).get(sig, 0.0) for f in running]) for sig in sigs]
         groups.append(
             LayerGroup(
                 name=hp_name.removesuffix(".quant_recipe"),
@@ -344,6 +357,7 @@ def run_auto_quantize(
                 chosen=chosen,
                 chosen_bits=float(hp.active.compression * 16),
                 weight_shapes=weight_shapes(model, list(stat["module_names"])),
+                batch_scores=batch_scores,
             )
         )
     best = search_state["best"]

@@ -37,6 +37,7 @@ from .captured_scores import recipe_quantizers
 from .prefix_calibration import PrefixCalibration, PrefixCalibrationMismatch, shares_calibration_across_sizes
 from .recipe_configs import CellRecipeConfigs
 from .autoquant import NONE_LABEL, CellError, LayerGroup, SearchResult, call_auto_quantize, weight_shapes
+from .batch_scores import increments
 from .exact_solver import exact_search
 
 StepCallback = Callable[[str], None]
@@ -288,6 +289,7 @@ def solve_cell(
     k = score_steps if method == "gradient" else None
     cell_stats: dict[str, dict[str, Any]] = {}
     raw_by_group: dict[str, list[float]] = {}
+    batch_by_group: dict[str, list[list[float]] | None] = {}
     for name, stat in stats_all.items():
         sigs = [r.checkpoint_signature for r in stat["formats"]]
         if sig not in sigs and set(sigs) == {none_sig}:
@@ -318,6 +320,10 @@ def solve_cell(
             "costs": [stat["costs"][idx] for idx in order],
         }
         raw_by_group[name] = raw_scores
+        per_batch = increments(series, k) if k is not None else None  # kl_div: not a sum over batches
+        batch_by_group[name] = None if per_batch is None else [
+            per_batch if idx == i else [0.0] * len(per_batch) for idx in order
+        ]
     searcher = AutoQuantizeGradientSearcher() if method == "gradient" else AutoQuantizeKLDivSearcher()
     searcher.candidate_stats = cell_stats
     searcher.cost_model = union.state.get("cost_model", "weight")
@@ -358,6 +364,7 @@ def solve_cell(
                 chosen=NONE_LABEL if chosen == none else label,
                 chosen_bits=float(chosen.compression * 16),
                 weight_shapes=weight_shapes(union.model, list(stat["module_names"])),
+                batch_scores=batch_by_group[name],
             )
         )
     recipe_config = union.recipe_configs.config_for({n: i["format"] for n, i in best.items()}, none)

@@ -25,6 +25,7 @@ from ..planning import Cell
 from ..schema import Matrix
 from .context import SweepContext
 from .telemetry import PeakMemory
+from .trust_checks import trust_checks
 
 
 @dataclass
@@ -42,6 +43,7 @@ class CellRun:
     error_type: str | None = None
     fake_quant_backend: str = "modelopt"
     engine: str = "naive"  # which path produced it: "naive" (one AutoQuantize call) or "shared"
+    trust: dict[str, Any] | None = None  # recipe stability, layer fidelity (execution/trust_checks.py)
 
     def fingerprint(self) -> str | None:
         """Hash of what the cell computed (chosen recipe + raw scores), for DUPLICATE_RESULT and determinism."""
@@ -130,6 +132,9 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
                 on_step("evaluate")
             quality = compare_to_baseline(model, ctx.eval_batches, ctx.baseline)
             phases["evaluate"] = time.perf_counter() - t
+            t = time.perf_counter()
+            run.trust = trust_checks(ctx, cell, result, model, (label, config))
+            phases["trust"] = time.perf_counter() - t
         run.status, run.result, run.quality = "ok", result, quality
     except KeyboardInterrupt:
         raise

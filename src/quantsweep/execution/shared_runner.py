@@ -31,6 +31,7 @@ from ..schema import Matrix
 from .cell_runner import CellRun, _now, describe_failure, format_config_for
 from .context import SweepContext
 from .telemetry import PeakMemory, by_device_mb
+from .trust_checks import trust_checks
 from .work_units import UnitMember, WorkUnit
 
 
@@ -120,6 +121,16 @@ def work_units(matrix: Matrix, device_type: str, engine: str, cells: list[Cell])
     return units
 
 
+def _prepare_for(union: UnionResult, calib_steps: int) -> Any:
+    """For layer fidelity: a format switched on in a group brings its quantizers to the cell's calibration size
+    first, as `solve_cell` does for the groups the cell quantizes."""
+    if union.prefixes is None:
+        return None
+    from ..engine.captured_scores import recipe_quantizers
+
+    return lambda hparam, recipe: union.prefixes.apply(recipe_quantizers(hparam, recipe), calib_steps)
+
+
 def _error_run(cell: Cell, exc: BaseException, started: str) -> CellRun:
     run = CellRun(cell=cell, status="error", started_at=started, finished_at=_now(), engine="shared")
     run.error, run.error_type = describe_failure(exc)
@@ -206,6 +217,11 @@ def execute_shared(
                         on_step("evaluate")
                     quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
                     phases["evaluate"] = time.perf_counter() - t
+                    t = time.perf_counter()
+                    run.trust = trust_checks(
+                        ctx, cell, result, union.model, (label, config), _prepare_for(union, cell.calib_steps)
+                    )
+                    phases["trust"] = time.perf_counter() - t
                     trim_host_memory()
                 run.status, run.result, run.quality = "ok", result, quality
             except KeyboardInterrupt:

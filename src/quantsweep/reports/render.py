@@ -28,6 +28,7 @@ from . import plots
 from .frontier import build_frontier
 from .outputs import check_not_an_input
 from .summary_io import Summary, load_summary
+from .trust_section import trust_blocks, trust_data
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -121,6 +122,7 @@ def build_report(summary: Summary, include_invalid: bool, generated_at: str, bit
         },
         "notes": notes,
         "comparisons": noise.comparisons([rows_by_key[p["key"]] for p in view["points"]]),
+        "trust": trust_data([rows_by_key[p["key"]] for p in view["points"]], view["groups"], metric),
     }
 
 
@@ -257,6 +259,8 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
                      f"{metric} ≤ {view['max_quality']:g}. Best value: the eligible cell that realises the largest "
                      "share of the available bit savings for the smallest share of the quality budget "
                      "(docs/reports.md)."))
+
+    out += trust_blocks(rep["trust"], metric)
 
     # frontier figure
     out.append(("h2", "Quality vs effective bits"))

@@ -31,6 +31,7 @@ from ..store.validity import REASONS, finalize_rows, row_reasons
 from .fields import ANY, BITS, COUNT, Fields, Num, is_number, show
 from .manifest_io import LAYERS, validate_manifest
 from .measures import check_determinism, check_quality, check_solver, check_telemetry
+from .trust_io import check_trust
 
 SUMMARY_KIND = "quantsweep.sweep_summary"
 MANIFEST = "manifest.json"
@@ -69,6 +70,7 @@ def validate_row(row: Any, source: str, where: str) -> None:
     check_telemetry(f, f"{where}.telemetry", row.get("telemetry"))
     check_determinism(f, f"{where}.determinism", row.get("determinism"))
     check_solver(f, f"{where}.solver", row.get("solver"))
+    check_trust(f, f"{where}.trust", row.get("trust"))
     reasons = row.get("reasons", [])
     f.expect(f"{where}.reasons", reasons,
              isinstance(reasons, list) and all(isinstance(x, str) for x in reasons), "a list of strings")

@@ -1,0 +1,61 @@
+"""The trust checks run on a finished cell, in both engines and the same way (docs/trust.md).
+
+Why a module of its own: the naive runner (execution/cell_runner.py) and the shared one (shared_runner.py) finish
+cells differently but must record the same `trust` block: recipe stability (a bootstrap of the per-batch scores,
+pure: trust/stability.py) and, when asked for, layer-level fidelity (one evaluation per measured group, with the
+cell's model: engine/layer_fidelity.py). A failing check never fails the cell: it is recorded as not computable
+with its reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..engine.autoquant import SearchResult
+from ..planning import Cell
+from ..schema import Matrix
+from ..trust.stability import GroupScores, bootstrap_stability
+
+
+def stability_for(matrix: Matrix, cell: Cell, result: SearchResult) -> dict[str, Any] | None:
+    """The cell's recipe stability, or None when `evaluation.stability.resamples` is 0."""
+    spec = matrix.evaluation.stability
+    if spec.resamples == 0:
+        return None
+    settings = {"resamples": spec.resamples, "seed": spec.seed, "max_flip_share": spec.max_flip_share}
+    if matrix.autoquant.method != "gradient" or any(g.batch_scores is None for g in result.groups):
+        return {"computable": False, "reason": "no per-batch scores (the kl_div method's scores are not sums over "
+                                               "batches)", "stable": None, **settings}
+    groups = [GroupScores(g.name, g.formats, g.costs, g.chosen, g.batch_scores or []) for g in result.groups]
+    try:
+        return bootstrap_stability(groups, cell.budget, spec.resamples, spec.seed, spec.max_flip_share)
+    except Exception as exc:  # a check that fails is recorded, the cell stands
+        return {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None, **settings}
+
+
+def trust_checks(
+    ctx: Any,
+    cell: Cell,
+    result: SearchResult,
+    model: Any = None,
+    fmt: tuple[str, dict[str, Any]] | None = None,
+    prepare: Any = None,
+) -> dict[str, Any]:
+    """`{"stability": ..., "layer_fidelity": ...}` for a cell whose model (with the recipe active) is `model` and
+    whose format is `fmt` = (label, config as handed to ModelOpt); `prepare`: see engine/layer_fidelity.py."""
+    out: dict[str, Any] = {"stability": stability_for(ctx.matrix, cell, result), "layer_fidelity": None}
+    spec = ctx.matrix.evaluation.layer_fidelity
+    if spec.k > 0 and model is not None and fmt is not None:
+        from modelopt.torch.quantization.algorithms import QuantRecipe
+
+        from ..engine.layer_fidelity import layer_fidelity
+
+        try:
+            signature = QuantRecipe(fmt[1], name=fmt[0]).checkpoint_signature
+            out["layer_fidelity"] = layer_fidelity(
+                model, result, signature, ctx.eval_batches, ctx.baseline, spec.k, spec.seed, prepare
+            )
+        except Exception as exc:  # a check that fails is recorded, the cell stands
+            out["layer_fidelity"] = {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "k": spec.k,
+                                     "seed": spec.seed}
+    return out

@@ -1,0 +1,151 @@
+"""Recipe stability: would the same search on other score data of the same kind pick the same recipe?
+
+AutoQuantize's gradient score of a (decision group, format) is a sum over the score batches. A recipe chosen from
+a few batches can hang on which batches they were (mlx-lm users saw the same seed give different recipes). The
+bootstrap asks exactly that: draw the score batches again with replacement (as many as were scored, seeded),
+rebuild each group's scores from the per-batch contributions, apply ModelOpt's clamp (a format's score is at most
+the score of the format before it, `min(score, prev_score)`), re-solve the cell's knapsack with the same exact
+solver and the same weight budget (engine/exact_solver.py `solve_exact`), and compare with the cell's recipe:
+
+  * `flip_share`: the share of decision groups whose choice differs from the cell's, averaged over resamples;
+  * `jaccard_mean` / `jaccard_min`: overlap |A ∩ B| / |A ∪ B| of the quantized sets (groups not left at "none";
+    1 when both are empty);
+  * `score_ci`: the percentile interval of the re-solved total score (the solver's objective: the sum of the chosen
+    clamped scores, on the scale of the full score set, since a resample has as many batches);
+  * `stable`: `flip_share <= max_flip_share`.
+
+With one score batch there is nothing to resample: the result says so (`computable: false`) instead of reporting
+a perfectly stable recipe. Pure (numpy and scipy through the solver, no torch): the unit tests run in a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..engine.exact_solver import solve_exact
+
+DEFAULT_RESAMPLES = 50
+DEFAULT_MAX_FLIP_SHARE = 0.05
+CI_LEVEL = 0.95
+NONE_LABEL = "none"
+
+
+@dataclass
+class GroupScores:
+    """One decision group as the solver saw it, with its per-batch raw scores (formats x batches)."""
+
+    name: str
+    formats: list[str]
+    costs: list[float]
+    chosen: str
+    batch_scores: list[list[float]]
+
+
+def clamp(scores: list[float]) -> list[float]:
+    """ModelOpt's `initialize_candidate_stats` clamp, in the group's format order."""
+    out, prev = [], float("inf")
+    for s in scores:
+        s = min(s, prev)
+        out.append(s)
+        prev = s
+    return out
+
+
+def budget_cost(groups: list[GroupScores], effective_bits: float) -> float:
+    """ModelOpt's weight budget: the groups' uncompressed ("none") cost times effective_bits / 16 (a group
+    without a "none" format counts its largest cost, the uncompressed one in ModelOpt's cost model)."""
+    total = 0.0
+    for g in groups:
+        total += g.costs[g.formats.index(NONE_LABEL)] if NONE_LABEL in g.formats else max(g.costs)
+    return total * effective_bits / 16.0
+
+
+def _not_computable(reason: str, **extra: Any) -> dict[str, Any]:
+    return {"computable": False, "reason": reason, "stable": None, **extra}
+
+
+def bootstrap_stability(
+    groups: list[GroupScores],
+    effective_bits: float,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    max_flip_share: float = DEFAULT_MAX_FLIP_SHARE,
+) -> dict[str, Any]:
+    """The stability block of one cell (see the module docstring). Deterministic for a given `seed`."""
+    settings = {"resamples": resamples, "seed": seed, "max_flip_share": max_flip_share}
+    if not groups:
+        return _not_computable("no decision groups", **settings)
+    widths = {len(bs) for g in groups for bs in g.batch_scores}
+    if len(widths) != 1 or any(len(g.batch_scores) != len(g.formats) for g in groups):
+        return _not_computable("per-batch scores missing or inconsistent", **settings)
+    n = widths.pop()
+    settings["batches"] = n
+    if n < 2:
+        return _not_computable(f"{n} score batch: nothing to resample (score more batches)", **settings)
+    per_batch = [np.asarray(g.batch_scores, dtype=np.float64) for g in groups]
+    if not all(np.all(np.isfinite(a)) for a in per_batch):
+        return _not_computable("non-finite per-batch scores", **settings)
+    costs = [list(map(float, g.costs)) for g in groups]
+    max_cost = budget_cost(groups, effective_bits)
+    ref = [g.formats.index(g.chosen) for g in groups]
+    ref_quant = {i for i, g in enumerate(groups) if g.formats[ref[i]] != NONE_LABEL}
+    full = [clamp(a.sum(axis=1).tolist()) for a in per_batch]
+    total_score = float(sum(full[i][c] for i, c in enumerate(ref)))
+    # a self-check: the full data, re-solved, gives the cell's own recipe (per-batch scores add up to the raw
+    # scores, the budget is the search's); more than 0 means ties, or inputs that are not the search's
+    full_choice, _status = solve_exact(full, costs, max_cost)
+    full_solve_flips = None if full_choice is None else sum(c != r for c, r in zip(full_choice, ref, strict=True))
+
+    rng = np.random.default_rng(seed)
+    flips = np.zeros(len(groups))
+    flip_shares, jaccards, objectives = [], [], []
+    failed = 0
+    for _ in range(resamples):
+        counts = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
+        scores = [clamp((a @ counts).tolist()) for a in per_batch]
+        choice, _status = solve_exact(scores, costs, max_cost)
+        if choice is None:
+            failed += 1
+            continue
+        differs = np.array([c != r for c, r in zip(choice, ref, strict=True)])
+        flips += differs
+        flip_shares.append(float(differs.mean()))
+        quant = {i for i, g in enumerate(groups) if g.formats[choice[i]] != NONE_LABEL}
+        union = quant | ref_quant
+        jaccards.append(len(quant & ref_quant) / len(union) if union else 1.0)
+        objectives.append(float(sum(scores[i][c] for i, c in enumerate(choice))))
+    if not flip_shares:
+        return _not_computable(f"no resample could be solved ({failed} of {resamples})", **settings)
+    tail = (1 - CI_LEVEL) / 2 * 100
+    lo, hi = np.percentile(objectives, [tail, 100 - tail])
+    flip_share = float(np.mean(flip_shares))
+    return {
+        "computable": True,
+        "reason": None,
+        **settings,
+        "solved": len(flip_shares),
+        "groups": len(groups),
+        "flip_share": round(flip_share, 6),
+        "groups_ever_flipped": int(np.count_nonzero(flips)),
+        "full_solve_flips": full_solve_flips,
+        "jaccard_mean": round(float(np.mean(jaccards)), 6),
+        "jaccard_min": round(float(np.min(jaccards)), 6),
+        "total_score": total_score,
+        "score_ci": [float(lo), float(hi)],
+        "ci_level": CI_LEVEL,
+        "stable": flip_share <= max_flip_share,
+    }
+
+
+def groups_from_layers(layers: list[dict[str, Any]]) -> list[GroupScores] | None:
+    """The groups of a manifest's `layers` (LayerGroup.to_dict), or None when they carry no per-batch scores."""
+    out = []
+    for g in layers:
+        bs = g.get("batch_scores")
+        if not bs:
+            return None
+        out.append(GroupScores(g["name"], list(g["formats"]), list(g["costs"]), g["chosen"], bs))
+    return out

@@ -1,0 +1,75 @@
+"""Recipe stability (quantsweep.trust.stability): the bootstrap of per-batch scores, re-solved. Pure, fast."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantsweep.trust.stability import GroupScores, bootstrap_stability, budget_cost, clamp, groups_from_layers
+
+
+def _groups(means: list[float], noise: float, batches: int = 8, seed: int = 1) -> list[GroupScores]:
+    """Groups choosing between W4 (cost 4) and none (cost 16); per-batch W4 scores around `means`. The recipe
+    each group starts with is the full-data optimum at an effective-bits budget of 10 (half the groups at W4)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, m in enumerate(means):
+        per_batch = (m * (1 + noise * rng.standard_normal(batches))).clip(min=0).tolist()
+        out.append(GroupScores(f"g{i}", ["w4", "none"], [4.0, 16.0], "none", [per_batch, [0.0] * batches]))
+    totals = sorted(range(len(out)), key=lambda i: sum(out[i].batch_scores[0]))
+    for i in totals[: len(out) // 2]:  # the cheapest half is quantized: the exact optimum on the full data
+        out[i].chosen = "w4"
+    return out
+
+
+def test_clamp_and_budget_follow_modelopt():
+    assert clamp([3.0, 5.0, 1.0, 2.0]) == [3.0, 3.0, 1.0, 1.0]
+    g = _groups([1.0, 2.0], 0.0)
+    assert budget_cost(g, 10.0) == 2 * 16 * 10 / 16  # the uncompressed cost of both groups, times 10/16
+
+
+def test_nearly_equal_scores_are_reported_unstable():
+    groups = _groups([1.0] * 20, noise=0.3)
+    res = bootstrap_stability(groups, effective_bits=10.0, resamples=40, seed=0)
+    assert res["computable"] is True and res["solved"] == 40 and res["groups"] == 20 and res["batches"] == 8
+    assert res["stable"] is False
+    assert res["flip_share"] > 0.2  # a coin toss over which half is quantized
+    assert res["jaccard_mean"] < 0.7
+    assert res["groups_ever_flipped"] >= 15
+    lo, hi = res["score_ci"]
+    assert lo < res["total_score"] * 1.2 and hi > lo
+
+
+def test_clearly_separated_scores_are_reported_stable():
+    groups = _groups([1e-3] * 10 + [1.0] * 10, noise=0.3)
+    res = bootstrap_stability(groups, effective_bits=10.0, resamples=40, seed=0)
+    assert res["stable"] is True
+    assert res["flip_share"] == 0.0 and res["groups_ever_flipped"] == 0
+    assert res["jaccard_mean"] == res["jaccard_min"] == 1.0
+    assert res["full_solve_flips"] == 0  # the full data re-solved gives the recipe the groups start with
+    lo, hi = res["score_ci"]
+    assert abs(res["total_score"] - 0.08) < 0.02  # 10 cheap groups x 8 batches x 1e-3
+    assert 0.04 < lo <= hi < 0.2  # a sensitive group in any resample would add ~8
+
+
+def test_bootstrap_is_deterministic_under_a_seed():
+    groups = _groups([1.0] * 12, noise=0.3)
+    a = bootstrap_stability(groups, 10.0, resamples=30, seed=7)
+    b = bootstrap_stability(groups, 10.0, resamples=30, seed=7)
+    c = bootstrap_stability(groups, 10.0, resamples=30, seed=8)
+    assert a == b
+    assert (a["score_ci"], a["flip_share"]) != (c["score_ci"], c["flip_share"])
+
+
+def test_one_batch_is_not_computable_and_never_called_stable():
+    groups = _groups([1.0, 2.0, 3.0], noise=0.1, batches=1)
+    res = bootstrap_stability(groups, 10.0, resamples=10, seed=0)
+    assert res["computable"] is False and res["stable"] is None
+    assert res["reason"] == "1 score batch: nothing to resample (score more batches)"
+
+
+def test_groups_from_manifest_layers():
+    layers = [{"name": "a", "formats": ["w4", "none"], "costs": [4, 16], "chosen": "w4",
+               "batch_scores": [[1.0, 2.0], [0.0, 0.0]]}]
+    (g,) = groups_from_layers(layers)
+    assert (g.name, g.chosen, g.batch_scores[0]) == ("a", "w4", [1.0, 2.0])
+    assert groups_from_layers([{**layers[0], "batch_scores": None}]) is None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .store.validity import missing_telemetry
+from .store.validity import REASONS, missing_telemetry
 
 KPI_NAMES = ("determinism_rate", "missing_telemetry_rate", "polluted_run_rate", "frontier_success_rate")
 
@@ -130,6 +130,8 @@ def compute_kpis(
         "missing_telemetry_rate": _rate(missing, n),
         "polluted_run_rate": _rate(polluted, n),
         "frontier_success_rate": _rate(sum(groups.values()), len(groups)),
+        # why rows were polluted: rows per reason (a row may have several), THERMAL included
+        "polluted_by_reason": {x: c for x in REASONS if (c := sum(1 for r in rows if x in (r.get("reasons") or [])))},
         "rows": n,
         "groups": len(groups),
         "repeated_executions": executions,

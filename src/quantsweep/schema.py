@@ -408,6 +408,25 @@ class ExecutionSpec(StrictModel):
     )
 
 
+ThrottleReason = Literal[
+    "gpu_idle", "applications_clocks_setting", "sw_power_cap", "hw_slowdown", "sync_boost", "sw_thermal_slowdown",
+    "hw_thermal_slowdown", "hw_power_brake_slowdown", "display_clock_setting",
+]
+
+
+class TelemetrySpec(StrictModel):
+    """What every cell samples while it runs (docs/hardware.md), and when its timings count as thermally polluted."""
+
+    sample_period_s: float = Field(default=0.5, ge=0.01, le=60, description="seconds between two NVML readings")
+    thermal_threshold_c: float = Field(
+        default=85.0, gt=0, le=150, description="a GPU temperature at or above this marks the row THERMAL"
+    )
+    polluting_throttle_reasons: list[ThrottleReason] = Field(
+        default_factory=lambda: ["sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"],
+        description="NVML clock-event reasons that mark the row THERMAL when seen during the cell",
+    )
+
+
 class Matrix(StrictModel):
     """A whole sweep. `schema_version` is optional in files; when present it must match."""
 
@@ -424,3 +443,4 @@ class Matrix(StrictModel):
     kpi: KpiThresholds = Field(default_factory=KpiThresholds)
     output_root: str = Field(default="runs", min_length=1)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)

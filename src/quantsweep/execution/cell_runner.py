@@ -24,7 +24,7 @@ from ..engine.quality import compare_to_baseline
 from ..planning import Cell
 from ..schema import Matrix
 from .context import SweepContext
-from .telemetry import PeakMemory
+from .telemetry import PeakMemory, hardware_telemetry
 
 
 @dataclass
@@ -102,7 +102,7 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
     run = CellRun(cell=cell, status="error", started_at=started, finished_at=started)
-    mem = PeakMemory(ctx.loaded.devices)
+    mem = PeakMemory(ctx.loaded.devices, gpu_period_s=m.telemetry.sample_period_s)
     model = None
     try:
         with mem:
@@ -153,6 +153,7 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
         "tokens_processed": sum(tokens.values()),
         "forward_calls": run.result.forward_calls if run.result else {},
         "torch_threads": torch.get_num_threads(),
+        **hardware_telemetry([mem], m.telemetry),
     }
     return run
 

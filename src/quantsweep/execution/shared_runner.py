@@ -29,7 +29,7 @@ from ..planning import Cell
 from ..schema import Matrix
 from .cell_runner import CellRun, _now, describe_failure, format_config_for
 from .context import SweepContext
-from .telemetry import PeakMemory, by_device_mb
+from .telemetry import PeakMemory, by_device_mb, hardware_telemetry
 from .work_units import UnitMember, WorkUnit
 
 
@@ -140,7 +140,7 @@ def execute_shared(
             on_union(call, len(members))
         started = _now()
         union: UnionResult | None = None
-        mem = PeakMemory(ctx.loaded.devices)
+        mem = PeakMemory(ctx.loaded.devices, gpu_period_s=m.telemetry.sample_period_s)
         model = None
         try:
             with mem:
@@ -185,7 +185,7 @@ def execute_shared(
                 cell=cell, status="error", started_at=_now(), finished_at=_now(), fake_quant_backend=backend,
                 engine="shared",
             )
-            cell_mem = PeakMemory(ctx.loaded.devices)
+            cell_mem = PeakMemory(ctx.loaded.devices, gpu_period_s=m.telemetry.sample_period_s)
             phases: dict[str, float] = {}
             try:
                 with cell_mem:
@@ -231,6 +231,8 @@ def execute_shared(
                 "forward_calls": union.forward_calls,
                 "torch_threads": torch.get_num_threads(),
                 "shared": shared_tel,
+                # the union call's span and this cell's own: the cell's amortised timings come from both
+                **hardware_telemetry([mem, cell_mem], m.telemetry),
             }
             if len(mem.peak_by_device) > 1:
                 run.telemetry["peak_device_mb_by_device"] = by_device_mb([mem, cell_mem])

@@ -418,6 +418,28 @@ def thermal_profile(
         _print_markdown(render_markdown(doc))
 
 
+@app.command("context-ceiling")
+def context_ceiling(
+    summary: SummaryOpt,
+    kl_max: Annotated[float | None, typer.Option(help="KL divergence limit (default: the sweep's quality rule)")] = None,
+    ppl_ratio_max: Annotated[float | None, typer.Option(help="perplexity ratio limit")] = None,
+    memory_max_gb: Annotated[float | None, typer.Option(help="peak device memory limit, GB (10^9 bytes)")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="write the JSON here and the markdown beside it "
+                                                                "(same name, .md)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The longest context each cell meets every threshold at (evaluation.seq_lens), and the best cell per length.
+    See docs/hardware.md."""
+    from .reports.context_ceiling import context_ceiling as build
+    from .reports.context_ceiling import render_markdown
+
+    doc = build(summary, kl_max, ppl_ratio_max, memory_max_gb, out_file)
+    if as_json:
+        _emit_json(doc)
+    else:
+        _print_markdown(render_markdown(doc))
+
+
 @app.command("check-artifacts")
 def check_artifacts(
     frontier_files: Annotated[

@@ -82,6 +82,32 @@ def check_telemetry(f: Fields, where: str, telemetry: Any) -> None:
     check_gpu_telemetry(f, f"{where}.gpu", t.get("gpu"))
 
 
+_BY_LENGTH_NUM = {
+    "seq_len": Num(lo=1, hi=COUNT.hi, integer=True), "samples": COUNT, "eval_tokens": COUNT,
+    **dict.fromkeys(("kl_mean", "kl_stderr"), MEASURED), **dict.fromkeys(("ppl_base", "ppl_quant", "ppl_ratio"),
+                                                                        POSITIVE_MEASURED),
+    "top1_agreement": FRACTION, "peak_device_mb": MEASURED, "peak_host_rss_mb": MEASURED, "wall_s": MEASURED,
+}
+
+
+def check_long_context(f: Fields, where: str, lc: Any) -> None:
+    """A row's `long_context` (evaluation.seq_lens): each length measured once, every figure in range."""
+    d = f.obj(where, lc)
+    if not d:
+        return
+    f.numbers(f"{where}.seq_lens", d.get("seq_lens"), Num(lo=1, hi=COUNT.hi, integer=True))
+    f.string(f"{where}.kv_cache", d.get("kv_cache"))
+    seen: set[int] = set()
+    for i, m in enumerate(f.seq(f"{where}.by_length", d.get("by_length"))):
+        w = f"{where}.by_length[{i}]"
+        m = f.obj(w, m, required=True)
+        f.number(f"{w}.seq_len", m.get("seq_len"), _BY_LENGTH_NUM["seq_len"], required=True)
+        f.numeric_fields(w, m, _BY_LENGTH_NUM)
+        if m["seq_len"] in seen:
+            raise f.fail(f"{w}.seq_len", f"{m['seq_len']} is measured twice")
+        seen.add(m["seq_len"])
+
+
 def check_gpu_telemetry(f: Fields, where: str, gpu: Any) -> None:
     """`telemetry.gpu`: the aggregate and each device in range, the THERMAL thresholds usable (a threshold that is
     not a positive number would silently judge nothing)."""

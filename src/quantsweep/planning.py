@@ -175,6 +175,9 @@ class Plan:
             "canary_runs": self.matrix.canary.repeats if self.matrix.canary.enabled else 0,
             "eval_samples": self.matrix.dataset.eval_samples,
             "seq_len": self.matrix.dataset.seq_len,
+            **({"long_context_seq_lens": list(self.matrix.evaluation.seq_lens),
+                "long_context_samples_per_length": self.matrix.evaluation.samples_per_length}
+               if self.matrix.evaluation.seq_lens else {}),
         }
 
 
@@ -254,7 +257,11 @@ def _sha(payload: Any) -> str:
 def _shared_context(m: Matrix) -> dict[str, Any]:
     """Everything outside the axes that can change a cell's result."""
     d = m.dataset
+    extra: dict[str, Any] = {}
+    if m.evaluation.seq_lens:  # only when asked for: matrices without it keep their ids
+        extra["evaluation"] = m.evaluation.model_dump(mode="json")
     return {
+        **extra,
         "model": m.model.model_dump(mode="json", exclude={"name", "device_map", "max_memory"}),  # placement only
         "dataset": {
             "source": d.source,

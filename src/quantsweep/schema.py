@@ -408,6 +408,23 @@ class ExecutionSpec(StrictModel):
     )
 
 
+class EvaluationSpec(StrictModel):
+    """Extra evaluation of every cell's chosen recipe (docs/hardware.md): at each of `seq_lens`, on
+    `samples_per_length` held-out samples of that many tokens, cut from text the calibration never used."""
+
+    seq_lens: list[Annotated[int, Field(ge=8, le=131072)]] = Field(
+        default_factory=list, description="context lengths (tokens) to measure quality and memory at; [] = none"
+    )
+    samples_per_length: PositiveInt = Field(default=2, le=1024, description="held-out samples per length")
+
+    @field_validator("seq_lens")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise PydanticCustomError("dup_len", "duplicate length in {v}", {"v": v})
+        return sorted(v)
+
+
 ThrottleReason = Literal[
     "gpu_idle", "applications_clocks_setting", "sw_power_cap", "hw_slowdown", "sync_boost", "sw_thermal_slowdown",
     "hw_thermal_slowdown", "hw_power_brake_slowdown", "display_clock_setting",
@@ -444,3 +461,4 @@ class Matrix(StrictModel):
     output_root: str = Field(default="runs", min_length=1)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)

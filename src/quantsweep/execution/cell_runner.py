@@ -42,6 +42,7 @@ class CellRun:
     error_type: str | None = None
     fake_quant_backend: str = "modelopt"
     engine: str = "naive"  # which path produced it: "naive" (one AutoQuantize call) or "shared"
+    long_context: dict[str, Any] | None = None  # quality and memory per evaluation.seq_lens (engine/long_context.py)
 
     def fingerprint(self) -> str | None:
         """Hash of what the cell computed (chosen recipe + raw scores), for DUPLICATE_RESULT and determinism."""
@@ -130,6 +131,8 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
                 on_step("evaluate")
             quality = compare_to_baseline(model, ctx.eval_batches, ctx.baseline)
             phases["evaluate"] = time.perf_counter() - t
+            if ctx.lengths:
+                run.long_context = evaluate_long_context(ctx, model, cell, mem, phases, on_step)
         run.status, run.result, run.quality = "ok", result, quality
     except KeyboardInterrupt:
         raise
@@ -156,6 +159,19 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
         **hardware_telemetry([mem], m.telemetry),
     }
     return run
+
+
+def evaluate_long_context(ctx: SweepContext, model: Any, cell: Cell, mem: PeakMemory, phases: dict[str, float],
+                          on_step: Any = None) -> dict[str, Any]:
+    """The cell's chosen recipe (with its KV-cache setting) at every evaluation length; timed as its own phase."""
+    from ..engine.long_context import evaluate_lengths
+
+    t = time.perf_counter()
+    if on_step is not None:
+        on_step("long_context")
+    out = evaluate_lengths(model, ctx.lengths, ctx.loaded.devices, getattr(cell, "kv_cache", "none"), mem)
+    phases["long_context"] = time.perf_counter() - t
+    return out
 
 
 def determinism(runs: list[CellRun], rtol: float) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ from ..engine.shared import (
 )
 from ..planning import Cell
 from ..schema import Matrix
-from .cell_runner import CellRun, _now, describe_failure, format_config_for
+from .cell_runner import CellRun, _now, describe_failure, evaluate_long_context, format_config_for
 from .context import SweepContext
 from .telemetry import PeakMemory, by_device_mb, hardware_telemetry
 from .work_units import UnitMember, WorkUnit
@@ -198,6 +198,8 @@ def execute_shared(
                         on_step("evaluate")
                     quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
                     phases["evaluate"] = time.perf_counter() - t
+                    if ctx.lengths:
+                        run.long_context = evaluate_long_context(ctx, union.model, cell, cell_mem, phases, on_step)
                     trim_host_memory()
                 run.status, run.result, run.quality = "ok", result, quality
             except KeyboardInterrupt:

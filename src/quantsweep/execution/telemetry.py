@@ -82,7 +82,15 @@ class PeakMemory:
         self.peak_rss = max(self.peak_rss, _rss_bytes())
         for d in self.devices:
             torch.cuda.synchronize(d)
-            self.peak_by_device[str(_indexed(d))] = int(torch.cuda.max_memory_allocated(d))
+            key = str(_indexed(d))
+            self.peak_by_device[key] = max(self.peak_by_device.get(key, 0), int(torch.cuda.max_memory_allocated(d)))
+
+    def fold_device_peaks(self, peaks: dict[str, int]) -> None:
+        """Keep device peaks read before someone resets the counters inside this span (long-context evaluation
+        measures each length's own peak)."""
+        for d, v in peaks.items():
+            key = str(_indexed(torch.device(d)))
+            self.peak_by_device[key] = max(self.peak_by_device.get(key, 0), v)
 
     def as_mb(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -42,8 +42,11 @@ def _rate(num: int, den: int) -> dict[str, Any]:
 
 def group_key(row: dict[str, Any]) -> str:
     """Frontier groups: one per (model, dataset size, granularity). Quant pairs and budgets compete inside a group,
-    so several budgets trace one quality-vs-bits curve."""
-    return "|".join(str(row.get(k)) for k in GROUP_FIELDS)
+    so several budgets trace one quality-vs-bits curve. A quantized KV cache (`kv_cache` other than none) is a group
+    of its own: it saves memory the bits axis does not show, so it never competes with an unquantized cache."""
+    key = "|".join(str(row.get(k)) for k in GROUP_FIELDS)
+    kv = row.get("kv_cache")
+    return key if kv in (None, "none") else f"{key}|kv-{kv}"
 
 
 def quality_value(row: dict[str, Any], metric: str) -> float | None:

@@ -353,10 +353,25 @@ SizeRef = Annotated[
 UNION_TAGS = frozenset({"ref", "inline"})
 
 
+# KV-cache settings (engine/kv_cache.py maps each to ModelOpt's config); "none" leaves the cache unquantized
+KvCacheName = Literal["none", "fp8", "fp8_affine", "nvfp4", "nvfp4_affine"]
+
+
 class Axes(StrictModel):
     quant_pairs: list[PairRef] = Field(min_length=1)
     granularities: list[GranularityRef] = Field(default_factory=lambda: ["default"], min_length=1)
     dataset_sizes: list[SizeRef] = Field(min_length=1)
+    kv_cache: list[KvCacheName] = Field(
+        default_factory=lambda: ["none"], min_length=1,
+        description="KV-cache quantization evaluated with each cell's recipe; [none] (default) keeps ids and paths",
+    )
+
+    @field_validator("kv_cache")
+    @classmethod
+    def _unique_kv(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise PydanticCustomError("dup_kv", "duplicate KV-cache setting in {v}", {"v": v})
+        return v
 
 
 # --- canary, KPIs, output ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 
 from ..engine.autoquant import CellError, SearchResult, run_auto_quantize
 from ..engine.host_memory import release_memory
+from ..engine.kv_cache import kv_cache_applied
 from ..engine.quality import compare_to_baseline
 from ..planning import Cell
 from ..schema import Matrix
@@ -43,6 +44,7 @@ class CellRun:
     fake_quant_backend: str = "modelopt"
     engine: str = "naive"  # which path produced it: "naive" (one AutoQuantize call) or "shared"
     long_context: dict[str, Any] | None = None  # quality and memory per evaluation.seq_lens (engine/long_context.py)
+    kv_cache: dict[str, Any] | None = None  # the KV-cache quantization applied for the evaluation (engine/kv_cache.py)
 
     def fingerprint(self) -> str | None:
         """Hash of what the cell computed (chosen recipe + raw scores), for DUPLICATE_RESULT and determinism."""
@@ -129,10 +131,12 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
             t = time.perf_counter()
             if on_step is not None:
                 on_step("evaluate")
-            quality = compare_to_baseline(model, ctx.eval_batches, ctx.baseline)
-            phases["evaluate"] = time.perf_counter() - t
-            if ctx.lengths:
-                run.long_context = evaluate_long_context(ctx, model, cell, mem, phases, on_step)
+            with kv_cache_applied(model, cell.kv_cache, batches, ctx.loaded.device.type,
+                                  m.autoquant.fake_quant_backend) as run.kv_cache:
+                quality = compare_to_baseline(model, ctx.eval_batches, ctx.baseline)
+                phases["evaluate"] = time.perf_counter() - t
+                if ctx.lengths:
+                    run.long_context = evaluate_long_context(ctx, model, cell, mem, phases, on_step)
         run.status, run.result, run.quality = "ok", result, quality
     except KeyboardInterrupt:
         raise
@@ -169,7 +173,7 @@ def evaluate_long_context(ctx: SweepContext, model: Any, cell: Cell, mem: PeakMe
     t = time.perf_counter()
     if on_step is not None:
         on_step("long_context")
-    out = evaluate_lengths(model, ctx.lengths, ctx.loaded.devices, getattr(cell, "kv_cache", "none"), mem)
+    out = evaluate_lengths(model, ctx.lengths, ctx.loaded.devices, cell.kv_cache, mem)
     phases["long_context"] = time.perf_counter() - t
     return out
 

@@ -94,6 +94,7 @@ def build_manifest(ctx: RecordContext, run: CellRun) -> dict[str, Any]:
             "samples": cell.samples,
             "effective_bits_target": cell.budget,
             "path": str(cell.path),
+            **({"kv_cache": cell.kv_cache} if cell.kv_in_path else {}),
         },
         "model": ctx.model_info,
         "dataset": {
@@ -113,6 +114,8 @@ def build_manifest(ctx: RecordContext, run: CellRun) -> dict[str, Any]:
             "effective_config": to_jsonable(cell.config),
             "format_bits": cell.format_bits,
             "overlay_warnings": list(cell.warnings),
+            **({"kv_cache": to_jsonable(run.kv_cache) if run.kv_cache is not None else {"kv_cache": cell.kv_cache}}
+               if cell.kv_in_path else {}),
         },
         "autoquant": {
             "method": m.autoquant.method,
@@ -153,6 +156,7 @@ def build_row(ctx: RecordContext, run: CellRun, det: dict[str, Any] | None, atte
         "schema_version": ROW_SCHEMA_VERSION,
         "cell_id": cell.id,
         **{k: plan[k] for k in ROW_PLAN_FIELDS},
+        **({"kv_cache": cell.kv_cache} if cell.kv_in_path else {}),
         "model": ctx.model_info.get("name"),
         "method": ctx.matrix.autoquant.method,
         "engine": run.engine,

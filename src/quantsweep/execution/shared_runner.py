@@ -15,6 +15,7 @@ import torch
 
 from ..engine.autoquant import CellError
 from ..engine.host_memory import release_memory, trim_host_memory
+from ..engine.kv_cache import kv_cache_applied
 from ..engine.quality import compare_to_baseline
 from ..engine.shared import (
     PrefixCalibrationMismatch,
@@ -196,10 +197,13 @@ def execute_shared(
                     t = time.perf_counter()
                     if on_step is not None:
                         on_step("evaluate")
-                    quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
-                    phases["evaluate"] = time.perf_counter() - t
-                    if ctx.lengths:
-                        run.long_context = evaluate_long_context(ctx, union.model, cell, cell_mem, phases, on_step)
+                    with kv_cache_applied(union.model, cell.kv_cache, ctx.batches(cell.calib_samples),
+                                          ctx.loaded.device.type, m.autoquant.fake_quant_backend) as run.kv_cache:
+                        quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
+                        phases["evaluate"] = time.perf_counter() - t
+                        if ctx.lengths:
+                            run.long_context = evaluate_long_context(ctx, union.model, cell, cell_mem, phases,
+                                                                     on_step)
                     trim_host_memory()
                 run.status, run.result, run.quality = "ok", result, quality
             except KeyboardInterrupt:

@@ -91,3 +91,24 @@ def test_kv_cache_cells_run_on_the_tiny_model(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     groups = json.loads((tmp_path / "f.json").read_text())["groups"]
     assert sorted(g["kv_cache"] for g in groups) == ["fp8", "none", "nvfp4"]
+
+
+def test_compare_tells_kv_variants_apart(tmp_path):
+    from report_helpers import row, summary, write
+
+    from quantsweep.reports.compare import CompareGate, compare
+
+    def rows(kl_fp8):
+        none = row("wint8_afp16", "default", "small", kl=0.01)
+        fp8 = row("wint8_afp16", "default", "small", kl=kl_fp8)
+        fp8.update(key="wint8_afp16/default/small/kv-fp8", cell_id="ckvfp8", kv_cache="fp8",
+                   result_fingerprint=none["result_fingerprint"], search_hash="s", config_hash="hfp8")
+        none.update(kv_cache="none", search_hash="s")
+        return [none, fp8]
+
+    a = write(tmp_path / "a.json", summary(rows(0.02)))
+    b = write(tmp_path / "b.json", summary(rows(0.03)))
+    doc = compare(a, b, CompareGate())
+    assert [e["cell"] for e in doc["matched"]] == ["wint8_afp16/default/small@8",
+                                                   "wint8_afp16/default/small/kv-fp8@8"]
+    assert doc["only_in_a"] == doc["only_in_b"] == []

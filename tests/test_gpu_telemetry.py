@@ -225,3 +225,29 @@ def test_hostile_gpu_telemetry_is_refused(field, value, message):
     row["telemetry"]["gpu"][field] = value
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("(", r"\(")):
         validate_row(row, "s.json", "rows[0]")
+
+
+@pytest.mark.gpu
+def test_real_nvml_on_cuda_records_nonzero_clocks_temperature_and_power(tmp_path):
+    """GPU machine only (QUANTSWEEP_REQUIRE_GPU=1): a tiny sweep on CUDA with an FP8 KV-cache cell and two
+    evaluation lengths records real NVML telemetry and per-length device memory."""
+    from pipeline_helpers import TINY_MATRIX, write_matrix
+
+    from quantsweep.errors import ExitCode
+    from quantsweep.execution.sweep import RunOptions, run_sweep
+
+    data = {**copy.deepcopy(TINY_MATRIX), "name": "nvml", "canary": {"enabled": False},
+            "axes": {"quant_pairs": ["wint8_afp16"], "granularities": ["default"], "dataset_sizes": ["a"],
+                     "kv_cache": ["none", "fp8"]},
+            "telemetry": {"sample_period_s": 0.05}, "evaluation": {"seq_lens": [64, 512], "samples_per_length": 2}}
+    data["model"] = {**data["model"], "device": "cuda"}
+    outcome = run_sweep(write_matrix(tmp_path, data), RunOptions(output_root=str(tmp_path / "runs")))
+    assert outcome.exit_code == ExitCode.OK, [r.get("error") for r in outcome.summary["rows"]]
+    for row in outcome.summary["rows"]:
+        gpu = row["telemetry"]["gpu"]
+        assert gpu["available"] is True and gpu["reason"] is None, gpu["reason"]
+        assert gpu["samples"] >= 2 and gpu["devices"][0]["name"]
+        assert gpu["sm_clock_mhz_min"] > 0 and gpu["temperature_c_max"] > 0 and gpu["power_w_mean"] > 0
+        assert gpu["memory_used_peak_mb"] > 0
+        mem = [m["peak_device_mb"] for m in row["long_context"]["by_length"]]
+        assert all(m is not None and m > 0 for m in mem) and mem[1] > mem[0]

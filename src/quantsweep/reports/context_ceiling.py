@@ -177,8 +177,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines += ["", "Best cell per length (lowest KL among the cells that meet the thresholds):", ""]
     for b in doc["best_per_length"]:
         lines.append(f"- {b['seq_len']} tokens: " + ("no cell meets the thresholds" if b["best"] is None else
-                                                     f"{b['best']} (KL {_fmt(b['kl_mean'])}, {b['cells_meeting']} "
-                                                     "cells meet)"))
+                                                     f"{b['best']} (KL {_fmt(b['kl_mean'])}; cells meeting "
+                                                     f"it: {b['cells_meeting']})"))
     if doc["excluded"]:
         lines += ["", "Left out:", ""] + [f"- {e['key']}: {e['why']}" for e in doc["excluded"]]
     return "\n".join(lines) + "\n"

@@ -413,6 +413,59 @@ def frontier(
         out.print(f"wrote {', '.join(files)} ({len(doc['groups'])} groups)", highlight=False)
 
 
+# --- thermal-profile / context-ceiling (docs/hardware.md) ----------------------------------------------------
+def _print_markdown(text: str) -> None:
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("thermal-profile")
+def thermal_profile(
+    summaries: Annotated[str, typer.Option("--summaries", help="summaries of repeated sweeps, comma-separated, "
+                                                               "in the order they ran")],
+    cooldown_target_c: Annotated[float, typer.Option(help="temperature to cool down to between cells")] = 50.0,
+    polluted_thermal_threshold_c: Annotated[
+        float, typer.Option(help="a row whose GPU peak reaches this is thermally polluted")
+    ] = 85.0,
+    monotonic_window: Annotated[int, typer.Option(help="consecutive rises (falls for clocks) that make a drift")] = 2,
+    out_file: Annotated[Path | None, typer.Option("--out", help="write the JSON here and the markdown beside it "
+                                                                "(same name, .md)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per repeated cell across summaries: temperature and SM clock trends, monotonic drift, thermally polluted
+    rows, and whether to cool down between cells. See docs/hardware.md."""
+    from .reports.thermal_profile import render_markdown
+    from .reports.thermal_profile import thermal_profile as build
+
+    paths = [p.strip() for p in summaries.split(",") if p.strip()]
+    doc = build(paths, cooldown_target_c, polluted_thermal_threshold_c, monotonic_window, out_file)
+    if as_json:
+        _emit_json(doc)
+    else:
+        _print_markdown(render_markdown(doc))
+
+
+@app.command("context-ceiling")
+def context_ceiling(
+    summary: SummaryOpt,
+    kl_max: Annotated[float | None, typer.Option(help="KL divergence limit (default: the sweep's quality rule)")] = None,
+    ppl_ratio_max: Annotated[float | None, typer.Option(help="perplexity ratio limit")] = None,
+    memory_max_gb: Annotated[float | None, typer.Option(help="peak device memory limit, GB (10^9 bytes)")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="write the JSON here and the markdown beside it "
+                                                                "(same name, .md)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The longest context each cell meets every threshold at (evaluation.seq_lens), and the best cell per length.
+    See docs/hardware.md."""
+    from .reports.context_ceiling import context_ceiling as build
+    from .reports.context_ceiling import render_markdown
+
+    doc = build(summary, kl_max, ppl_ratio_max, memory_max_gb, out_file)
+    if as_json:
+        _emit_json(doc)
+    else:
+        _print_markdown(render_markdown(doc))
+
+
 @app.command("check-artifacts")
 def check_artifacts(
     frontier_files: Annotated[

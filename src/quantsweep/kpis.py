@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .store.validity import missing_telemetry
+from .store.validity import REASONS, missing_telemetry
 
 KPI_NAMES = (
     "determinism_rate", "missing_telemetry_rate", "polluted_run_rate", "frontier_success_rate", "recipe_stability_rate"
@@ -48,8 +48,11 @@ def _rate(num: int, den: int) -> dict[str, Any]:
 
 def group_key(row: dict[str, Any]) -> str:
     """Frontier groups: one per (model, dataset size, granularity). Quant pairs and budgets compete inside a group,
-    so several budgets trace one quality-vs-bits curve."""
-    return "|".join(str(row.get(k)) for k in GROUP_FIELDS)
+    so several budgets trace one quality-vs-bits curve. A quantized KV cache (`kv_cache` other than none) is a group
+    of its own: it saves memory the bits axis does not show, so it never competes with an unquantized cache."""
+    key = "|".join(str(row.get(k)) for k in GROUP_FIELDS)
+    kv = row.get("kv_cache")
+    return key if kv in (None, "none") else f"{key}|kv-{kv}"
 
 
 def quality_value(row: dict[str, Any], metric: str) -> float | None:
@@ -148,6 +151,8 @@ def compute_kpis(
         "polluted_run_rate": _rate(polluted, n),
         "frontier_success_rate": _rate(sum(groups.values()), len(groups)),
         "recipe_stability_rate": _rate(sum(judged), len(judged)),
+        # why rows were polluted: rows per reason (a row may have several), THERMAL included
+        "polluted_by_reason": {x: c for x in REASONS if (c := sum(1 for r in rows if x in (r.get("reasons") or [])))},
         "rows": n,
         "groups": len(groups),
         "repeated_executions": executions,

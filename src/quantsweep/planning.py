@@ -88,13 +88,15 @@ class Cell:
     warnings: tuple[str, ...] = ()
     # the least effective bits any recipe of this cell reaches (planning_feasibility.py); None: shapes unknown
     min_effective_bits: float | None = None
+    kv_cache: str = "none"  # axes.kv_cache: the KV-cache quantization evaluated with the recipe
+    kv_in_path: bool = False  # the matrix names a KV-cache axis other than [none]: ids, paths and keys carry it
 
     @property
     def key(self) -> str:
         """Human-readable address used by `canary.cell` and in messages."""
         return f"{self.pair.name}/{self.granularity.name}/{self.size_name}" + (
-            f"@{self.budget:.10g}" if self.path.name.startswith("bits-") else ""
-        )
+            f"/kv-{self.kv_cache}" if self.kv_in_path else ""
+        ) + (f"@{self.budget:.10g}" if self.path.name.startswith("bits-") else "")
 
     @property
     def calib_steps(self) -> int:
@@ -149,6 +151,7 @@ class Cell:
             "path": str(self.path),
             "flags": self.flags,
             "warnings": list(self.warnings),
+            **({"kv_cache": self.kv_cache} if self.kv_in_path else {}),
         }
 
 
@@ -181,6 +184,9 @@ class Plan:
             "canary_runs": self.matrix.canary.repeats if self.matrix.canary.enabled else 0,
             "eval_samples": self.matrix.dataset.eval_samples,
             "seq_len": self.matrix.dataset.seq_len,
+            **({"long_context_seq_lens": list(self.matrix.evaluation.seq_lens),
+                "long_context_samples_per_length": self.matrix.evaluation.samples_per_length}
+               if self.matrix.evaluation.seq_lens else {}),
         }
 
 
@@ -260,7 +266,11 @@ def _sha(payload: Any) -> str:
 def _shared_context(m: Matrix) -> dict[str, Any]:
     """Everything outside the axes that can change a cell's result."""
     d = m.dataset
+    extra: dict[str, Any] = {}
+    if m.evaluation.seq_lens:  # only when asked for: matrices without it keep their ids
+        extra["evaluation"] = m.evaluation.model_dump(mode="json")
     return {
+        **extra,
         "model": m.model.model_dump(mode="json", exclude={"name", "device_map", "max_memory"}),  # placement only
         "dataset": {
             "source": d.source,
@@ -281,11 +291,12 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
     """The cartesian product of the axes (x budgets) as cells; raises MatrixError on path collisions, and before
     expanding anything when the product exceeds `max_cells` (a short matrix can name hundreds of thousands)."""
     n_cells = (len(m.axes.quant_pairs) * len(m.axes.granularities) * len(m.axes.dataset_sizes)
-               * len(m.autoquant.effective_bits))
+               * len(m.autoquant.effective_bits) * len(m.axes.kv_cache))
     if n_cells > max_cells:
         raise MatrixError(source, [("axes", (
             f"expands to {n_cells:,} cells ({len(m.axes.quant_pairs)} pairs x {len(m.axes.granularities)} "
-            f"granularities x {len(m.axes.dataset_sizes)} sizes x {len(m.autoquant.effective_bits)} budgets), more "
+            f"granularities x {len(m.axes.dataset_sizes)} sizes x {len(m.autoquant.effective_bits)} budgets"
+            + (f" x {len(m.axes.kv_cache)} KV-cache settings" if len(m.axes.kv_cache) > 1 else "") + "), more "
             f"than the {max_cells:,} allowed; split the matrix, or pass --max-cells {n_cells} if you mean it"))])
     pairs = [resolve_pair(p) for p in m.axes.quant_pairs]
     grans = [resolve_granularity(g) for g in m.axes.granularities]
@@ -302,6 +313,7 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
     from .model_shapes import plan_shapes
 
     shapes = plan_shapes(m.model)  # layer shapes from config / GGUF header (no weights); None when unknown
+    kv_in_path = list(m.axes.kv_cache) != ["none"]
 
     cells: list[Cell] = []
     warnings: list[str] = []
@@ -316,8 +328,10 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
             for size_name, samples in sizes:
                 calib = samples if aq.calib_size == "dataset_size" else int(aq.calib_size)
                 score = min(samples, aq.score_size) if aq.score_size else samples
-                for budget in budgets:
+                for budget, kv in ((b, k) for b in budgets for k in m.axes.kv_cache):
                     path = root / pair.name / gran.name / size_name
+                    if kv_in_path:
+                        path = path / f"kv-{kv}"
                     if len(budgets) > 1:
                         path = path / f"bits-{budget:.10g}"
                     resolved = {
@@ -328,10 +342,15 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
                         "score_samples": score,
                         **context,
                     }
-                    config_hash = _sha(resolved)
-                    # what the scores depend on: everything but the budget (which only changes the solve)
+                    # what the scores depend on: everything but the budget (which only changes the solve) and the
+                    # KV cache (applied after the search, for the evaluation)
                     search_hash = _sha({k: v for k, v in resolved.items() if k != "budget"})
-                    cell_id = _sha({"axes": [pair.name, gran.name, size_name], "layout": str(path.relative_to(root)), **resolved})
+                    axes_names = [pair.name, gran.name, size_name]
+                    if kv_in_path:
+                        resolved["kv_cache"] = kv
+                        axes_names.append(f"kv-{kv}")
+                    config_hash = _sha(resolved)
+                    cell_id = _sha({"axes": axes_names, "layout": str(path.relative_to(root)), **resolved})
                     cell = Cell(
                         id=cell_id,
                         config_hash=config_hash,
@@ -349,6 +368,8 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
                         batch_size=aq.batch_size,
                         warnings=tuple(f"{pair.name}/{gran.name}: {w}" for w in overlay_warnings),
                         min_effective_bits=min_bits,
+                        kv_cache=kv,
+                        kv_in_path=kv_in_path,
                     )
                     low = str(path).lower()
                     if low in seen_paths:

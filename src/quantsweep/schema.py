@@ -355,10 +355,25 @@ SizeRef = Annotated[
 UNION_TAGS = frozenset({"ref", "inline"})
 
 
+# KV-cache settings (engine/kv_cache.py maps each to ModelOpt's config); "none" leaves the cache unquantized
+KvCacheName = Literal["none", "fp8", "fp8_affine", "nvfp4", "nvfp4_affine"]
+
+
 class Axes(StrictModel):
     quant_pairs: list[PairRef] = Field(min_length=1)
     granularities: list[GranularityRef] = Field(default_factory=lambda: ["default"], min_length=1)
     dataset_sizes: list[SizeRef] = Field(min_length=1)
+    kv_cache: list[KvCacheName] = Field(
+        default_factory=lambda: ["none"], min_length=1,
+        description="KV-cache quantization evaluated with each cell's recipe; [none] (default) keeps ids and paths",
+    )
+
+    @field_validator("kv_cache")
+    @classmethod
+    def _unique_kv(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise PydanticCustomError("dup_kv", "duplicate KV-cache setting in {v}", {"v": v})
+        return v
 
 
 # --- canary, KPIs, output ---------------------------------------------------------------------------------
@@ -403,13 +418,6 @@ class LayerFidelitySpec(StrictModel):
     seed: int = Field(default=0, ge=0, description="seed of the random groups")
 
 
-class EvaluationSpec(StrictModel):
-    """Checks of the answer beyond each cell's quality against the baseline (docs/trust.md)."""
-
-    stability: StabilitySpec = Field(default_factory=StabilitySpec)
-    layer_fidelity: LayerFidelitySpec = Field(default_factory=LayerFidelitySpec)
-
-
 class ExecutionSpec(StrictModel):
     """Where the cells run (docs/distributed.md). `quantsweep run` flags of the same names win over these."""
 
@@ -439,6 +447,47 @@ class ExecutionSpec(StrictModel):
     )
 
 
+class EvaluationSpec(StrictModel):
+    """Evaluation beyond each cell's quality against the baseline: checks of the answer (`stability`,
+    `layer_fidelity`: docs/trust.md), and every cell's chosen recipe at each of `seq_lens`, on
+    `samples_per_length` held-out samples of that many tokens cut from text the calibration never used
+    (docs/hardware.md)."""
+
+    stability: StabilitySpec = Field(default_factory=StabilitySpec)
+    layer_fidelity: LayerFidelitySpec = Field(default_factory=LayerFidelitySpec)
+
+    seq_lens: list[Annotated[int, Field(ge=8, le=131072)]] = Field(
+        default_factory=list, description="context lengths (tokens) to measure quality and memory at; [] = none"
+    )
+    samples_per_length: PositiveInt = Field(default=2, le=1024, description="held-out samples per length")
+
+    @field_validator("seq_lens")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise PydanticCustomError("dup_len", "duplicate length in {v}", {"v": v})
+        return sorted(v)
+
+
+ThrottleReason = Literal[
+    "gpu_idle", "applications_clocks_setting", "sw_power_cap", "hw_slowdown", "sync_boost", "sw_thermal_slowdown",
+    "hw_thermal_slowdown", "hw_power_brake_slowdown", "display_clock_setting",
+]
+
+
+class TelemetrySpec(StrictModel):
+    """What every cell samples while it runs (docs/hardware.md), and when its timings count as thermally polluted."""
+
+    sample_period_s: float = Field(default=0.5, ge=0.01, le=60, description="seconds between two NVML readings")
+    thermal_threshold_c: float = Field(
+        default=85.0, gt=0, le=150, description="a GPU temperature at or above this marks the row THERMAL"
+    )
+    polluting_throttle_reasons: list[ThrottleReason] = Field(
+        default_factory=lambda: ["sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"],
+        description="NVML clock-event reasons that mark the row THERMAL when seen during the cell",
+    )
+
+
 class Matrix(StrictModel):
     """A whole sweep. `schema_version` is optional in files; when present it must match."""
 
@@ -455,4 +504,5 @@ class Matrix(StrictModel):
     kpi: KpiThresholds = Field(default_factory=KpiThresholds)
     output_root: str = Field(default="runs", min_length=1)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)

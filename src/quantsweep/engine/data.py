@@ -89,6 +89,10 @@ class TokenSamples:
     seq_len: int
     fingerprint: str
     total_tokens: int
+    # the whole token stream and the windows (of `seq_len`, in stream order) the calibration pool took: what
+    # long-context evaluation needs to cut longer held-out samples (engine/long_context.py)
+    stream: torch.Tensor | None = None
+    pool_windows: tuple[int, ...] = ()
 
     def pool(self, n: int) -> torch.Tensor:
         if n > self.pool_ids.shape[0]:
@@ -132,7 +136,9 @@ def build_samples(spec: DatasetSpec, tokenizer: Any, needed_pool: int) -> TokenS
     pool_ids = windows[spec.eval_samples : spec.eval_samples + needed_pool].clone()
     digest = hashlib.sha256(eval_ids.numpy().tobytes() + pool_ids.numpy().tobytes()).hexdigest()[:16]
     return TokenSamples(
-        eval_ids=eval_ids, pool_ids=pool_ids, seq_len=spec.seq_len, fingerprint=digest, total_tokens=len(ids)
+        eval_ids=eval_ids, pool_ids=pool_ids, seq_len=spec.seq_len, fingerprint=digest, total_tokens=len(ids),
+        stream=torch.tensor(ids, dtype=torch.long),
+        pool_windows=tuple(order[spec.eval_samples : spec.eval_samples + needed_pool]),
     )
 
 

@@ -20,11 +20,12 @@ import torch
 
 from ..engine.autoquant import CellError, SearchResult, run_auto_quantize
 from ..engine.host_memory import release_memory
+from ..engine.kv_cache import kv_cache_applied
 from ..engine.quality import compare_to_baseline
 from ..planning import Cell
 from ..schema import Matrix
 from .context import SweepContext
-from .telemetry import PeakMemory
+from .telemetry import PeakMemory, hardware_telemetry
 from .trust_checks import trust_checks
 
 
@@ -44,6 +45,8 @@ class CellRun:
     fake_quant_backend: str = "modelopt"
     engine: str = "naive"  # which path produced it: "naive" (one AutoQuantize call) or "shared"
     trust: dict[str, Any] | None = None  # recipe stability, layer fidelity (execution/trust_checks.py)
+    long_context: dict[str, Any] | None = None  # quality and memory per evaluation.seq_lens (engine/long_context.py)
+    kv_cache: dict[str, Any] | None = None  # the KV-cache quantization applied for the evaluation (engine/kv_cache.py)
 
     def fingerprint(self) -> str | None:
         """Hash of what the cell computed (chosen recipe + raw scores), for DUPLICATE_RESULT and determinism."""
@@ -104,7 +107,7 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
     run = CellRun(cell=cell, status="error", started_at=started, finished_at=started)
-    mem = PeakMemory(ctx.loaded.devices)
+    mem = PeakMemory(ctx.loaded.devices, gpu_period_s=m.telemetry.sample_period_s)
     model = None
     try:
         with mem:
@@ -130,8 +133,12 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
             t = time.perf_counter()
             if on_step is not None:
                 on_step("evaluate")
-            quality = compare_to_baseline(model, ctx.eval_batches, ctx.baseline)
-            phases["evaluate"] = time.perf_counter() - t
+            with kv_cache_applied(model, cell.kv_cache, batches, ctx.loaded.device.type,
+                                  m.autoquant.fake_quant_backend) as run.kv_cache:
+                quality = compare_to_baseline(model, ctx.eval_batches, ctx.baseline)
+                phases["evaluate"] = time.perf_counter() - t
+                if ctx.lengths:
+                    run.long_context = evaluate_long_context(ctx, model, cell, mem, phases, on_step)
             t = time.perf_counter()
             run.trust = trust_checks(ctx, cell, result, model, (label, config))
             phases["trust"] = time.perf_counter() - t
@@ -158,8 +165,22 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
         "tokens_processed": sum(tokens.values()),
         "forward_calls": run.result.forward_calls if run.result else {},
         "torch_threads": torch.get_num_threads(),
+        **hardware_telemetry([mem], m.telemetry),
     }
     return run
+
+
+def evaluate_long_context(ctx: SweepContext, model: Any, cell: Cell, mem: PeakMemory, phases: dict[str, float],
+                          on_step: Any = None) -> dict[str, Any]:
+    """The cell's chosen recipe (with its KV-cache setting) at every evaluation length; timed as its own phase."""
+    from ..engine.long_context import evaluate_lengths
+
+    t = time.perf_counter()
+    if on_step is not None:
+        on_step("long_context")
+    out = evaluate_lengths(model, ctx.lengths, ctx.loaded.devices, cell.kv_cache, mem)
+    phases["long_context"] = time.perf_counter() - t
+    return out
 
 
 def determinism(runs: list[CellRun], rtol: float) -> dict[str, Any] | None:

@@ -45,6 +45,7 @@ class SweepContext:
     baseline: BaselineOutputs
     versions: dict[str, Any]
     engine: str = "naive"
+    lengths: list[Any] = field(default_factory=list)  # engine/long_context.LengthSet per evaluation.seq_lens
     _batch_cache: dict[tuple[int, bool], list[dict[str, torch.Tensor]]] = field(default_factory=dict)
 
     def batches(self, n_samples: int) -> list[dict[str, torch.Tensor]]:
@@ -119,6 +120,17 @@ def prepare_context(
     base = baseline_outputs(loaded.model, eval_batches)
     trim_host_memory()
     setup["baseline_s"] = round(time.perf_counter() - t, 3)
+    lengths: list[Any] = []
+    ev = matrix.evaluation
+    if ev.seq_lens:  # refused here, before any cell, when the text cannot give such samples
+        from ..engine.long_context import prepare_lengths
+
+        t = time.perf_counter()
+        message(f"held-out samples and baseline outputs at {', '.join(map(str, ev.seq_lens))} tokens")
+        lengths = prepare_lengths(loaded.model, samples, ev.seq_lens, ev.samples_per_length, matrix.dataset.seed,
+                                  matrix.dataset.source, 1, loaded.device)
+        trim_host_memory()
+        setup["long_context_baseline_s"] = round(time.perf_counter() - t, 3)
     if loaded.device.type == "cuda":  # first-use costs (CUDA extensions, kernels) are a GPU affair: time them apart
         from ..engine.warm_up import warm_up_formats
         from .cell_runner import format_config_for
@@ -137,5 +149,6 @@ def prepare_context(
         eval_batches=eval_batches,
         baseline=base,
         versions=library_versions(),
+        lengths=lengths,
     )
     return ctx, setup

@@ -104,6 +104,7 @@ def build_manifest(ctx: RecordContext, run: CellRun) -> dict[str, Any]:
             "samples": cell.samples,
             "effective_bits_target": cell.budget,
             "path": str(cell.path),
+            **({"kv_cache": cell.kv_cache} if cell.kv_in_path else {}),
         },
         "model": ctx.model_info,
         "dataset": {
@@ -123,6 +124,8 @@ def build_manifest(ctx: RecordContext, run: CellRun) -> dict[str, Any]:
             "effective_config": to_jsonable(cell.config),
             "format_bits": cell.format_bits,
             "overlay_warnings": list(cell.warnings),
+            **({"kv_cache": to_jsonable(run.kv_cache) if run.kv_cache is not None else {"kv_cache": cell.kv_cache}}
+               if cell.kv_in_path else {}),
         },
         "autoquant": {
             "method": m.autoquant.method,
@@ -148,6 +151,7 @@ def build_manifest(ctx: RecordContext, run: CellRun) -> dict[str, Any]:
         "layers": [] if res is None else [g.to_dict() for g in res.groups],
         "quality": run.quality,
         "trust": run.trust,
+        **({"long_context": run.long_context} if run.long_context is not None else {}),
         "telemetry": run.telemetry,
         "status": run.status,
         "error": run.error,
@@ -163,6 +167,7 @@ def build_row(ctx: RecordContext, run: CellRun, det: dict[str, Any] | None, atte
         "schema_version": ROW_SCHEMA_VERSION,
         "cell_id": cell.id,
         **{k: plan[k] for k in ROW_PLAN_FIELDS},
+        **({"kv_cache": cell.kv_cache} if cell.kv_in_path else {}),
         "model": ctx.model_info.get("name"),
         "method": ctx.matrix.autoquant.method,
         "engine": run.engine,
@@ -181,6 +186,7 @@ def build_row(ctx: RecordContext, run: CellRun, det: dict[str, Any] | None, atte
         "scores_finite": (not nonfinite_scores(res)) if res else None,
         "quality": run.quality,
         "trust": run.trust,
+        **({"long_context": run.long_context} if run.long_context is not None else {}),
         "telemetry": run.telemetry,
         "determinism": det,
         "result_fingerprint": run.fingerprint(),

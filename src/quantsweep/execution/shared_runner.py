@@ -15,6 +15,7 @@ import torch
 
 from ..engine.autoquant import CellError
 from ..engine.host_memory import release_memory, trim_host_memory
+from ..engine.kv_cache import kv_cache_applied
 from ..engine.quality import compare_to_baseline
 from ..engine.shared import (
     PrefixCalibrationMismatch,
@@ -28,9 +29,9 @@ from ..engine.shared import (
 )
 from ..planning import Cell
 from ..schema import Matrix
-from .cell_runner import CellRun, _now, describe_failure, format_config_for
+from .cell_runner import CellRun, _now, describe_failure, evaluate_long_context, format_config_for
 from .context import SweepContext
-from .telemetry import PeakMemory, by_device_mb
+from .telemetry import PeakMemory, by_device_mb, hardware_telemetry
 from .trust_checks import trust_checks
 from .work_units import UnitMember, WorkUnit
 
@@ -157,7 +158,7 @@ def execute_shared(
             on_union(call, len(members))
         started = _now()
         union: UnionResult | None = None
-        mem = PeakMemory(ctx.loaded.devices)
+        mem = PeakMemory(ctx.loaded.devices, gpu_period_s=m.telemetry.sample_period_s)
         model = None
         try:
             with mem:
@@ -202,7 +203,7 @@ def execute_shared(
                 cell=cell, status="error", started_at=_now(), finished_at=_now(), fake_quant_backend=backend,
                 engine="shared",
             )
-            cell_mem = PeakMemory(ctx.loaded.devices)
+            cell_mem = PeakMemory(ctx.loaded.devices, gpu_period_s=m.telemetry.sample_period_s)
             phases: dict[str, float] = {}
             try:
                 with cell_mem:
@@ -215,8 +216,13 @@ def execute_shared(
                     t = time.perf_counter()
                     if on_step is not None:
                         on_step("evaluate")
-                    quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
-                    phases["evaluate"] = time.perf_counter() - t
+                    with kv_cache_applied(union.model, cell.kv_cache, ctx.batches(cell.calib_samples),
+                                          ctx.loaded.device.type, m.autoquant.fake_quant_backend) as run.kv_cache:
+                        quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
+                        phases["evaluate"] = time.perf_counter() - t
+                        if ctx.lengths:
+                            run.long_context = evaluate_long_context(ctx, union.model, cell, cell_mem, phases,
+                                                                     on_step)
                     t = time.perf_counter()
                     run.trust = trust_checks(
                         ctx, cell, result, union.model, (label, config), _prepare_for(union, cell.calib_steps)
@@ -255,6 +261,8 @@ def execute_shared(
                 "forward_calls": union.forward_calls,
                 "torch_threads": torch.get_num_threads(),
                 "shared": shared_tel,
+                # the union call's span and this cell's own: the cell's amortised timings come from both
+                **hardware_telemetry([mem, cell_mem], m.telemetry),
             }
             if len(mem.peak_by_device) > 1:
                 run.telemetry["peak_device_mb_by_device"] = by_device_mb([mem, cell_mem])

@@ -2,7 +2,9 @@
 
 The GPU name comes from the device itself (`torch.cuda.get_device_name`), never from an environment variable.
 Peak host memory is sampled per cell by a background thread (the process-wide `ru_maxrss` only ever grows, so
-it cannot attribute a peak to one cell).
+it cannot attribute a peak to one cell). The same thread reads the GPUs in use through NVML every
+`telemetry.sample_period_s` (execution/gpu_sampler.py), and the span's CPU time is taken around it, so every
+cell's telemetry also has `host` and `gpu` blocks (`hardware_telemetry`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from importlib import metadata
 from typing import Any
 
 import torch
+
+from .gpu_sampler import POLLUTING_THROTTLE_REASONS, GpuRef, GpuSampler, HostCpu, gpu_block, host_block
 
 
 def _rss_bytes() -> int:
@@ -32,13 +36,21 @@ class PeakMemory:
     model is on: a model spread over two GPUs reports both, and `peak_device` is the larger, the one that
     decides whether it fits)."""
 
-    def __init__(self, devices: torch.device | list[torch.device], interval: float = 0.05):
+    def __init__(
+        self,
+        devices: torch.device | list[torch.device],
+        interval: float = 0.05,
+        gpu_period_s: float = 0.5,
+        nvml: Any = None,
+    ):
         self.devices = [d for d in (devices if isinstance(devices, list) else [devices]) if d.type == "cuda"]
         self.interval = interval
         self.peak_rss = 0
         self.peak_by_device: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.gpu = GpuSampler(gpu_refs(self.devices), gpu_period_s, nvml=nvml)
+        self.cpu = HostCpu()
 
     @property
     def peak_device(self) -> int | None:
@@ -47,9 +59,12 @@ class PeakMemory:
     def _sample(self) -> None:
         while not self._stop.is_set():
             self.peak_rss = max(self.peak_rss, _rss_bytes())
+            self.gpu.sample()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakMemory:
+        self.cpu.start()
+        self.gpu.start()
         self.peak_rss = _rss_bytes()
         for d in self.devices:
             torch.cuda.synchronize(d)
@@ -62,10 +77,20 @@ class PeakMemory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self.gpu.stop()
+        self.cpu.stop()
         self.peak_rss = max(self.peak_rss, _rss_bytes())
         for d in self.devices:
             torch.cuda.synchronize(d)
-            self.peak_by_device[str(_indexed(d))] = int(torch.cuda.max_memory_allocated(d))
+            key = str(_indexed(d))
+            self.peak_by_device[key] = max(self.peak_by_device.get(key, 0), int(torch.cuda.max_memory_allocated(d)))
+
+    def fold_device_peaks(self, peaks: dict[str, int]) -> None:
+        """Keep device peaks read before someone resets the counters inside this span (long-context evaluation
+        measures each length's own peak)."""
+        for d, v in peaks.items():
+            key = str(_indexed(torch.device(d)))
+            self.peak_by_device[key] = max(self.peak_by_device.get(key, 0), v)
 
     def as_mb(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -75,6 +100,37 @@ class PeakMemory:
         if len(self.peak_by_device) > 1:
             out["peak_device_mb_by_device"] = by_device_mb([self])
         return out
+
+
+def gpu_refs(devices: list[torch.device]) -> list[GpuRef]:
+    """The CUDA devices as NVML sees them: by UUID (CUDA_VISIBLE_DEVICES renumbers torch's devices, not NVML's),
+    with the index NVML would use as the fallback."""
+    refs: dict[str, GpuRef] = {}
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    order = [int(x) for x in visible.split(",") if x.strip().isdigit()] if visible else []
+    for d in devices:
+        dev = _indexed(d)
+        idx = int(dev.index or 0)
+        uuid = None
+        try:
+            raw = str(torch.cuda.get_device_properties(idx).uuid)
+            uuid = raw if raw.startswith(("GPU-", "MIG-")) else f"GPU-{raw}"
+        except Exception:
+            uuid = None
+        refs.setdefault(str(dev), GpuRef(device=str(dev), index=order[idx] if idx < len(order) else idx, uuid=uuid))
+    return list(refs.values())
+
+
+def hardware_telemetry(meters: list[PeakMemory], spec: Any = None) -> dict[str, Any]:
+    """`{"host": ..., "gpu": ...}` over the spans of `meters` (in time order): host RSS peak and CPU use, and the
+    NVML statistics of the GPUs in use with the THERMAL thresholds of `spec` (a `TelemetrySpec`, or defaults)."""
+    threshold = float(getattr(spec, "thermal_threshold_c", 85.0))
+    polluting = tuple(getattr(spec, "polluting_throttle_reasons", POLLUTING_THROTTLE_REASONS))
+    period = meters[0].gpu.period_s if meters else 0.5
+    return {
+        "host": host_block([m.cpu for m in meters], max((m.peak_rss for m in meters), default=0)),
+        "gpu": gpu_block([m.gpu for m in meters], period, threshold, polluting),
+    }
 
 
 def _indexed(d: torch.device) -> torch.device:

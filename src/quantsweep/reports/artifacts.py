@@ -65,6 +65,7 @@ class FrontierGroup(_Strict):
     model: str | None
     dataset_size: str | None
     granularity: str | None
+    kv_cache: str = Field(default="none", description="the group's KV-cache quantization (axes.kv_cache)")
     cells: int = Field(ge=0)
     rankable: int = Field(ge=0)
     frontier: list[FrontierPoint]

@@ -45,9 +45,12 @@ class CompareGate:
 
 
 def axes_key(row: dict[str, Any]) -> tuple[str, str, str, float | None]:
+    """(pair, granularity, size, budget); a quantized KV cache (axes.kv_cache) is part of the size slot
+    (`tiny/kv-fp8`, as in the cell's key), so KV variants of one cell are told apart."""
     budget = row.get("effective_bits_target")
-    return (str(row.get("pair")), str(row.get("granularity")), str(row.get("dataset_size")),
-            None if budget is None else float(budget))
+    kv = row.get("kv_cache")
+    size = str(row.get("dataset_size")) + ("" if kv in (None, "none") else f"/kv-{kv}")
+    return (str(row.get("pair")), str(row.get("granularity")), size, None if budget is None else float(budget))
 
 
 def _label(key: tuple[str, str, str, float | None]) -> str:

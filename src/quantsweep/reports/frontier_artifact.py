@@ -45,7 +45,8 @@ def build_artifact(summary_path: str | Path, provenance_ref: str | None = None, 
             })
         groups.append({
             "group": g["group"], "model": g["model"], "dataset_size": g["dataset_size"],
-            "granularity": g["granularity"], "cells": g["cells"], "rankable": g["rankable"], "frontier": front,
+            "granularity": g["granularity"], "kv_cache": g["kv_cache"], "cells": g["cells"],
+            "rankable": g["rankable"], "frontier": front,
             "baseline": g["baseline"], "minimum_viable": g["minimum_viable"], "best_value": g["best_value"],
             "recommendation": g["recommendation"],
         })

@@ -68,6 +68,10 @@ def render_table(doc: dict[str, Any], console: Any) -> None:
         f"quality rule {kpis['quality_metric']} <= {kpis['max_quality']:g}",
         highlight=False,
     )
+    by_reason = kpis.get("polluted_by_reason") or {}
+    if by_reason:
+        console.print("polluted rows by reason: " + ", ".join(f"{k} {v}" for k, v in by_reason.items()),
+                      highlight=False)
     if gate["status"] == "PASS":
         console.print("[bold green]KPI gate PASS[/]")
     else:

@@ -362,6 +362,57 @@ def draw_convergence(data: dict[str, Any]) -> Any:
         return fig
 
 
+# --- quality vs context length (evaluation.seq_lens) ------------------------------------------------------------
+LENGTH_METRICS = (("kl_mean", "mean KL divergence (log scale)"), ("ppl_ratio", "perplexity ratio"),
+                  ("top1_agreement", "top-1 agreement"))
+
+
+def length_plot_data(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One line per shown cell with quality by length (`long_context`): its key (and KV cache) and, per length,
+    KL / perplexity ratio / top-1 agreement (None where not finite)."""
+    def fin(v: Any) -> float | None:
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    series = []
+    for r in rows:
+        lc = r.get("long_context")
+        if not isinstance(lc, dict) or not lc.get("by_length"):
+            continue
+        kv = r.get("kv_cache") or "none"
+        pts = [{"seq_len": m["seq_len"], **{k: fin(m.get(k)) for k, _ in LENGTH_METRICS}}
+               for m in sorted(lc["by_length"], key=lambda m: m["seq_len"])]
+        series.append({"label": r["key"] + ("" if kv == "none" else f" (KV {kv})"), "points": pts})
+    lengths = sorted({p["seq_len"] for s in series for p in s["points"]})
+    return {"seq_lens": lengths, "series": series}
+
+
+def draw_quality_vs_length(data: dict[str, Any]) -> Any:
+    import matplotlib
+    from matplotlib import colormaps
+
+    with matplotlib.rc_context(RC):
+        fig = _figure(13.5, 4.6)
+        axes = fig.subplots(1, len(LENGTH_METRICS))
+        cmap = colormaps["tab10"]
+        for ax, (metric, label) in zip(axes, LENGTH_METRICS, strict=True):
+            for i, s in enumerate(data["series"]):
+                pts = [p for p in s["points"] if p[metric] is not None
+                       and (metric != "kl_mean" or 1 / PLOT_LIMIT <= p[metric] <= PLOT_LIMIT)]
+                ax.plot([p["seq_len"] for p in pts], [p[metric] for p in pts], marker="o", lw=1.3,
+                        color=cmap(i % 10), ls="-" if i < 10 else "--", label=s["label"])
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(data["seq_lens"], labels=[str(L) for L in data["seq_lens"]])
+            if metric == "kl_mean" and any(p["kl_mean"] for s in data["series"] for p in s["points"]):
+                ax.set_yscale("log")
+            ax.set_xlabel("context length (tokens)")
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+        axes[0].legend(fontsize=7, loc="best")
+        fig.suptitle("Quality of each cell's recipe vs context length (held-out samples of that length, "
+                     "against the unquantized model)", fontsize=9.5)
+        return fig
+
+
 # --- saving ------------------------------------------------------------------------------------------------------
 def save_figure(fig: Any, out_dir: Path, stem: str) -> str:
     """Write `<stem>.png` and `<stem>.svg`; return the SVG text (for inlining)."""

@@ -35,6 +35,9 @@ REPORT_HTML = "report.html"
 SCATTER = "scatter.json"
 FIGURES = ("frontier", "sensitivity-heatmap", "convergence")
 OUTPUTS = (REPORT_MD, REPORT_HTML, SCATTER) + tuple(f"{s}.{ext}" for s in FIGURES for ext in ("png", "svg"))
+# drawn only when some shown row has quality by length (evaluation.seq_lens, docs/hardware.md)
+LENGTH_FIGURE = "quality-vs-length"
+LENGTH_OUTPUTS = tuple(f"{LENGTH_FIGURE}.{ext}" for ext in ("png", "svg"))
 
 Block = tuple[Any, ...]
 
@@ -119,6 +122,7 @@ def build_report(summary: Summary, include_invalid: bool, generated_at: str, bit
             "frontier": plots.frontier_plot_data(view),
             "sensitivity-heatmap": plots.heatmap_plot_data(heat),
             "convergence": plots.convergence_plot_data(conv),
+            LENGTH_FIGURE: plots.length_plot_data([rows_by_key[p["key"]] for p in view["points"]]),
         },
         "notes": notes,
         "comparisons": noise.comparisons([rows_by_key[p["key"]] for p in view["points"]]),
@@ -362,6 +366,17 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
                          "per-layer scores."))
     out.append(("figure", "convergence", "Rank correlation of per-layer scores between consecutive dataset sizes"))
 
+    # quality vs context length
+    lengths = rep["plot_data"][LENGTH_FIGURE]
+    if lengths["series"]:
+        out.append(("h2", "Quality vs context length"))
+        out.append(("p", "Each shown cell's chosen recipe (with its KV-cache setting) evaluated on held-out samples "
+                         "of each length (evaluation.seq_lens) against the unquantized model; `quantsweep "
+                         "context-ceiling` applies thresholds (docs/hardware.md)."))
+        out.append(("table", ["cell", *[f"{L} tokens: KL / ppl ratio / top-1" for L in lengths["seq_lens"]]],
+                    [[s_["label"], *[_length_cell(s_, L) for L in lengths["seq_lens"]]] for s_ in lengths["series"]]))
+        out.append(("figure", LENGTH_FIGURE, "Quality vs context length, one line per cell"))
+
     # failures
     out.append(("h2", "Failures and invalid rows"))
     bad = [r for r in s.rows if not r.get("valid")]
@@ -381,6 +396,13 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
         out.append(("h2", "Notes"))
         out.append(("ul", notes))
     return out
+
+
+def _length_cell(series: dict[str, Any], seq_len: int) -> str:
+    p = next((p for p in series["points"] if p["seq_len"] == seq_len), None)
+    if p is None:
+        return "—"
+    return f"{_num(p['kl_mean'], '.3e')} / {_num(p['ppl_ratio'], '.4f')} / {_num(p['top1_agreement'], '.3f')}"
 
 
 def _verdict(m: dict[str, Any] | None) -> str:
@@ -483,7 +505,7 @@ def render_report(
     """Write the report into `out_dir`; return what was written and the counts the CLI prints. `bits`: the
     frontier's x axis, AutoQuantize's budget bits (`achieved`) or the bits a checkpoint stores (`storage`)."""
     out = check_output_dir(out_dir, "--out")  # before anything is read
-    check_not_an_input([out / name for name in OUTPUTS], [summary_path], "--out")
+    check_not_an_input([out / name for name in OUTPUTS + LENGTH_OUTPUTS], [summary_path], "--out")
     summary = load_summary(summary_path)
     rep = build_report(summary, include_invalid, generated_at or now_utc(), bits)
     for name in OUTPUTS:
@@ -495,6 +517,8 @@ def render_report(
         "sensitivity-heatmap": plots.draw_heatmap(pd["sensitivity-heatmap"]),
         "convergence": plots.draw_convergence(pd["convergence"]),
     }
+    if pd[LENGTH_FIGURE]["series"]:
+        figs[LENGTH_FIGURE] = plots.draw_quality_vs_length(pd[LENGTH_FIGURE])
     bl = blocks(rep)
     name = (summary.doc.get("matrix") or {}).get("name") or summary.path.stem
     with staged_outputs(out) as stage:  # all files or none: an error never leaves plots without a report
@@ -502,7 +526,7 @@ def render_report(
         atomic_write_text(stage / REPORT_MD, render_markdown(bl))
         atomic_write_text(stage / REPORT_HTML, render_html(bl, svgs, f"quantsweep report: {name}"))
         atomic_write_text(stage / SCATTER, dumps(scatter_doc(rep)))
-    files = list(OUTPUTS)
+    files = list(OUTPUTS) + (list(LENGTH_OUTPUTS) if LENGTH_FIGURE in figs else [])
     fr = pd["frontier"]
     return {
         "out": str(out),
@@ -518,6 +542,8 @@ def render_report(
             "sensitivity-heatmap": {"layers": len(pd["sensitivity-heatmap"]["layers"]),
                                     "cells": len(pd["sensitivity-heatmap"]["cells"])},
             "convergence": {"series": len(pd["convergence"]["series"]), "points": pd["convergence"]["points"]},
+            **({LENGTH_FIGURE: {"series": len(pd[LENGTH_FIGURE]["series"]),
+                                "lengths": len(pd[LENGTH_FIGURE]["seq_lens"])}} if LENGTH_FIGURE in figs else {}),
         },
         "notes": rep["notes"],
     }

@@ -30,7 +30,7 @@ from ..inputs.documents import DATA, decode_utf8, parse_json, read_bytes, read_j
 from ..store.validity import REASONS, finalize_rows, row_reasons
 from .fields import ANY, BITS, COUNT, Fields, Num, is_number, show
 from .manifest_io import LAYERS, validate_manifest
-from .measures import check_determinism, check_quality, check_solver, check_telemetry
+from .measures import check_determinism, check_long_context, check_quality, check_solver, check_telemetry
 from .trust_io import check_trust
 
 SUMMARY_KIND = "quantsweep.sweep_summary"
@@ -39,7 +39,7 @@ ROW_STATUSES = ("ok", "error")
 
 _STR = ("cell_id", "model", "pair", "weight", "activation", "granularity", "dataset_size", "error",
         "error_type", "result_fingerprint", "config_hash", "search_hash", "method", "engine", "device",
-        "weight_quantizer", "input_quantizer", "calibration", "fake_quant_backend")
+        "weight_quantizer", "input_quantizer", "calibration", "fake_quant_backend", "kv_cache")
 _NUM = {
     "achieved_bits": BITS, "effective_bits_target": BITS, "format_bits": BITS, "storage_bits": BITS,
     "format_storage_bits": BITS,
@@ -71,6 +71,7 @@ def validate_row(row: Any, source: str, where: str) -> None:
     check_determinism(f, f"{where}.determinism", row.get("determinism"))
     check_solver(f, f"{where}.solver", row.get("solver"))
     check_trust(f, f"{where}.trust", row.get("trust"))
+    check_long_context(f, f"{where}.long_context", row.get("long_context"))
     reasons = row.get("reasons", [])
     f.expect(f"{where}.reasons", reasons,
              isinstance(reasons, list) and all(isinstance(x, str) for x in reasons), "a list of strings")

@@ -11,7 +11,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-REASONS = ("ERROR", "OOM", "NONFINITE_SCORE", "CONSTRAINT_UNSATISFIED", "MISSING_TELEMETRY", "DUPLICATE_RESULT")
+REASONS = (
+    "ERROR", "OOM", "NONFINITE_SCORE", "CONSTRAINT_UNSATISFIED", "MISSING_TELEMETRY", "DUPLICATE_RESULT", "THERMAL",
+)
+# NVML clock-event reasons that pollute timings when the row does not name its own (execution/gpu_sampler.py)
+DEFAULT_POLLUTING_THROTTLE = ("sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
 REQUIRED_PHASES = ("calibrate", "score", "search", "evaluate")
 REQUIRED_TELEMETRY = ("wall_s", "peak_host_rss_mb", "tokens_processed")
 
@@ -32,6 +36,27 @@ def missing_telemetry(telemetry: dict[str, Any] | None) -> list[str]:
     return missing
 
 
+def thermal_pollution(telemetry: dict[str, Any] | None) -> list[str]:
+    """Why the row's timings are thermally polluted (empty if they are not): a GPU temperature at or above the
+    threshold recorded with it, or a polluting throttle reason seen during the cell. Judged from the row alone,
+    with the thresholds the row carries (`telemetry.gpu`), so a summary read back is judged as it was written."""
+    gpu = telemetry.get("gpu") if isinstance(telemetry, dict) else None
+    if not isinstance(gpu, dict) or gpu.get("available") is not True:
+        return []
+    why = []
+    temp, limit = gpu.get("temperature_c_max"), gpu.get("thermal_threshold_c")
+    if _finite(temp) and _finite(limit) and temp >= limit:
+        why.append(f"temperature {temp:g} C >= {limit:g} C")
+    polluting = gpu.get("polluting_throttle_reasons")
+    if not isinstance(polluting, list):
+        polluting = list(DEFAULT_POLLUTING_THROTTLE)
+    seen = gpu.get("throttle_reasons_seen") if isinstance(gpu.get("throttle_reasons_seen"), list) else []
+    hits = [r for r in seen if r in polluting]
+    if hits:
+        why.append("throttled: " + ", ".join(hits))
+    return why
+
+
 def row_reasons(row: dict[str, Any]) -> list[str]:
     """Reasons decided by the row alone."""
     if row.get("status") != "ok":
@@ -45,6 +70,8 @@ def row_reasons(row: dict[str, Any]) -> list[str]:
         reasons.append("CONSTRAINT_UNSATISFIED")
     if missing_telemetry(row.get("telemetry")):
         reasons.append("MISSING_TELEMETRY")
+    if thermal_pollution(row.get("telemetry")):
+        reasons.append("THERMAL")
     return reasons
 
 

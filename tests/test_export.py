@@ -79,8 +79,11 @@ def test_export_reproduces_the_cell_and_the_checkpoint_runs_as_the_evaluated_mod
     if checks["global_scale_unified_layers"]:
         # the exporter re-derives the scales of layers an engine fuses (gate/up): one NVFP4 global scale, AWQ's
         # pre-quant scale folded into the layer norm and the weights quantized again. Reported, bounded.
+        # Judged by the reloaded model's own KL to the unquantized model: at most 25 % above the evaluated cell's.
         assert cell in ("wfp4_afp4/default", "wint4_afp16_awq/w_group64")
-        assert logits["kl_mean"] < row["quality"]["kl_mean"] and "not the evaluated model to the bit" in res.stderr
+        assert logits["checkpoint_kl_to_unquantized"] <= 1.25 * logits["evaluated_kl_to_unquantized"] + 1e-6
+        assert logits["checkpoint_kl_limit"] == pytest.approx(1.25 * logits["evaluated_kl_to_unquantized"] + 1e-6)
+        assert "not the evaluated model to the bit" in res.stderr
     else:  # within 5 % of the cell's own KL to the unquantized model (or 1e-6 for cells that barely differ)
         assert logits["kl_limit"] == pytest.approx(max(1e-6, 0.05 * row["quality"]["kl_mean"]))
     for metric in ("kl_mean", "ppl_ratio", "top1_agreement"):  # the exported model is the measured one
@@ -145,8 +148,12 @@ def test_nvfp4_and_fp8_cells_of_the_embedded_model_export_on_cuda(tmp_path):
         assert checks["layer_formats"] == {algo: n} and checks["dequantized_weights_compared"] == n
         assert checks["largest_weight_difference_levels"] <= 1
         logits = checks["logits"]
-        assert logits["activations_not_emulated"] == [] and logits["kl_mean"] <= logits["kl_limit"]
+        assert logits["activations_not_emulated"] == []
+        if checks["global_scale_unified_layers"]:  # another rounding of the recipe: no further from 16 bits
+            assert logits["checkpoint_kl_to_unquantized"] <= logits["checkpoint_kl_limit"]
+        else:
+            assert logits["kl_mean"] <= logits["kl_limit"]
         for metric in ("kl_mean", "ppl_ratio", "top1_agreement"):
             assert doc["quality"]["reproduced"][metric] == pytest.approx(row["quality"][metric], rel=1e-3)
         print(pair, json.dumps({k: checks[k] for k in ("layer_formats", "weights_differing", "weights_compared",
-                                                       "global_scale_unified_layers", "logits")}))
+                                                       "weights_differing_by_unified_scale", "logits")}))

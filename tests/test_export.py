@@ -75,7 +75,6 @@ def test_export_reproduces_the_cell_and_the_checkpoint_runs_as_the_evaluated_mod
     # the checkpoint, reloaded without ModelOpt, computes what the evaluated model computed
     logits = checks["logits"]
     assert logits["activations_not_emulated"] == [] and logits["samples"] == 4
-    assert logits["kl_mean"] <= logits["kl_limit"] and logits["top1_agreement"] >= 0.99
     if checks["global_scale_unified_layers"]:
         # the exporter re-derives the scales of layers an engine fuses (gate/up): one NVFP4 global scale, AWQ's
         # pre-quant scale folded into the layer norm and the weights quantized again. Reported, bounded.
@@ -85,6 +84,7 @@ def test_export_reproduces_the_cell_and_the_checkpoint_runs_as_the_evaluated_mod
         assert logits["checkpoint_kl_limit"] == pytest.approx(1.25 * logits["evaluated_kl_to_unquantized"] + 1e-6)
         assert "not the evaluated model to the bit" in res.stderr
     else:  # within 5 % of the cell's own KL to the unquantized model (or 1e-6 for cells that barely differ)
+        assert logits["kl_mean"] <= logits["kl_limit"] and logits["top1_agreement"] >= 0.99
         assert logits["kl_limit"] == pytest.approx(max(1e-6, 0.05 * row["quality"]["kl_mean"]))
     for metric in ("kl_mean", "ppl_ratio", "top1_agreement"):  # the exported model is the measured one
         assert doc["quality"]["reproduced"][metric] == pytest.approx(row["quality"][metric], rel=1e-3)

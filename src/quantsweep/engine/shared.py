@@ -297,6 +297,7 @@ def solve_cell(
             cell_stats[name] = {**stat, "formats": list(stat["formats"]), "scores": [0.0] * len(sigs),
                                 "costs": list(stat["costs"])}
             raw_by_group[name] = [0.0] * len(sigs)
+            batch_by_group[name] = None if k is None else [[0.0] * k for _ in sigs]  # nothing scored
             continue
         if sig not in sigs:
             raise CellError(f"format {label} missing from the shared search of {name}")

@@ -104,6 +104,7 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
     message("computing the unquantized model's outputs on the held-out samples")
     base_model = loaded.take_model()
     base = baseline_outputs(base_model, evals)
+    base_check = baseline_outputs(base_model, evals[:LOGITS_BATCHES])  # for the reload check's samples
     del base_model
     model = loaded.take_model()
     config = load_recipe(inputs.recipe_path)
@@ -119,7 +120,7 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
     chosen, unchosen = _groups(man)
     check_batches = evals[:LOGITS_BATCHES]
     reference = baseline_outputs(model, check_batches)  # the evaluated model's outputs, for the reload check
-    evaluated_kl = float(compare_to_baseline(model, check_batches, base)["kl_mean"])  # on the same samples
+    evaluated_kl = float(compare_to_baseline(model, check_batches, base_check)["kl_mean"])  # the same samples
     dtype = next(model.parameters()).dtype
     retied = _retie_unquantized_head(model)
     if getattr(model.config, "architectures", None) is None:
@@ -147,7 +148,7 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
         message("reloading the checkpoint without ModelOpt and comparing its outputs with the evaluated model's")
         unified = checks["global_scale_unified_layers"]
         checks["logits"] = _compare_logits(tmp, tensors, formats, reference, check_batches, dtype, loaded.device,
-                                           expected.get("kl_mean"), bool(unified), base, evaluated_kl)
+                                           expected.get("kl_mean"), bool(unified), base_check, evaluated_kl)
         if unified:
             lg = checks["logits"]
             message(f"warning: the checkpoint is not the evaluated model to the bit: ModelOpt's exporter re-derived "

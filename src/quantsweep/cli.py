@@ -255,7 +255,7 @@ def export(
     _quiet_libraries()
     doc = export_cell(cell, out_dir, device, lambda m: err.print(m, markup=False, highlight=False))
     if as_json:
-        _emit_json({k: doc[k] for k in ("out", "cell", "quality", "checks", "calibration", "seconds")})
+        _emit_json({k: doc[k] for k in ("out", "cell", "quality", "checks", "calibration", "device", "seconds")})
     else:
         c = doc["checks"]
         out.print(f"wrote {doc['out']}: {c['quant_algo']}, {c['quantized_modules']} quantized modules, quality "

@@ -71,7 +71,7 @@ def test_export_reproduces_the_cell_and_the_checkpoint_runs_as_the_evaluated_mod
     assert checks["dequantized_weights_compared"] == n_quantized and checks["not_dequantized_formats"] == []
     # the exporter rounds w / scale where the fake quantizer rounds w * (1 / scale): at most one level apart, rarely
     assert checks["largest_weight_difference_levels"] <= 1
-    assert checks["weights_differing"] <= 0.001 * checks["weights_compared"]
+    assert checks["weights_differing"] <= 0.001 * checks["weights_compared"]  # fp32 on the CPU: rare
     # the checkpoint, reloaded without ModelOpt, computes what the evaluated model computed
     logits = checks["logits"]
     assert logits["activations_not_emulated"] == [] and logits["samples"] == 4

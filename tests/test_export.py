@@ -79,7 +79,7 @@ def test_export_reproduces_the_cell_and_the_checkpoint_runs_as_the_evaluated_mod
         # the exporter re-derives the scales of layers an engine fuses (gate/up): one NVFP4 global scale, AWQ's
         # pre-quant scale folded into the layer norm and the weights quantized again. Reported, bounded.
         # Judged by the reloaded model's own KL to the unquantized model: at most 25 % above the evaluated cell's.
-        assert cell in ("wfp4_afp4/default", "wint4_afp16_awq/w_group64")
+        assert cell in ("wfp4_afp4/default", "wint4_afp16_awq/w_group64", "wfp8_afp8/default")
         assert logits["checkpoint_kl_to_unquantized"] <= 1.25 * logits["evaluated_kl_to_unquantized"] + 1e-6
         assert logits["checkpoint_kl_limit"] == pytest.approx(1.25 * logits["evaluated_kl_to_unquantized"] + 1e-6)
         assert "not the evaluated model to the bit" in res.stderr

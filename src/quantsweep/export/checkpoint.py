@@ -264,8 +264,12 @@ def _evaluated_layers(model: Any) -> dict[str, dict[str, Any]]:
                 with contextlib.suppress(AssertionError, AttributeError, TypeError):
                     scale_2 = float(NVFP4QTensor.get_weights_scaling_factor_2_from_quantizer(q).reshape(-1)[0])
             pqs = getattr(iq, "_pre_quant_scale", None) if getattr(iq, "_enable_pre_quant_scale", True) else None
+            amax, bound = getattr(q, "amax", None), getattr(q, "maxbound", None)
+            per_tensor = (float(amax.float().reshape(-1)[0]) / float(bound)
+                          if fam in ("fp8", "int8") and amax is not None and amax.numel() == 1 and bound else None)
             out[name] = {
                 "scale_2": scale_2,
+                "per_tensor_scale": per_tensor,  # FP8 / INT8 with one weight scale: amax / maxbound
                 "pre_quant_scale": None if pqs is None else pqs.detach().float().cpu().reshape(-1),
                 "fake": q(module.weight).detach().cpu(),
                 "families": (fam, activation_family(iq)),
@@ -287,6 +291,12 @@ def _read_tensors(folder: Path) -> dict[str, Any]:
 
 
 def _rederived_for_fusion(tensors: dict[str, Any], name: str, ev: dict[str, Any]) -> bool:
+    """True when the exporter gave this layer scales other than the evaluated model's (one scale per fused GEMM:
+    the NVFP4 global scale, a per-tensor FP8 / INT8 weight scale, the AWQ / SmoothQuant pre-quant scale)."""
+    ws = tensors.get(f"{name}.weight_scale")
+    if ev.get("per_tensor_scale") is not None and ws is not None and ws.numel() == 1 and not math.isclose(
+            float(ws.float().reshape(-1)[0]), ev["per_tensor_scale"], rel_tol=1e-3):
+        return True
     s2 = tensors.get(f"{name}.weight_scale_2")
     if ev.get("scale_2") is not None and s2 is not None and not math.isclose(
             float(s2.float().reshape(-1)[0]), ev["scale_2"], rel_tol=1e-6):

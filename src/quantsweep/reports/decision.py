@@ -19,9 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..inputs.documents import DATA, read_json_object
 from ..errors import InputError
-from . import noise
+from ..inputs.documents import DATA, read_json_object
 from .frontier import what_would_pass
 from .summary_io import MANIFEST, Summary, manifest_candidates
 
@@ -280,7 +279,7 @@ def recipe_blocks(entries: list[dict[str, Any]], out_dir: str | Path | None = No
             items.append(("recipe: ", RECIPE, _link(e["recipe"], out_dir)))
         elif e["folder"] is not None:
             items.append(f"recipe: no {RECIPE} beside its manifest in {e['folder']}")
-        if e["folder"] is not None:
+        if e["recipe"] is not None:  # export rebuilds the cell from its manifest and recipe.json
             target = "exported/" + re.sub(r"[^A-Za-z0-9._@-]+", "-", e["key"])
             items.append(f"apply: quantsweep export --cell {e['folder']} --out {target}")
         out.append(("p", f"{e['key']} ({', '.join(role_text[r] for r in e['roles'])})"))

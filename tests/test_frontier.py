@@ -133,7 +133,7 @@ def test_overall_recommendation_fewest_bits_then_quality_then_storage_bits():
     assert o["lines"][2] == (
         "Runner-up: wint4_afp16/w_group64/medium (5.000 bits, kl_mean 0.045). It uses +0.000 bits for kl_mean "
         "+0.005 (worse quality). Paired on the same held-out sequences the difference is within noise: do not "
-        "choose between them on this evidence (kl Δ -0.005 ± 0.004).")
+        "choose between them on this evidence (|Δkl| 0.005 ± 0.004).")
     o = overall_recommendation(view([rows[0]]))
     assert o["runner_up"] is None and o["lines"][2] == "Runner-up: none; no other shown cell meets the limit."
 

@@ -21,6 +21,7 @@ from quantsweep.reports.summary_io import load_summary
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "tests" / "fixtures" / "quickstart"
+TINY = REPO / "tests" / "fixtures" / "tiny_cells"
 STAMP = "2026-02-03T04:05:06+00:00"
 FILES = {"report.md", "report.html", "scatter.json", "frontier.png", "frontier.svg", "sensitivity-heatmap.png",
          "sensitivity-heatmap.svg", "convergence.png", "convergence.svg"}
@@ -337,3 +338,39 @@ def test_report_shows_the_solver_gap_resolved_differences_and_storage_bits(tmp_p
     scatter = json.loads((tmp_path / "storage" / "scatter.json").read_text())
     assert sorted(p["achieved_bits"] for p in scatter["points"]) == [4.325, 8.125, 8.125]
     assert len(scatter["comparisons"]) == 2
+
+
+def test_decision_and_kept_layers_of_a_real_tiny_sweep(tmp_path):
+    """The tiny synthetic sweep of tests/fixtures/tiny_cells (full manifests and recipes, as `run` wrote them): the
+    decision, its runner-up with the paired comparison, the kept layers from `chosen`, and the per-cell report's
+    kept layers and apply section."""
+    sweep = tmp_path / "t"
+    shutil.copytree(TINY, sweep)
+    res = render_report(sweep / "sweep-summary.json", tmp_path / "out", generated_at=STAMP)
+    assert res["decision"] == {"cell": "wint4_afp16/default/a", "runner_up": "wint8_afp16/default/a", "closest": None}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert ("- Runner-up: wint8_afp16/default/a (8.183 bits, kl_mean 4.288e-07). It uses +3.908 bits for kl_mean "
+            "-0.0001473 (better quality). Paired on the same held-out sequences the difference is resolved "
+            "(|Δkl| 0.000147 ± 9.8e-08).") in md
+    # the recipe keeps every decoder linear at 16 bits and quantizes lm_head alone (a 12-bit budget on a model
+    # whose lm_head holds 97.7 % of the weights)
+    assert ("- kept at 16 bits: 8 of 9 layer groups, 2.3 % of the weights: self_attn.q_proj in layers 0-1; "
+            "self_attn.o_proj in layers 0-1; mlp.gate_proj in layers 0-1; mlp.down_proj in layers 0-1") in md
+    assert "- recipe: [recipe.json](../t/wint4_afp16/default/a/recipe.json)" in md
+    assert f"- apply: quantsweep export --cell {sweep}/wint4_afp16/default/a --out exported/wint4_afp16-default-a" in md
+    cells = {c[0]: c for c in table(md, "Cells")}
+    assert cells["wfp8_afp8/default/a"][-1] == "dominated"  # same bits as INT8, worse KL: never the baseline
+    assert cells["wint8_afp16/default/a"][-1] == "baseline"
+
+    from quantsweep.reports.layer_report import read_manifest
+    from quantsweep.reports.layer_report import render_markdown as cell_report
+    page = cell_report(read_manifest(sweep / "wint8_afp16" / "default" / "a"))
+    assert ("| Kept at 16 bits | 8 of 9, 2.3 % of the weights: self_attn.q_proj in layers 0-1; self_attn.o_proj in "
+            "layers 0-1; mlp.gate_proj in layers 0-1; mlp.down_proj in layers 0-1 |") in page
+    assert page.endswith(
+        "## Apply this recipe\n\n`runs/exp/wint8_afp16/default/a/recipe.json` is the recipe above as a ModelOpt "
+        "quantization config. As a Hugging Face checkpoint (docs/export.md):\n\n```console\nquantsweep export "
+        "--cell runs/exp/wint8_afp16/default/a --out exported/wint8_afp16-default-a\n```\n\nIn Python, with "
+        "ModelOpt:\n\n```python\nimport modelopt.torch.quantization as mtq\nfrom quantsweep.recipe import "
+        'load_recipe\nmodel = mtq.quantize(model, load_recipe("runs/exp/wint8_afp16/default/a/recipe.json"), '
+        "forward_loop)\n```\n")

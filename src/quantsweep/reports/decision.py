@@ -110,8 +110,8 @@ def _versus(best: dict[str, Any], runner: dict[str, Any], metric: str, compariso
             m = e["metrics"][name]
             verdict = ("identical outputs" if m["identical"] else "resolved" if m["resolved"]
                        else "within noise: do not choose between them on this evidence")
-            text += (f" Paired on the same held-out sequences the difference is {verdict} ({name} Δ "
-                     f"{m['delta']:.3g} ± {m['stderr']:.2g}).")
+            text += (f" Paired on the same held-out sequences the difference is {verdict} (|Δ{name}| "
+                     f"{abs(m['delta']):.3g} ± {m['stderr']:.2g}).")
     return text
 
 
@@ -234,6 +234,11 @@ def recipes(summary: Summary, view: dict[str, Any], overall: dict[str, Any]) -> 
     return out
 
 
+def export_target(key: str) -> str:
+    """A folder name for the suggested `export --out`: the cell's key with its slashes as dashes."""
+    return "exported/" + re.sub(r"[^A-Za-z0-9._@-]+", "-", key)
+
+
 # --- blocks ------------------------------------------------------------------------------------------------------
 def _link(path: str, out_dir: str | Path | None) -> str:
     """The recipe's address as a link target: relative to the report's folder (so it opens from report.md and
@@ -280,8 +285,7 @@ def recipe_blocks(entries: list[dict[str, Any]], out_dir: str | Path | None = No
         elif e["folder"] is not None:
             items.append(f"recipe: no {RECIPE} beside its manifest in {e['folder']}")
         if e["recipe"] is not None:  # export rebuilds the cell from its manifest and recipe.json
-            target = "exported/" + re.sub(r"[^A-Za-z0-9._@-]+", "-", e["key"])
-            items.append(f"apply: quantsweep export --cell {e['folder']} --out {target}")
+            items.append(f"apply: quantsweep export --cell {e['folder']} --out {export_target(e['key'])}")
         out.append(("p", f"{e['key']} ({', '.join(role_text[r] for r in e['roles'])})"))
         out.append(("ul", items))
     if first_recipe is not None:

@@ -222,7 +222,7 @@ def draw_frontier(data: dict[str, Any]) -> Any:
         n = len(panels)
         ncols = min(3, math.ceil(math.sqrt(n)))
         nrows = math.ceil(n / ncols)
-        fig = _figure(5.4 * ncols, 3.9 * nrows + 1.2)
+        fig = _figure(max(5.4 * ncols, 10.0), 3.9 * nrows + 1.2)  # one panel: room for the title and legend
         axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
         flat = list(axes.flat)
         colors = _pair_colors(data["pairs"])
@@ -323,12 +323,12 @@ def draw_frontier(data: dict[str, Any]) -> Any:
         handles.append(Line2D([], [], color=THRESHOLD_COLOR, ls="--", label=f"quality threshold ({short} ≤ {limit:g})"))
         if ref is not None:
             handles.append(Line2D([], [], ls="", marker="*", color="#333333", markersize=10,
-                                  label=f"16-bit reference (the unquantized model: {short} {ref[1]:g}"
-                                  + (", drawn at the axis floor)" if log and ref[1] <= 0 else ")")))
+                                  label=f"16-bit reference ({short} {ref[1]:g}"
+                                  + (", drawn at the floor)" if log and ref[1] <= 0 else ")")))
         if any_invalid:
             handles.append(Line2D([], [], ls="", marker="X", color="#777777", markersize=7,
                                   label="invalid cell (shown by --include-invalid)"))
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False,
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8, frameon=False,
                    title="BASELINE = best-quality frontier cell · MIN VIABLE = fewest bits that meet the threshold · "
                          "BEST VALUE = most of the possible bit savings for the least of the quality budget",
                    title_fontsize=8)

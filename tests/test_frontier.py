@@ -116,20 +116,24 @@ def test_overall_recommendation_fewest_bits_then_quality_then_storage_bits():
     ]
     v = view(rows)
     o = overall_recommendation(v)
+    # the runner-up is the next other choice (format or budget); the same choice on other sizes has its own line
     assert (o["cell"], o["runner_up"], o["eligible"], o["rankable"]) == (
-        "wint4_afp16/w_group64/tiny", "wint4_afp16/w_group64/small", 4, 5)
+        "wint4_afp16/w_group64/tiny", "wint8_afp16/default/small", 4, 5)
     assert o["lines"] == [
         "Use wint4_afp16/w_group64/tiny: wint4_afp16 with w_group64 scales, calibrated on tiny (4 samples), budget 8 "
         "bits, 5.000 bits, 5.250 storage bits; kl_mean 0.04 (limit 0.05), ppl_ratio 1.041.",
         "Why: the fewest bits among the 4 of 5 shown cells that meet kl_mean <= 0.05 (ties: better kl_mean, then "
         "fewer storage bits).",
-        "Runner-up: wint4_afp16/w_group64/small (5.000 bits, kl_mean 0.04). Same bits and the same quality: either "
-        "will do (the tie went to storage bits, then the name).",
+        "Runner-up: wint8_afp16/default/small (8.000 bits, kl_mean 0.004). It uses +3.000 bits for kl_mean -0.036 "
+        "(better quality).",
+        "Calibration size: the same format and budget calibrated on small (8 samples) gives the same bits and "
+        "kl_mean; medium (32 samples) gives 5.000 bits, kl_mean 0.045 (also meets the limit).",
     ]
-    # a runner-up that differs, with a paired comparison of the two
+    # only the same choice meets the limit: it is the runner-up, with the paired comparison of the two
     comps = [{"axis": "dataset_size", "a": "wint4_afp16/w_group64/tiny", "b": "wint4_afp16/w_group64/medium",
               "metrics": {"kl": {"delta": -0.005, "stderr": 0.004, "resolved": False, "identical": False}}}]
-    o = overall_recommendation(view([rows[0], rows[2], rows[4]]), comps)
+    o = overall_recommendation(view([rows[2], rows[4]]), comps)
+    assert len(o["lines"]) == 3
     assert o["lines"][2] == (
         "Runner-up: wint4_afp16/w_group64/medium (5.000 bits, kl_mean 0.045). It uses +0.000 bits for kl_mean "
         "+0.005 (worse quality). Paired on the same held-out sequences the difference is within noise: do not "

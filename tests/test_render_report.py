@@ -147,11 +147,13 @@ def test_render_default_view(rendered):
         "6.000 bits; kl_mean 0.045 (limit 0.05), ppl_ratio 1.046.",
         "- Why: the fewest bits among the 6 of 8 shown cells that meet kl_mean <= 0.05 (ties: better kl_mean, then "
         "fewer storage bits).",
-        "- Runner-up: w6_afp16/default/tiny (6.000 bits, kl_mean 0.045). Same bits and the same quality: either will "
-        "do (the tie went to storage bits, then the name).",
+        "- Runner-up: w7_afp16/default/small (7.000 bits, kl_mean 0.004). It uses +1.000 bits for kl_mean -0.041 "
+        "(better quality).",
+        "- Calibration size: the same format and budget calibrated on tiny (4 samples) gives the same bits and "
+        "kl_mean.",
     ]
     assert md.index("## Decision") < md.index("## Stability KPIs")
-    assert res["decision"] == {"cell": "w6_afp16/default/small", "runner_up": "w6_afp16/default/tiny",
+    assert res["decision"] == {"cell": "w6_afp16/default/small", "runner_up": "w7_afp16/default/small",
                                "closest": None}
     # the recipes of the recommended cells: kept layers from the manifests, the recipe linked from the report
     recipes = md.split("## Recipes of the recommended cells\n\n", 1)[1].split("\n## ", 1)[0]
@@ -291,7 +293,7 @@ def test_render_real_quickstart_summary_byte_identical_across_processes(tmp_path
     # one decision for the sweep: INT8 group-64 has the lowest KL at 8 bits; tiny and small are the same model
     # (every layer quantized, weight-only: the calibration data changes nothing). The report does not know yet that
     # ModelOpt cannot export INT8 group-64 on SmolLM2 (issue 17's plan-time exportability).
-    assert doc["decision"] == {"cell": "wint8_afp16/w_group64/small", "runner_up": "wint8_afp16/w_group64/tiny",
+    assert doc["decision"] == {"cell": "wint8_afp16/w_group64/small", "runner_up": "wint8_afp16/default/small",
                                "closest": None}
     assert ("- Why: the fewest bits among the 4 of 8 shown cells that meet kl_mean <= 0.1 (ties: better kl_mean, "
             "then fewer storage bits).") in md

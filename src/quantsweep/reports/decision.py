@@ -73,14 +73,34 @@ def overall_recommendation(view: dict[str, Any], comparisons: list[dict[str, Any
     lines = [f"Use {best['key']}: {_what(best, metric, limit)}.",
              f"Why: the fewest bits among the {len(eligible)} of {len(rankable)} shown cells that meet {metric} <= "
              f"{limit:g} (ties: better {metric}, then fewer storage bits)."]
-    if len(eligible) > 1:
-        runner = eligible[1]
+    # the runner-up is the next *other choice* (another format or budget); the same choice calibrated on another
+    # dataset size is the same deployment decision, reported on its own line
+    others = [p for p in eligible[1:] if _choice(p) != _choice(best)] or eligible[1:]
+    if others:
+        runner = others[0]
         out["runner_up"] = runner["key"]
         lines.append(f"Runner-up: {_desc(runner, metric)}. {_versus(best, runner, metric, comparisons or [])}")
     else:
         lines.append("Runner-up: none; no other shown cell meets the limit.")
+    same = [p for p in rankable if p is not best and _choice(p) == _choice(best) and p["key"] != out["runner_up"]]
+    if same:
+        lines.append("Calibration size: the same format and budget calibrated on "
+                     + "; ".join(_same(best, p, metric) for p in sorted(same, key=_order)) + ".")
     out["lines"] = lines
     return out
+
+
+def _choice(p: dict[str, Any]) -> tuple[Any, ...]:
+    """What a deployment decides: the model, the format (pair and granularity) and the budget."""
+    return (p.get("model"), p["pair"], p["granularity"], p.get("effective_bits_target"))
+
+
+def _same(best: dict[str, Any], p: dict[str, Any], metric: str) -> str:
+    size = f"{p['dataset_size']}" + (f" ({p['samples']} samples)" if p.get("samples") is not None else "")
+    if p["achieved_bits"] == best["achieved_bits"] and p["quality"] == best["quality"]:
+        return f"{size} gives the same bits and {metric}"
+    verdict = "also meets the limit" if p["meets_quality"] else "fails the limit"
+    return f"{size} gives {p['achieved_bits']:.3f} bits, {metric} {p['quality']:.4g} ({verdict})"
 
 
 def _what(p: dict[str, Any], metric: str, limit: float) -> str:

@@ -126,6 +126,8 @@ def test_overall_recommendation_fewest_bits_then_quality_then_storage_bits():
         "fewer storage bits).",
         "Runner-up: wint8_afp16/default/small (8.000 bits, kl_mean 0.004). It uses +3.000 bits for kl_mean -0.036 "
         "(better quality).",
+        "Nothing smaller meets the limit: the best cell below 5.000 bits, wint4_afp16/default/small (4.500 bits, "
+        "kl_mean 0.09), misses it by 0.04.",
         "Calibration size: the same format and budget calibrated on small (8 samples) gives the same bits and "
         "kl_mean; medium (32 samples) gives 5.000 bits, kl_mean 0.045 (also meets the limit).",
     ]

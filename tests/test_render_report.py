@@ -149,6 +149,8 @@ def test_render_default_view(rendered):
         "fewer storage bits).",
         "- Runner-up: w7_afp16/default/small (7.000 bits, kl_mean 0.004). It uses +1.000 bits for kl_mean -0.041 "
         "(better quality).",
+        "- Nothing smaller meets the limit: the best cell below 6.000 bits, wint4_afp16/default/small (4.000 bits, "
+        "kl_mean 0.25), misses it by 0.2.",
         "- Calibration size: the same format and budget calibrated on tiny (4 samples) gives the same bits and "
         "kl_mean.",
     ]

@@ -82,6 +82,11 @@ def overall_recommendation(view: dict[str, Any], comparisons: list[dict[str, Any
         lines.append(f"Runner-up: {_desc(runner, metric)}. {_versus(best, runner, metric, comparisons or [])}")
     else:
         lines.append("Runner-up: none; no other shown cell meets the limit.")
+    smaller = [p for p in rankable if p["achieved_bits"] < best["achieved_bits"]]
+    if smaller:  # the answer to "can it be smaller?": the best of what was tried below the choice
+        below = min(smaller, key=lambda p: (p["quality"], -p["achieved_bits"], p["key"]))
+        lines.append(f"Nothing smaller meets the limit: the best cell below {best['achieved_bits']:.3f} bits, "
+                     f"{_desc(below, metric)}, misses it by {below['quality'] - limit:.4g}.")
     same = [p for p in rankable if p is not best and _choice(p) == _choice(best) and p["key"] != out["runner_up"]]
     if same:
         lines.append("Calibration size: the same format and budget calibrated on "

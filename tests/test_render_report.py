@@ -262,7 +262,8 @@ def test_render_bad_summary_exits_2(tmp_path):
 
 # --- a real summary --------------------------------------------------------------------------------------------
 def test_render_real_quickstart_summary_byte_identical_across_processes(tmp_path):
-    """The 8-cell SmolLM2 quickstart (2 pairs x 2 granularities x 2 sizes; manifests trimmed to their layers),
+    """The 8-cell SmolLM2 quickstart as it was before it asked a question (INT8/INT4 x default/group-64 x 2 sizes at
+    8 bits; manifests trimmed to their layers),
     rendered by the CLI twice, with different hash seeds (set/dict order) and working directories."""
     outs, docs = [], []
     for seed in ("1", "2"):

@@ -304,8 +304,8 @@ def test_render_real_quickstart_summary_byte_identical_across_processes(tmp_path
     assert md.count("- kept at 16 bits: unknown, its manifest does not record which format each layer group got") == 4
     # the heatmap's colour scale: lm_head is 1.0 in every cell; the 5th-95th percentiles of the 240 values
     assert ("colour scale; clipped at percentiles of the shown values so that one dominant row (lm_head, typically) "
-            "does not wash out the others: values above the 95th percentile (0.625: 12 values) share the darkest "
-            "colour, below the 5th (0.0214: 12 values) the lightest") in md
+            "does not wash out the others: values above the 95th percentile (0.625: 12 values) get the darkest "
+            "colour, below the 5th percentile (0.0214: 12 values) the lightest") in md
     assert "Model: smollm2-135m-instruct (LlamaForCausalLM, float32, cpu, 134.5M parameters)" in md
     assert "Labels: execution_lane=ci, vram_profile=safe" in md
     conv = table(md, "Convergence across dataset sizes")
@@ -379,3 +379,25 @@ def test_decision_and_kept_layers_of_a_real_tiny_sweep(tmp_path):
         "ModelOpt:\n\n```python\nimport modelopt.torch.quantization as mtq\nfrom quantsweep.recipe import "
         'load_recipe\nmodel = mtq.quantize(model, load_recipe("runs/exp/wint8_afp16/default/a/recipe.json"), '
         "forward_loop)\n```\n")
+
+
+def test_heatmap_colour_scale_is_clipped_at_percentiles_only_where_values_lie_beyond():
+    from quantsweep.reports import plots
+
+    # one dominant row at 1.0 in every cell (lm_head), the rest in a narrow band, one tiny value
+    heat = {"layers": ["lm_head", "a", "b", "c"], "cells": ["x", "y"],
+            "relative": [[1.0, 1.0], [0.05, 0.06], [0.04, None], [0.03, 0.001]], "raw": []}
+    d = plots.heatmap_plot_data(heat)
+    # 7 values: 0.001 0.03 0.04 0.05 0.06 1 1; 5th pct = 0.001 + 0.3 * 0.029, 95th = 1.0 (the maximum: no top clip)
+    assert (d["vmin"], d["clipped_below"], d["vmax"], d["clipped_above"]) == (pytest.approx(0.0097), 1, 1.0, 0)
+    assert plots.heatmap_caption(d).endswith("values below the 5th percentile (0.0097: 1 value) the lightest (the "
+                                             "table gives exact values)")
+    fig = plots.draw_heatmap(d)  # the colour bar's ends: 1 at the top, the clipped 5th percentile at the bottom
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == [
+        "1 = cell's most\nsensitive layer", "0.1", "≤ 0.0097 (5th pct.)"]  # 0.01 would crowd the floor
+    heat["relative"] = [[1.0, 1.0], [0.5, 0.6], [0.2, 0.3], [0.1, 0.2]] * 5  # 40 values, ten of them 1.0
+    d = plots.heatmap_plot_data(heat)
+    assert (d["vmax"], d["clipped_above"]) == (1.0, 0)  # the 95th percentile is the maximum: nothing to clip
+    uniform = plots.heatmap_plot_data({**heat, "relative": [[1.0, 1.0]]})
+    assert (uniform["vmin"], uniform["vmax"]) == (None, 1.0)
+    assert plots.heatmap_caption(uniform).endswith("log colour scale, not clipped")

@@ -109,12 +109,17 @@ def heatmap_caption(data: dict[str, Any]) -> str:
     """The report's caption: says how the colour scale was cut (or that it was not)."""
     base = "Relative layer sensitivity (score / the cell's largest score): layers x cells, log colour scale"
     lo_p, hi_p = data.get("clip_percentiles") or HEATMAP_CLIP
+
+    def n(k: int) -> str:
+        return f"{k} value" + ("" if k == 1 else "s")
+
     parts = []
     if data.get("clipped_above"):
-        parts.append(f"above the {hi_p:g}th percentile ({data['vmax']:.3g}: {data['clipped_above']} values) share "
-                     "the darkest colour")
+        parts.append(f"above the {hi_p:g}th percentile ({data['vmax']:.3g}: {n(data['clipped_above'])}) get the "
+                     "darkest colour")
     if data.get("clipped_below"):
-        parts.append(f"below the {lo_p:g}th ({data['vmin']:.3g}: {data['clipped_below']} values) the lightest")
+        parts.append(f"below the {lo_p:g}th percentile ({data['vmin']:.3g}: {n(data['clipped_below'])}) the "
+                     "lightest")
     if not parts:
         return base + ", not clipped"
     return (base + "; clipped at percentiles of the shown values so that one dominant row (lm_head, typically) "

@@ -138,8 +138,11 @@ def write(path: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
-def write_manifest(sweep_dir: Path, r: dict[str, Any], scores: dict[str, float]) -> Path:
-    """A minimal cell manifest (what the layer views read) in the cell folder beside the summary."""
+def write_manifest(sweep_dir: Path, r: dict[str, Any], scores: dict[str, float], kept: set[str] | None = None
+                   ) -> Path:
+    """A minimal cell manifest (what the layer views read) in the cell folder beside the summary. With `kept`, every
+    layer group also records its choice (`chosen`: "none" for the kept ones, else the cell's format) and its
+    costs (one unit of weights per group: 0.25 in the format, 1 at 16 bits)."""
     rel = Path(r["path"]).parts[2:]  # drop "runs/<sweep>"
     folder = sweep_dir.joinpath(*rel)
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,6 +151,9 @@ def write_manifest(sweep_dir: Path, r: dict[str, Any], scores: dict[str, float])
         "cell": {"id": r["cell_id"], "key": r["key"]},
         "layers": [{"name": n, "formats": [fmt, "none"], "raw_scores": [s, 0.0]} for n, s in scores.items()],
     }
+    if kept is not None:
+        for g in doc["layers"]:
+            g.update(chosen="none" if g["name"] in kept else fmt, costs=[0.25, 1.0])
     (folder / "manifest.json").write_text(json.dumps(doc))
     return folder
 

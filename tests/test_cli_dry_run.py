@@ -98,14 +98,14 @@ def test_dry_run_quickstart_contents(quickstart_doc):
     doc = quickstart_doc["doc"]
     assert len(doc["cells"]) == 8
     assert doc["estimate"]["cells"] == 8
-    assert doc["estimate"]["unique_formats"] == 4
-    assert doc["estimate"]["calibration_batches_per_cell_sum"] == 12
+    assert doc["estimate"]["unique_formats"] == 2
+    assert doc["estimate"]["calibration_batches_per_cell_sum"] == 12  # 2 budgets x 2 pairs x (1 + 2 batches)
     assert doc["canary"]["enabled"] is True
-    assert doc["canary"]["cell"] == "wint4_afp16/default/tiny"
+    assert doc["canary"]["cell"] == "wint4g64_afp16/default/tiny@8"
     assert doc["canary"]["repeats"] == 2
     assert doc["canary"]["cell_id"] in {c["id"] for c in doc["cells"]}
     assert doc["labels"] == {"execution_lane": "ci", "vram_profile": "safe"}
-    assert doc["kpi_thresholds"]["quality_metric"] == "kl_mean"
+    assert (doc["kpi_thresholds"]["quality_metric"], doc["kpi_thresholds"]["max_quality"]) == ("ppl_ratio", 1.10)
     assert doc["sweep_dir"] == "runs/quickstart"
     assert doc["matrix"] == {
         "file": "matrices/quickstart.yaml",
@@ -115,10 +115,10 @@ def test_dry_run_quickstart_contents(quickstart_doc):
     assert doc["model"]["display_name"] == "smollm2-135m-instruct"
     assert doc["warnings"] == []
     assert {c["path"] for c in doc["cells"]} == {
-        f"runs/quickstart/{p}/{g}/{s}"
-        for p in ("wint8_afp16", "wint4_afp16")
-        for g in ("default", "w_group64")
+        f"runs/quickstart/{p}/default/{s}/bits-{b}"
+        for p in ("wint8_afp16", "wint4g64_afp16")
         for s in ("tiny", "small")
+        for b in (8, 10)
     }
 
 
@@ -141,7 +141,7 @@ def test_dry_run_human_output(cli):
     code, out, err = cli("dry-run", "--matrix", "matrices/quickstart.yaml")
     assert code == 0, err
     assert "8 cells -> runs/quickstart" in out
-    assert "Canary wint4_afp16/default/tiny x2" in out
+    assert "Canary wint4g64_afp16/default/tiny@8 x2" in out
 
 
 def _bad_matrix(tmp_path: Path) -> Path:

@@ -12,7 +12,8 @@ from report_helpers import error_row, orket_frontier_rows, orket_render_rows, ro
 
 from quantsweep.kpis import compute_kpis
 from quantsweep.reports import layers as L
-from quantsweep.reports.frontier import build_frontier, pareto_keys, value_score
+from quantsweep.reports.decision import compact_names, kept_layers, overall_recommendation
+from quantsweep.reports.frontier import build_frontier, pareto_keys, value_score, what_would_pass
 from quantsweep.reports.summary_io import load_manifest, load_summary, manifest_candidates, normalize_rows
 
 
@@ -47,6 +48,13 @@ def test_baseline_minimum_viable_and_best_value_on_three_cells():
     assert p["w7_afp16"]["quality_per_bit_saved"] == pytest.approx(0.003)
     assert p["w6_afp16"]["quality_per_bit_saved"] == pytest.approx(0.022)
     assert p["wint4_afp16"]["quality_per_bit_saved"] == pytest.approx(0.06225)
+    # the table's "cost per bit saved": against the next larger frontier point, the 16-bit model above the largest
+    assert [(p[k]["marginal_cost_per_bit"], p[k]["marginal_vs"]) for k in
+            ("wint8_afp16", "w7_afp16", "w6_afp16", "wint4_afp16")] == [
+        (pytest.approx(0.001 / 8), "16-bit reference"), (pytest.approx(0.003), "wint8_afp16/default/small"),
+        (pytest.approx(0.041), "w7_afp16/default/small"), (pytest.approx(0.1025), "w6_afp16/default/small")]
+    assert v["reference"] == {"key": "16-bit reference", "bits": 16.0, "kl_mean": 0.0, "ppl_ratio": 1.0,
+                              "top1_agreement": 1.0}
 
 
 def test_orket_golden_three_quants():
@@ -69,9 +77,99 @@ def test_nothing_meets_the_threshold():
     (g,) = v["groups"]
     assert (g["baseline"], g["minimum_viable"], g["best_value"]) == ("wint8_afp16/default/small", None, None)
     assert g["reason"] == "no shown cell met kl_mean <= 0.05"
-    assert g["recommendation"] == ("No cell met kl_mean <= 0.05: keep higher precision than "
-                                   "wint8_afp16/default/small (8.000 bits, kl_mean 0.2), or relax the threshold.")
+    # what would pass: the line from the closest cell (8 bits, KL 0.2) to the 16-bit model (KL 0) crosses 0.05 at
+    # 8 + (0.2 - 0.05) / 0.2 * 8 = 14 bits
+    assert g["recommendation"] == (
+        "No cell met kl_mean <= 0.05; closest: wint8_afp16/default/small (8.000 bits, kl_mean 0.2). Would pass: "
+        "wint8_afp16/default at a budget of about 14 bits, or a limit of kl_mean <= 0.2.")
     assert roles(v) == {"wint8_afp16": "baseline", "wint4_afp16": "frontier"}
+
+
+def test_what_would_pass_estimates_rounds_up_and_handles_impossible_limits():
+    rank = [p for p in view([row("wint4_afp16", "w_group64", bits=6.0, kl=0.3),
+                             row("wint4_afp16", "default", bits=6.0, kl=0.4)])["points"]]
+    w = what_would_pass(rank, "kl_mean", 0.1)
+    # closest = the best quality (the group-64 cell); 6 + (0.3 - 0.1) / 0.3 * 10 = 12.667 -> 12.75 (a quarter bit up)
+    assert (w["closest"], w["estimate"], w["suggested_bits"], w["threshold"]) == (
+        "wint4_afp16/w_group64/small", pytest.approx(12.666666667), 12.75, 0.3)
+    assert w["text"] == (
+        "No cell met kl_mean <= 0.1. Closest: wint4_afp16/w_group64/small (6.000 bits, kl_mean 0.3). What would "
+        "pass: wint4_afp16 with w_group64 scales at a budget of 12.75 effective bits (autoquant.effective_bits: "
+        "12.75); the straight line from that cell to the 16-bit model crosses kl_mean 0.1 at 12.67 bits, and since "
+        "each added bit usually buys less quality than the one before, fewer bits may do. Or a limit of kl_mean <= "
+        "0.3 (the closest cell's value).")
+    ppl = view([row("a_x", bits=6.0, kl=0.3, ppl_ratio=1.3)], metric="ppl_ratio", limit=0.99)
+    w = what_would_pass(ppl["points"], "ppl_ratio", 0.99)
+    assert w["estimate"] is None and "Not even the unquantized model meets ppl_ratio <= 0.99" in w["text"]
+    assert what_would_pass([], "kl_mean", 0.1)["closest"] is None
+
+
+# --- the sweep's one recommendation ----------------------------------------------------------------------------
+def test_overall_recommendation_fewest_bits_then_quality_then_storage_bits():
+    """Across groups: the fewest bits that meet the limit; a tie on bits goes to quality, then to storage bits."""
+    rows = [
+        row("wint8_afp16", "default", "small", bits=8.0, kl=0.004, storage_bits=8.25),
+        row("wint4_afp16", "w_group64", "small", bits=5.0, kl=0.04, storage_bits=5.30),
+        row("wint4_afp16", "w_group64", "tiny", bits=5.0, kl=0.04, storage_bits=5.25),  # same bits and KL, fewer
+        row("wint4_afp16", "default", "small", bits=4.5, kl=0.09),  # fewer bits, fails the limit
+        row("wint4_afp16", "w_group64", "medium", bits=5.0, kl=0.045, storage_bits=5.2),  # same bits, worse KL
+    ]
+    v = view(rows)
+    o = overall_recommendation(v)
+    # the runner-up is the next other choice (format or budget); the same choice on other sizes has its own line
+    assert (o["cell"], o["runner_up"], o["eligible"], o["rankable"]) == (
+        "wint4_afp16/w_group64/tiny", "wint8_afp16/default/small", 4, 5)
+    assert o["lines"] == [
+        "Use wint4_afp16/w_group64/tiny: wint4_afp16 with w_group64 scales, calibrated on tiny (4 samples), budget 8 "
+        "bits, 5.000 bits, 5.250 storage bits; kl_mean 0.04 (limit 0.05), ppl_ratio 1.041.",
+        "Why: the fewest bits among the 4 of 5 shown cells that meet kl_mean <= 0.05 (ties: better kl_mean, then "
+        "fewer storage bits).",
+        "Runner-up: wint8_afp16/default/small (8.000 bits, kl_mean 0.004). It uses +3.000 bits for kl_mean -0.036 "
+        "(better quality).",
+        "Nothing smaller meets the limit: the best cell below 5.000 bits, wint4_afp16/default/small (4.500 bits, "
+        "kl_mean 0.09), misses it by 0.04.",
+        "Calibration size: the same format and budget calibrated on small (8 samples) gives the same bits and "
+        "kl_mean; medium (32 samples) gives 5.000 bits, kl_mean 0.045 (also meets the limit).",
+    ]
+    # only the same choice meets the limit: it is the runner-up, with the paired comparison of the two
+    comps = [{"axis": "dataset_size", "a": "wint4_afp16/w_group64/tiny", "b": "wint4_afp16/w_group64/medium",
+              "metrics": {"kl": {"delta": -0.005, "stderr": 0.004, "resolved": False, "identical": False}}}]
+    o = overall_recommendation(view([rows[2], rows[4]]), comps)
+    assert len(o["lines"]) == 3
+    assert o["lines"][2] == (
+        "Runner-up: wint4_afp16/w_group64/medium (5.000 bits, kl_mean 0.045). It uses +0.000 bits for kl_mean "
+        "+0.005 (worse quality). Paired on the same held-out sequences the difference is within noise: do not "
+        "choose between them on this evidence (|Δkl| 0.005 ± 0.004).")
+    o = overall_recommendation(view([rows[0]]))
+    assert o["runner_up"] is None and o["lines"][2] == "Runner-up: none; no other shown cell meets the limit."
+
+
+def test_overall_recommendation_when_nothing_passes_says_what_would():
+    rows = [row("wint8_afp16", "default", "small", bits=8.0, kl=0.07),
+            row("wint4_afp16", "w_group64", "tiny", bits=6.0, kl=0.3)]
+    o = overall_recommendation(view(rows))
+    assert (o["cell"], o["closest"]) == (None, "wint8_afp16/default/small")
+    # the closest cell is the best quality (INT8, 8 bits, KL 0.07): 8 + (0.07 - 0.05) / 0.07 * 8 = 10.29 -> 10.5
+    assert (o["would_pass"]["estimate"], o["would_pass"]["suggested_bits"]) == (pytest.approx(10.285714286), 10.5)
+    assert o["lines"] == [o["would_pass"]["text"]]
+    assert o["lines"][0].startswith(
+        "No cell met kl_mean <= 0.05. Closest: wint8_afp16/default/small (8.000 bits, kl_mean 0.07). What would "
+        "pass: wint8_afp16 with default scales at a budget of 10.5 effective bits (autoquant.effective_bits: 10.5)")
+    assert overall_recommendation(view([]))["lines"] == [
+        "No recommendation: no shown cell has measured bits and quality."]
+
+
+def test_kept_layers_and_compact_names():
+    def g(name, chosen, cost):
+        return {"name": name, "formats": ["w4", "none"], "costs": [cost / 4, cost], "chosen": chosen}
+    m = {"layers": [g("model.layers.0.mlp.down_proj", "none", 100.0), g("model.layers.1.mlp.down_proj", "none", 100.0),
+                    g("model.layers.2.mlp.down_proj", "none", 100.0), g("model.layers.5.mlp.down_proj", "none", 100.0),
+                    g("model.layers.3.self_attn.q_proj", "none", 50.0), g("model.layers.4.self_attn.q_proj", "w4", 50.0),
+                    g("lm_head", "none", 400.0), g("model.layers.6.mlp.up_proj", "w4", 200.0)]}
+    k = kept_layers(m)
+    assert k["groups"] == 8 and k["weight_share"] == pytest.approx(850 / 1100)
+    assert compact_names(k["names"]) == "mlp.down_proj in layers 0-2, 5; self_attn.q_proj in layer 3; lm_head"
+    assert kept_layers({"layers": [{"name": "x", "formats": ["w4", "none"]}]}) is None  # a trimmed manifest
 
 
 def test_polluted_row_is_hidden_unless_include_invalid_which_never_changes_kpis():
@@ -103,10 +201,14 @@ def test_dominated_baseline_and_ties():
     rows = [row("a_x", bits=8.0, kl=0.01), row("b_x", bits=7.0, kl=0.02), row("c_x", bits=7.0, kl=0.03),
             row("d_x", bits=7.5, kl=0.005)]
     v = view(rows)
-    assert roles(v) == {"a_x": "baseline", "b_x": "minimum_viable+best_value", "c_x": "dominated", "d_x": "frontier"}
+    # a_x has the most bits but d_x is smaller *and* better: a_x is dominated, never the baseline
+    assert roles(v) == {"a_x": "dominated", "b_x": "minimum_viable+best_value", "c_x": "dominated", "d_x": "baseline"}
     p = {x["key"].split("/")[0]: x for x in v["points"]}
     assert (p["a_x"]["on_frontier"], p["b_x"]["on_frontier"], p["c_x"]["on_frontier"]) == (False, True, False)
-    assert [p[k + "_x"]["value_score"] for k in "abcd"] == [-0.2, 0.6, 0.4, 0.4]
+    assert v["groups"][0]["baseline"] == "d_x/default/small"
+    # savings share against the baseline's 7.5 bits: the dominated 8-bit cell "saves" -1 of the 0.5 bits available
+    assert [p[k + "_x"]["value_score"] for k in "abcd"] == [-1.2, 0.6, 0.4, -0.1]
+    assert [p[k + "_x"]["marginal_cost_per_bit"] for k in "ac"] == [None, None]  # off the frontier: no value
 
 
 def test_equal_points_and_key_tie_breaks():

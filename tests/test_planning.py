@@ -167,8 +167,8 @@ def test_changing_samples_of_a_size_changes_only_its_cells():
     data = quickstart_data()
     data["dataset"]["sizes"]["tiny"] = 5
     changed = {c.key: c.id for c in plan_of(data).cells}
-    for key in base:
-        assert (base[key] == changed[key]) is key.endswith("/small")
+    for key in base:  # keys are pair/granularity/size@budget
+        assert (base[key] == changed[key]) is key.split("@")[0].endswith("/small")
 
 
 @pytest.mark.parametrize(
@@ -357,7 +357,7 @@ def test_resolve_pair_does_not_touch_catalogue():
 # --- canary --------------------------------------------------------------------------------------------------
 def test_default_canary_is_cheapest():
     plan = expand(load_matrix(MATRICES / "quickstart.yaml"))
-    assert plan.canary_cell.key == "wint4_afp16/default/tiny"
+    assert plan.canary_cell.key == "wint4g64_afp16/default/tiny@8"  # the 4-bit format at the first budget
     cell = plan.canary_cell
     assert cell.samples == min(c.samples for c in plan.cells)
     assert not cell.pair.needs_gpu
@@ -378,9 +378,9 @@ def test_default_canary_prefers_max_calibration():
 
 def test_explicit_canary_cell():
     data = quickstart_data()
-    data["canary"] = {"cell": "wint8_afp16/default/tiny"}
+    data["canary"] = {"cell": "wint8_afp16/default/tiny@10"}
     plan = plan_of(data)
-    assert plan.canary_cell.key == "wint8_afp16/default/tiny"
+    assert plan.canary_cell.key == "wint8_afp16/default/tiny@10"
     data["canary"] = {"cell": plan.cells[3].id}  # a cell id works too
     assert plan_of(data).canary_cell.key == plan.cells[3].key
 
@@ -392,7 +392,9 @@ def test_explicit_canary_cell_with_budgets():
     assert plan_of(data).canary_cell.budget == 10.0
 
 
-@pytest.mark.parametrize("cell", ["wint8_afp16/default/huge", "nope", "wint8_afp16/default/tiny@8"])
+# the quickstart has budgets 8 and 10: a key without its budget, or with another one, names no cell
+@pytest.mark.parametrize("cell", ["wint8_afp16/default/huge", "nope", "wint8_afp16/default/tiny",
+                                  "wint8_afp16/default/tiny@9"])
 def test_unknown_canary_cell(cell):
     data = quickstart_data()
     data["canary"] = {"cell": cell}
@@ -416,11 +418,11 @@ def test_canary_disabled():
 def test_quickstart_estimate():
     est = expand(load_matrix(MATRICES / "quickstart.yaml")).estimate()
     assert est["cells"] == 8
-    assert est["unique_formats"] == 4
-    # batch 4: tiny (4 samples) = 1 step, small (8) = 2 steps; 4 pair x granularity combos
+    assert est["unique_formats"] == 2
+    # batch 4: tiny (4 samples) = 1 step, small (8) = 2 steps; 2 pairs x 2 budgets
     assert est["calibration_batches_per_cell_sum"] == 12
     assert est["scoring_batches_per_cell_sum"] == 12
-    assert est["unique_calibrations"] == 8
+    assert est["unique_calibrations"] == 4  # a budget does not change the calibration
     assert est["shared_forward_backward_batches"] == 2
     assert est["canary_runs"] == 2
     assert est["eval_samples"] == 8
@@ -437,8 +439,8 @@ def test_estimate_counts_duplicate_configs_once():
 def test_cell_summary_fields():
     cell = expand(load_matrix(MATRICES / "quickstart.yaml")).cells[0]
     s = cell.summary()
-    assert s["key"] == "wint8_afp16/default/tiny"
-    assert s["path"] == "runs/quickstart/wint8_afp16/default/tiny"
+    assert s["key"] == "wint8_afp16/default/tiny@8"
+    assert s["path"] == "runs/quickstart/wint8_afp16/default/tiny/bits-8"
     assert s["weight_quantizer"] == "int8 per-out-channel static"
     assert s["input_quantizer"] == "disabled"
     assert s["calibration"] == "max"

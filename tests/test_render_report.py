@@ -21,6 +21,7 @@ from quantsweep.reports.summary_io import load_summary
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "tests" / "fixtures" / "quickstart"
+TINY = REPO / "tests" / "fixtures" / "tiny_cells"
 STAMP = "2026-02-03T04:05:06+00:00"
 FILES = {"report.md", "report.html", "scatter.json", "frontier.png", "frontier.svg", "sensitivity-heatmap.png",
          "sensitivity-heatmap.svg", "convergence.png", "convergence.svg"}
@@ -31,9 +32,15 @@ def _scores(seed: int) -> dict[str, float]:
     return {f"model.layers.{i:02d}.mlp": (1 + (i * 7) % 40) * 1e-4 * (1 + 0.01 * ((i * seed) % 5)) for i in range(40)}
 
 
+KEPT = {"w6_afp16/default/small": {"model.layers.00.mlp", "model.layers.01.mlp", "model.layers.02.mlp",
+                                   "model.layers.39.mlp"},
+        "w7_afp16/default/small": {f"model.layers.{i:02d}.mlp" for i in range(0, 40, 2)} | {"lm_head"}}
+
+
 def build_sweep(folder: Path) -> Path:
     """Two groups (tiny, small) x the four Orket-style cells, a polluted cell, an error cell; manifests beside the
-    summary except for one valid cell (wint4 tiny)."""
+    summary except for one valid cell (wint4 tiny). The small group's recommended cells record their choices
+    (KEPT at 16 bits); the overall choice w6 small also has its recipe.json."""
     cells = (("wint8_afp16", 8.0, 0.001), ("w7_afp16", 7.0, 0.004), ("w6_afp16", 6.0, 0.045),
              ("wint4_afp16", 4.0, 0.25))
     rows = [row(p, size=s, bits=b, kl=q) for s in ("tiny", "small") for p, b, q in cells]
@@ -46,7 +53,10 @@ def build_sweep(folder: Path) -> Path:
     path = write(folder / "sweep-summary.json", summary(rows, canary=canary))
     for i, r in enumerate(rows):
         if r["status"] == "ok" and r["key"] != "wint4_afp16/default/tiny":
-            write_manifest(folder, r, _scores(i))
+            scores = _scores(i) | ({"lm_head": 1e-4} if r["key"] in KEPT else {})
+            cell = write_manifest(folder, r, scores, KEPT.get(r["key"]))
+            if r["key"] == "w6_afp16/default/small":
+                (cell / "recipe.json").write_text('{"quant_cfg": []}')
     return path
 
 
@@ -106,10 +116,15 @@ def test_render_default_view(rendered):
     assert "## Stability KPIs — gate FAIL" in md
     assert "- missing_telemetry_rate: 0.1 (1/10) > max_missing_telemetry_rate 0" in md
     cells = table(md, "Cells")
-    assert len(cells) == 8
-    assert cells[0] == ["wint8_afp16/default/tiny", "wint8_afp16", "default", "tiny", "8", "8.000", "—", "0.001",
-                        "1.0010", "0.900", "0", "yes", "baseline"]
-    assert [c[-1] for c in cells[4:]] == ["baseline", "best_value", "minimum_viable", "frontier"]
+    assert len(cells) == 9  # the 16-bit reference first, then the 8 shown rows
+    assert cells[0] == ["16-bit reference (unquantized model)", "—", "—", "—", "—", "16.000", "16.000", "0",
+                        "1.0000", "1.000", "—", "—", "reference"]
+    assert cells[1] == ["wint8_afp16/default/tiny", "wint8_afp16", "default", "tiny", "8", "8.000", "—", "0.001",
+                        "1.0010", "0.900", "0.000125 vs 16-bit", "yes", "baseline"]
+    assert [c[-1] for c in cells[5:]] == ["baseline", "best_value", "minimum_viable", "frontier"]
+    # cost per bit saved against the next larger frontier point: (0.25 - 0.045) / 2, (0.045 - 0.004) / 1
+    assert [c[10] for c in cells[7:]] == ["0.041 vs w7_afp16/default/small", "0.103 vs w6_afp16/default/small"]
+    assert "kl_mean cost per bit saved: for a frontier cell, how much kl_mean rises for each bit it saves" in md
     recs = table(md, "Recommendations")
     assert [r[:4] for r in recs] == [
         ["m · tiny (4 samples) · default", "wint8_afp16/default/tiny", "w6_afp16/default/tiny", "w7_afp16/default/tiny"],
@@ -126,6 +141,46 @@ def test_render_default_view(rendered):
     assert "8 of 10 rows shown; 2 invalid rows hidden" in md
     assert "## Notes" in md and "wint4_afp16/default/tiny: per-layer scores unavailable" in md
 
+    # the decision, right under the header: both 6-bit cells meet KL <= 0.05 with the same KL; the name decides
+    decision = md.split("## Decision\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert decision == [
+        "- Use w6_afp16/default/small: w6_afp16 with default scales, calibrated on small (8 samples), budget 8 bits, "
+        "6.000 bits; kl_mean 0.045 (limit 0.05), ppl_ratio 1.046.",
+        "- Why: the fewest bits among the 6 of 8 shown cells that meet kl_mean <= 0.05 (ties: better kl_mean, then "
+        "fewer storage bits).",
+        "- Runner-up: w7_afp16/default/small (7.000 bits, kl_mean 0.004). It uses +1.000 bits for kl_mean -0.041 "
+        "(better quality).",
+        "- Nothing smaller meets the limit: the best cell below 6.000 bits, wint4_afp16/default/small (4.000 bits, "
+        "kl_mean 0.25), misses it by 0.2.",
+        "- Calibration size: the same format and budget calibrated on tiny (4 samples) gives the same bits and "
+        "kl_mean.",
+    ]
+    assert md.index("## Decision") < md.index("## Stability KPIs")
+    assert res["decision"] == {"cell": "w6_afp16/default/small", "runner_up": "w7_afp16/default/small",
+                               "closest": None}
+    # the recipes of the recommended cells: kept layers from the manifests, the recipe linked from the report
+    recipes = md.split("## Recipes of the recommended cells\n\n", 1)[1].split("\n## ", 1)[0]
+    cell_dir = root / "runs" / "s" / "w6_afp16" / "default" / "small"
+    assert recipes.split("\n\n")[1:] == [
+        "w6_afp16/default/small (overall choice, minimum viable)",
+        "- kept at 16 bits: 4 of 41 layer groups, 9.8 % of the weights: mlp in layers 0-2, 39\n"
+        "- recipe: [recipe.json](../runs/s/w6_afp16/default/small/recipe.json)\n"
+        f"- apply: quantsweep export --cell {cell_dir} --out exported/w6_afp16-default-small",
+        "w6_afp16/default/tiny (minimum viable)",
+        "- kept at 16 bits: unknown, its manifest does not record which format each layer group got\n"
+        "- recipe: no recipe.json beside its manifest in " + str(root / "runs/s/w6_afp16/default/tiny"),
+        "w7_afp16/default/tiny (best value)",
+        "- kept at 16 bits: unknown, its manifest does not record which format each layer group got\n"
+        "- recipe: no recipe.json beside its manifest in " + str(root / "runs/s/w7_afp16/default/tiny"),
+        "w7_afp16/default/small (best value)",
+        "- kept at 16 bits: 21 of 41 layer groups, 51.2 % of the weights: mlp in layers 0, 2, 4, 6, 8, 10, "
+        "12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38; lm_head\n"
+        "- recipe: no recipe.json beside its manifest in " + str(root / "runs/s/w7_afp16/default/small"),
+        "In Python, with ModelOpt (the recipe's integer block-size keys restored by load_recipe):",
+        "```\nimport modelopt.torch.quantization as mtq\nfrom quantsweep.recipe import load_recipe\n"
+        f'model = mtq.quantize(model, load_recipe("{cell_dir / "recipe.json"}"), forward_loop)\n```\n',
+    ]
+
 
 def test_include_invalid_changes_views_not_kpis(rendered):
     tmp_path, sweep, results = rendered
@@ -141,8 +196,8 @@ def test_include_invalid_changes_views_not_kpis(rendered):
     assert [g["minimum_viable"] for g in b["groups"]] == ["w6_afp16/default/tiny", "w5_afp16/default/small"]
     md_a, md_b = ((tmp_path / d / "report.md").read_text() for d in "ab")
     assert table(md_a, "Stability KPIs") == table(md_b, "Stability KPIs")
-    assert len(table(md_b, "Cells")) == 10
-    assert table(md_b, "Cells")[8][11] == "no: MISSING_TELEMETRY"
+    assert len(table(md_b, "Cells")) == 11
+    assert table(md_b, "Cells")[9][11] == "no: MISSING_TELEMETRY"
     assert "10 of 10 rows shown." in md_b
     assert build_report(load_summary(sweep), True, STAMP)["kpis"] == build_report(load_summary(sweep), False,
                                                                                   STAMP)["kpis"]
@@ -165,9 +220,11 @@ def test_html_is_self_contained(rendered):
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3
     assert "<img" not in page and "src=" not in page and "<link" not in page
     assert "<td>w7_afp16/default/small</td>" in page and 'gate <span class="FAIL">FAIL</span>' in page
-    # head + body rows; (1 + 4) + (1 + 2): the trust section's verdicts (2 groups x 2 recommended cells) and
-    # cell-level fidelity (one row per group)
-    assert page.count("<tr>") == (1 + 5) + (1 + 2) + (1 + 4) + (1 + 2) + (1 + 8) + (1 + 15) + (1 + 3) + (1 + 2)
+    # head + body rows: KPIs, recommendations, the trust section's verdicts (2 groups x 2 recommended cells) and
+    # cell-level fidelity (one row per group), cells (+ the 16-bit reference), top layers, convergence, failures
+    assert page.count("<tr>") == (1 + 5) + (1 + 2) + (1 + 4) + (1 + 2) + (1 + 1 + 8) + (1 + 15) + (1 + 3) + (1 + 2)
+    assert '<li>recipe: <a href="../runs/s/w6_afp16/default/small/recipe.json">recipe.json</a></li>' in page
+    assert page.count("<pre><code>import modelopt.torch.quantization as mtq") == 1
 
 
 def test_output_is_deterministic(rendered):
@@ -207,7 +264,8 @@ def test_render_bad_summary_exits_2(tmp_path):
 
 # --- a real summary --------------------------------------------------------------------------------------------
 def test_render_real_quickstart_summary_byte_identical_across_processes(tmp_path):
-    """The 8-cell SmolLM2 quickstart (2 pairs x 2 granularities x 2 sizes; manifests trimmed to their layers),
+    """The 8-cell SmolLM2 quickstart as it was before it asked a question (INT8/INT4 x default/group-64 x 2 sizes at
+    8 bits; manifests trimmed to their layers),
     rendered by the CLI twice, with different hash seeds (set/dict order) and working directories."""
     outs, docs = [], []
     for seed in ("1", "2"):
@@ -236,7 +294,20 @@ def test_render_real_quickstart_summary_byte_identical_across_processes(tmp_path
     assert sorted({p["frontier_role"] for p in scatter["points"]}) == ["baseline+minimum_viable+best_value", "frontier"]
     md = (out / "report.md").read_text()
     assert "## Stability KPIs — gate PASS" in md
-    assert len(table(md, "Cells")) == 8 and len(table(md, "Recommendations")) == 4
+    assert len(table(md, "Cells")) == 9 and len(table(md, "Recommendations")) == 4
+    # one decision for the sweep: INT8 group-64 has the lowest KL at 8 bits; tiny and small are the same model
+    # (every layer quantized, weight-only: the calibration data changes nothing). The report does not know yet that
+    # ModelOpt cannot export INT8 group-64 on SmolLM2 (issue 17's plan-time exportability).
+    assert doc["decision"] == {"cell": "wint8_afp16/w_group64/small", "runner_up": "wint8_afp16/default/small",
+                               "closest": None}
+    assert ("- Why: the fewest bits among the 4 of 8 shown cells that meet kl_mean <= 0.1 (ties: better kl_mean, "
+            "then fewer storage bits).") in md
+    # the manifests of the fixture are trimmed to their scores: no choices recorded, no recipe.json
+    assert md.count("- kept at 16 bits: unknown, its manifest does not record which format each layer group got") == 4
+    # the heatmap's colour scale: lm_head is 1.0 in every cell; the 5th-95th percentiles of the 240 values
+    assert ("colour scale; clipped at percentiles of the shown values so that one dominant row (lm_head, typically) "
+            "does not wash out the others: values above the 95th percentile (0.625: 12 values) get the darkest "
+            "colour, below the 5th percentile (0.0214: 12 values) the lightest") in md
     assert "Model: smollm2-135m-instruct (LlamaForCausalLM, float32, cpu, 134.5M parameters)" in md
     assert "Labels: execution_lane=ci, vram_profile=safe" in md
     conv = table(md, "Convergence across dataset sizes")
@@ -268,9 +339,67 @@ def test_report_shows_the_solver_gap_resolved_differences_and_storage_bits(tmp_p
     noise = {(r[1], r[2]): r for r in table(md, "Which differences are resolved")}
     assert noise[("wint8_afp16/default/tiny", "wint8_afp16/default/small")][4] == "within noise"
     assert noise[("wint8_afp16/default/tiny", "wint4_afp16/default/tiny")][4] == "resolved"
-    assert table(md, "Cells")[0][6] == "8.125"
+    assert table(md, "Cells")[1][6] == "8.125"
     # the frontier can be drawn against storage bits
     render_report(path, tmp_path / "storage", generated_at=STAMP, bits="storage")
     scatter = json.loads((tmp_path / "storage" / "scatter.json").read_text())
     assert sorted(p["achieved_bits"] for p in scatter["points"]) == [4.325, 8.125, 8.125]
     assert len(scatter["comparisons"]) == 2
+
+
+def test_decision_and_kept_layers_of_a_real_tiny_sweep(tmp_path):
+    """The tiny synthetic sweep of tests/fixtures/tiny_cells (full manifests and recipes, as `run` wrote them): the
+    decision, its runner-up with the paired comparison, the kept layers from `chosen`, and the per-cell report's
+    kept layers and apply section."""
+    sweep = tmp_path / "t"
+    shutil.copytree(TINY, sweep)
+    res = render_report(sweep / "sweep-summary.json", tmp_path / "out", generated_at=STAMP)
+    assert res["decision"] == {"cell": "wint4_afp16/default/a", "runner_up": "wint8_afp16/default/a", "closest": None}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert ("- Runner-up: wint8_afp16/default/a (8.183 bits, kl_mean 4.288e-07). It uses +3.908 bits for kl_mean "
+            "-0.0001473 (better quality). Paired on the same held-out sequences the difference is resolved "
+            "(|Δkl| 0.000147 ± 9.8e-08).") in md
+    # the recipe keeps every decoder linear at 16 bits and quantizes lm_head alone (a 12-bit budget on a model
+    # whose lm_head holds 97.7 % of the weights)
+    assert ("- kept at 16 bits: 8 of 9 layer groups, 2.3 % of the weights: self_attn.q_proj in layers 0-1; "
+            "self_attn.o_proj in layers 0-1; mlp.gate_proj in layers 0-1; mlp.down_proj in layers 0-1") in md
+    assert "- recipe: [recipe.json](../t/wint4_afp16/default/a/recipe.json)" in md
+    assert f"- apply: quantsweep export --cell {sweep}/wint4_afp16/default/a --out exported/wint4_afp16-default-a" in md
+    cells = {c[0]: c for c in table(md, "Cells")}
+    assert cells["wfp8_afp8/default/a"][-1] == "dominated"  # same bits as INT8, worse KL: never the baseline
+    assert cells["wint8_afp16/default/a"][-1] == "baseline"
+
+    from quantsweep.reports.layer_report import read_manifest
+    from quantsweep.reports.layer_report import render_markdown as cell_report
+    page = cell_report(read_manifest(sweep / "wint8_afp16" / "default" / "a"))
+    assert ("| Kept at 16 bits | 8 of 9, 2.3 % of the weights: self_attn.q_proj in layers 0-1; self_attn.o_proj in "
+            "layers 0-1; mlp.gate_proj in layers 0-1; mlp.down_proj in layers 0-1 |") in page
+    assert page.endswith(
+        "## Apply this recipe\n\n`runs/exp/wint8_afp16/default/a/recipe.json` is the recipe above as a ModelOpt "
+        "quantization config. As a Hugging Face checkpoint (docs/export.md):\n\n```console\nquantsweep export "
+        "--cell runs/exp/wint8_afp16/default/a --out exported/wint8_afp16-default-a\n```\n\nIn Python, with "
+        "ModelOpt:\n\n```python\nimport modelopt.torch.quantization as mtq\nfrom quantsweep.recipe import "
+        'load_recipe\nmodel = mtq.quantize(model, load_recipe("runs/exp/wint8_afp16/default/a/recipe.json"), '
+        "forward_loop)\n```\n")
+
+
+def test_heatmap_colour_scale_is_clipped_at_percentiles_only_where_values_lie_beyond():
+    from quantsweep.reports import plots
+
+    # one dominant row at 1.0 in every cell (lm_head), the rest in a narrow band, one tiny value
+    heat = {"layers": ["lm_head", "a", "b", "c"], "cells": ["x", "y"],
+            "relative": [[1.0, 1.0], [0.05, 0.06], [0.04, None], [0.03, 0.001]], "raw": []}
+    d = plots.heatmap_plot_data(heat)
+    # 7 values: 0.001 0.03 0.04 0.05 0.06 1 1; 5th pct = 0.001 + 0.3 * 0.029, 95th = 1.0 (the maximum: no top clip)
+    assert (d["vmin"], d["clipped_below"], d["vmax"], d["clipped_above"]) == (pytest.approx(0.0097), 1, 1.0, 0)
+    assert plots.heatmap_caption(d).endswith("values below the 5th percentile (0.0097: 1 value) the lightest (the "
+                                             "table gives exact values)")
+    fig = plots.draw_heatmap(d)  # the colour bar's ends: 1 at the top, the clipped 5th percentile at the bottom
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == [
+        "1 = cell's most\nsensitive layer", "0.1", "≤ 0.0097 (5th pct.)"]  # 0.01 would crowd the floor
+    heat["relative"] = [[1.0, 1.0], [0.5, 0.6], [0.2, 0.3], [0.1, 0.2]] * 5  # 40 values, ten of them 1.0
+    d = plots.heatmap_plot_data(heat)
+    assert (d["vmax"], d["clipped_above"]) == (1.0, 0)  # the 95th percentile is the maximum: nothing to clip
+    uniform = plots.heatmap_plot_data({**heat, "relative": [[1.0, 1.0]]})
+    assert (uniform["vmin"], uniform["vmax"]) == (None, 1.0)
+    assert plots.heatmap_caption(uniform).endswith("log colour scale, not clipped")

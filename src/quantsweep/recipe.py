@@ -5,7 +5,7 @@ JSON has only string keys, but ModelOpt wants integer axes in `block_sizes` (`{-
 
     import modelopt.torch.quantization as mtq
     from quantsweep.recipe import load_recipe
-    model = mtq.quantize(model, load_recipe("runs/quickstart/wint4_afp16/default/small/recipe.json"), forward_loop)
+    model = mtq.quantize(model, load_recipe("runs/quickstart/wint8_afp16/default/small/bits-8/recipe.json"), forward_loop)
 
 `read_recipe` is the pure part (no torch): the file read through the reading layer and every entry of
 `quant_cfg` checked the way the overlay code checks a matrix's quantizer attributes, so that a damaged recipe is

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..store.atomic import atomic_write_json, atomic_write_text, check_output_dir, dumps, staged_outputs
+from .decision import APPLY_SNIPPET, RECIPE, compact_names, export_target, kept_layers
 from .manifest_io import REPORT, read_manifest_file
 
 NONE_LABEL = "none"
@@ -73,6 +74,7 @@ def render_markdown(manifest: dict[str, Any]) -> str:
             ("Total AutoQuant score", _fmt(search.get("total_score"), ".6e")),
             ("Constraint satisfied", str(search.get("satisfied"))),
             ("Quantized layer groups", f"{search.get('quantized_groups')} / {search.get('layer_groups')}"),
+            ("Kept at 16 bits", _kept_text(manifest)),
         ]
     )
     lines += ["", "## Quality (held-out, teacher-forced against the unquantized model)", ""]
@@ -132,7 +134,32 @@ def render_markdown(manifest: dict[str, Any]) -> str:
             f"|{r['layer']}|{r['num_bits']:.1f}|{r['sensitivity']:.3e}|{r['size_cost']:.3e}|"
             f"{r['chosen']} ({r['chosen_bits']:g})|"
         )
+    lines += _apply_section(cell)
     return "\n".join(lines) + "\n"
+
+
+def _kept_text(manifest: dict[str, Any]) -> str:
+    """The layer groups the recipe keeps unquantized, compacted (`mlp.down_proj in layers 0-2; lm_head`)."""
+    kept = kept_layers(manifest)
+    if kept is None:
+        return "n/a"
+    if not kept["names"]:
+        return "none (every layer group quantized)"
+    share = f", {100 * kept['weight_share']:.1f} % of the weights" if kept["weight_share"] is not None else ""
+    return f"{len(kept['names'])} of {kept['groups']}{share}: {compact_names(kept['names'])}"
+
+
+def _apply_section(cell: dict[str, Any]) -> list[str]:
+    """How to use this cell's recipe.json: the export command and the Python snippet, with the cell's own path as
+    `run` recorded it (relative to where `run` was started), so the report stays a function of the manifest."""
+    path = cell.get("path")
+    if not path:
+        return []
+    return ["", "## Apply this recipe", "",
+            f"`{path}/{RECIPE}` is the recipe above as a ModelOpt quantization config. As a Hugging Face checkpoint "
+            "(docs/export.md):", "", "```console",
+            f"quantsweep export --cell {path} --out {export_target(str(cell.get('key') or Path(path).name))}", "```", "",
+            "In Python, with ModelOpt:", "", "```python", APPLY_SNIPPET.format(recipe=f"{path}/{RECIPE}"), "```"]
 
 
 def render_json(manifest: dict[str, Any]) -> dict[str, Any]:

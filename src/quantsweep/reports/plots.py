@@ -71,11 +71,59 @@ def frontier_plot_data(view: dict[str, Any]) -> dict[str, Any]:
         panels.append({"title": group_title(g), "group": g["group"], "points": pts,
                        "frontier": [[p["bits"], p["quality"]] for p in front]})
     pairs = sorted({str(p["pair"]) for panel in panels for p in panel["points"]})
-    return {"metric": view["metric"], "max_quality": view["max_quality"], "panels": panels, "pairs": pairs}
+    ref = view.get("reference") or {}
+    reference = [ref["bits"], ref[view["metric"]]] if view["metric"] in ref else None
+    return {"metric": view["metric"], "max_quality": view["max_quality"], "panels": panels, "pairs": pairs,
+            "reference": reference}
+
+
+HEATMAP_CLIP = (5.0, 95.0)  # percentiles of the shown relative sensitivities: the colour scale's ends
 
 
 def heatmap_plot_data(heat: dict[str, Any]) -> dict[str, Any]:
-    return heat
+    """The heatmap's data plus its colour scale: from the 5th to the 95th percentile of the shown relative
+    sensitivities (`vmin`, `vmax`; `clipped_below` / `clipped_above`: how many values lie outside and share the
+    lightest / darkest colour). An end is clipped only where some value lies beyond it.
+
+    Why: relative sensitivity is 1 for each cell's most sensitive layer, and when that is the same layer in every
+    cell (lm_head, typically) the scale runs from 1 down to the least sensitive layer, orders of magnitude below,
+    while most layers sit in a narrow band that all gets one colour. Clipping at percentiles gives the colours to
+    where the values are; the colour bar marks both clipped ends, and the table beside the heatmap keeps the
+    exact values."""
+    import numpy as np
+
+    vals = np.array([v for row in heat["relative"] for v in row if v is not None and math.isfinite(v) and v > 0],
+                    dtype=float)
+    out = {**heat, "clip_percentiles": list(HEATMAP_CLIP), "vmin": None, "vmax": 1.0, "clipped_below": 0,
+           "clipped_above": 0}
+    if vals.size:
+        lo, hi = (float(x) for x in np.percentile(vals, HEATMAP_CLIP))
+        if float(vals.min()) < lo < hi:
+            out["vmin"], out["clipped_below"] = round(lo, 12), int((vals < lo).sum())
+        if lo < hi < float(vals.max()):
+            out["vmax"], out["clipped_above"] = round(hi, 12), int((vals > hi).sum())
+    return out
+
+
+def heatmap_caption(data: dict[str, Any]) -> str:
+    """The report's caption: says how the colour scale was cut (or that it was not)."""
+    base = "Relative layer sensitivity (score / the cell's largest score): layers x cells, log colour scale"
+    lo_p, hi_p = data.get("clip_percentiles") or HEATMAP_CLIP
+
+    def n(k: int) -> str:
+        return f"{k} value" + ("" if k == 1 else "s")
+
+    parts = []
+    if data.get("clipped_above"):
+        parts.append(f"above the {hi_p:g}th percentile ({data['vmax']:.3g}: {n(data['clipped_above'])}) get the "
+                     "darkest colour")
+    if data.get("clipped_below"):
+        parts.append(f"below the {lo_p:g}th percentile ({data['vmin']:.3g}: {n(data['clipped_below'])}) the "
+                     "lightest")
+    if not parts:
+        return base + ", not clipped"
+    return (base + "; clipped at percentiles of the shown values so that one dominant row (lm_head, typically) "
+                   "does not wash out the others: values " + ", ".join(parts) + " (the table gives exact values)")
 
 
 def convergence_plot_data(series: list[dict[str, Any]]) -> dict[str, Any]:
@@ -179,11 +227,12 @@ def draw_frontier(data: dict[str, Any]) -> Any:
         n = len(panels)
         ncols = min(3, math.ceil(math.sqrt(n)))
         nrows = math.ceil(n / ncols)
-        fig = _figure(5.4 * ncols, 3.9 * nrows + 1.2)
+        fig = _figure(max(5.4 * ncols, 10.0), 3.9 * nrows + 1.2)  # one panel: room for the title and legend
         axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
         flat = list(axes.flat)
         colors = _pair_colors(data["pairs"])
         log = metric == "kl_mean"
+        ref = data.get("reference")
         positive = [p["quality"] for pan in panels for p in pan["points"] if p["quality"] > 0]
         floor = min(max(min(positive) / 10 if positive else 1e-6, 1 / PLOT_LIMIT), PLOT_LIMIT / 10) if log else None
 
@@ -199,6 +248,12 @@ def draw_frontier(data: dict[str, Any]) -> Any:
             if pan["frontier"]:
                 ax.plot([b for b, _ in pan["frontier"]], [y(q) for _, q in pan["frontier"]], color=FRONTIER_COLOR,
                         lw=1.4, alpha=0.8, zorder=2)
+            if ref is not None:  # the unquantized model closes every frontier at 16 bits
+                if pan["frontier"]:
+                    top = pan["frontier"][-1]
+                    ax.plot([top[0], ref[0]], [y(top[1]), y(ref[1])], color=FRONTIER_COLOR, lw=1.0, ls=":",
+                            alpha=0.7, zorder=2)
+                ax.scatter([ref[0]], [y(ref[1])], s=110, marker="*", color="#333333", zorder=3)
             for p in pan["points"]:
                 any_invalid |= not p["valid"]
                 ax.scatter([p["bits"]], [y(p["quality"])], s=70 if p["on_frontier"] else 45,
@@ -235,6 +290,9 @@ def draw_frontier(data: dict[str, Any]) -> Any:
                 return fx * AX_W_PT, fy * AX_H_PT
 
             obstacles = [(AX_W_PT - 190, AX_H_PT - 14, AX_W_PT, AX_H_PT)]  # the "fails the threshold" note
+            if ref is not None:
+                rx, ry = frac(ref[0], ref[1])
+                obstacles.append((rx - 7, ry - 7, rx + 7, ry + 7))
             for p in pan["points"]:
                 px, py = frac(p["bits"], p["quality"])
                 obstacles.append((px - 6, py - 6, px + 6, py + 6))
@@ -268,12 +326,16 @@ def draw_frontier(data: dict[str, Any]) -> Any:
                               markeredgecolor=FRONTIER_COLOR,
                               label="Pareto frontier (no other cell is both smaller and better)"))
         handles.append(Line2D([], [], color=THRESHOLD_COLOR, ls="--", label=f"quality threshold ({short} ≤ {limit:g})"))
+        if ref is not None:
+            handles.append(Line2D([], [], ls="", marker="*", color="#333333", markersize=10,
+                                  label=f"16-bit reference ({short} {ref[1]:g}"
+                                  + (", drawn at the floor)" if log and ref[1] <= 0 else ")")))
         if any_invalid:
             handles.append(Line2D([], [], ls="", marker="X", color="#777777", markersize=7,
                                   label="invalid cell (shown by --include-invalid)"))
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False,
-                   title="BASELINE = most bits · MIN VIABLE = fewest bits that meet the threshold · BEST VALUE = the "
-                         "largest share of the possible bit savings for the smallest share of the quality budget",
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8, frameon=False,
+                   title="BASELINE = best-quality frontier cell · MIN VIABLE = fewest bits that meet the threshold · "
+                         "BEST VALUE = most of the possible bit savings for the least of the quality budget",
                    title_fontsize=8)
         fig.suptitle(f"Quality vs size, one panel per group: lower-left is better; cells in the red band fail "
                      f"{short} ≤ {limit:g}", fontsize=11)
@@ -293,27 +355,38 @@ def draw_heatmap(heat: dict[str, Any]) -> Any:
                           "no per-layer scores available (see the report's notes)")
         vals = np.array([[np.nan if v is None else v for v in row] for row in heat["relative"]], dtype=float)
         finite = vals[np.isfinite(vals) & (vals > 0)]
-        vmin = 10.0 ** math.floor(math.log10(float(finite.min()))) if finite.size else 1e-3
-        vmin = min(max(vmin, 1e-4), 0.1)
+        vmax = float(heat.get("vmax") or 1.0)
+        if heat.get("vmin"):
+            vmin = float(heat["vmin"])
+        else:
+            vmin = 10.0 ** math.floor(math.log10(float(finite.min()))) if finite.size else 1e-3
+            vmin = min(max(vmin, 1e-4), 0.1, vmax / 10)
         clipped = bool(np.any(np.isfinite(vals) & (vals < vmin)))
-        shown = np.where(np.isnan(vals), np.nan, np.clip(vals, vmin, 1.0))
+        shown = np.where(np.isnan(vals), np.nan, np.clip(vals, vmin, vmax))
         width = min(4.0 + 0.75 * len(cells), 24.0)
         fig = _figure(width, 1.9 + 0.24 * len(layers))
         ax = fig.subplots()
-        cmap = colormaps["YlOrRd"].with_extremes(bad="#d9d9d9")
-        im = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap=cmap, norm=LogNorm(vmin=vmin, vmax=1.0),
+        cmap = colormaps["magma_r"].with_extremes(bad="#d9d9d9")  # light = insensitive, dark = sensitive; more steps than YlOrRd
+        im = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap=cmap, norm=LogNorm(vmin=vmin, vmax=vmax),
                        interpolation="nearest")
         ax.set_yticks(range(len(layers)), labels=layers, fontsize=7)
         ax.set_xticks(range(len(cells)), labels=cells, rotation=40, ha="right", fontsize=7.5)
         ax.set_xlabel("cell (pair / granularity / dataset size)")
         ax.set_ylabel("layer group (most sensitive first)")
         bar = fig.colorbar(im, ax=ax, shrink=0.9)
-        ticks = [10.0 ** -k for k in range(round(-math.log10(vmin)) + 1)]
-        labels = ["1 = cell's most\nsensitive layer"] + [f"{t:g}" for t in ticks[1:]]
-        if clipped:
-            labels[-1] = "≤ " + labels[-1]
+        decades = [10.0 ** -k for k in range(0, 7)]
+        ticks = [t for t in decades if vmin * 1.3 < t < vmax / 1.3]
+        ticks = [vmax] + ticks + [vmin]
+        pct = heat.get("clip_percentiles") or HEATMAP_CLIP
+        top = (f"≥ {vmax:.2g} ({pct[1]:g}th pct.)" if heat.get("clipped_above")
+               else "1 = cell's most\nsensitive layer" if vmax == 1.0 else f"{vmax:.2g}")
+        bottom = f"{vmin:.2g}" + (f" ({pct[0]:g}th pct.)" if heat.get("clipped_below") else "")
+        labels = [top] + [f"{t:g}" for t in ticks[1:-1]] + [("≤ " if clipped else "") + bottom]
         bar.set_ticks(ticks, labels=labels)
-        bar.set_label("score / the cell's largest score (log scale)", fontsize=8)
+        bar.ax.minorticks_off()  # LogNorm's automatic minor labels would crowd the clipped ends
+        bar.set_label("score / the cell's largest score (log scale"
+                      + ("; ends clipped at percentiles)" if heat.get("clipped_above") or heat.get("clipped_below")
+                         else ")"), fontsize=8)
         ax.set_title(f"Layer sensitivity across cells: the {len(layers)} layers with the highest mean relative "
                      "score\n(darker = quantizing this layer hurts the loss more, relative to the cell's worst "
                      "layer; grey = not scored)", fontsize=9.5)

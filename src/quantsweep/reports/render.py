@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..kpis import GATES, KPI_NAMES, compute_kpis, evaluate_gate
 from ..model_shapes import describe_provenance
 from ..store.atomic import atomic_write_text, check_output_dir, dumps, staged_outputs
+from . import decision
 from . import layers as L
 from . import noise
 from . import plots
@@ -107,6 +108,8 @@ def build_report(summary: Summary, include_invalid: bool, generated_at: str, bit
                      + (", ".join(edge) if edge else f"the threshold {limit:g}") + "); the tables give them as measured")
     conv = L.convergence(view["points"], cells)
     heat = L.heatmap_data(cells)
+    comparisons = noise.comparisons([rows_by_key[p["key"]] for p in view["points"]])
+    overall = decision.overall_recommendation(view, comparisons)
     return {
         "summary": summary,
         "generated_at": generated_at,
@@ -125,8 +128,10 @@ def build_report(summary: Summary, include_invalid: bool, generated_at: str, bit
             LENGTH_FIGURE: plots.length_plot_data([rows_by_key[p["key"]] for p in view["points"]]),
         },
         "notes": notes,
-        "comparisons": noise.comparisons([rows_by_key[p["key"]] for p in view["points"]]),
+        "comparisons": comparisons,
         "trust": trust_data([rows_by_key[p["key"]] for p in view["points"]], view["groups"], metric),
+        "decision": overall,
+        "recipes": decision.recipes(summary, view, overall),
     }
 
 
@@ -136,7 +141,7 @@ def scatter_doc(rep: dict[str, Any]) -> dict[str, Any]:
     keep = ("key", "cell_id", "group", "model", "pair", "weight", "activation", "granularity", "dataset_size",
             "samples", "effective_bits_target", "achieved_bits", "quality", "kl_mean", "ppl_ratio", "top1_agreement",
             "status", "valid", "reasons", "meets_quality", "on_frontier", "frontier_role", "quality_per_bit_saved",
-            "value_score")
+            "value_score", "marginal_cost_per_bit", "marginal_vs")
     return {
         "schema_version": "1",
         "kind": "quantsweep.scatter",
@@ -150,6 +155,8 @@ def scatter_doc(rep: dict[str, Any]) -> dict[str, Any]:
         "quality_metric": rep["view"]["metric"],
         "max_quality": rep["view"]["max_quality"],
         "points": [{k: p[k] for k in keep} for p in rep["view"]["points"]],
+        "reference": rep["view"]["reference"],
+        "decision": {k: rep["decision"][k] for k in ("cell", "runner_up", "closest", "lines")},
         "comparisons": rep["comparisons"],
     }
 
@@ -230,6 +237,7 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
     metric = view["metric"]
     name = (s.doc.get("matrix") or {}).get("name") or s.path.stem
     out: list[Block] = [("h1", f"quantsweep report: {name}"), ("ul", _header(rep))]
+    out += decision.decision_blocks(rep["decision"])
 
     # KPIs and gate
     out.append(("h2", f"Stability KPIs — gate {gate['status']}"))
@@ -259,10 +267,12 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
                               "best value", "recommendation"], recs))
     else:
         out.append(("p", "No rows to recommend from."))
-    out.append(("p", "Baseline: the cell with the most achieved bits. Minimum viable: the fewest bits with "
+    out.append(("p", "Baseline: the highest-precision cell on the frontier (the best quality; a cell with more "
+                     "bits and worse quality is dominated, never the baseline). Minimum viable: the fewest bits with "
                      f"{metric} ≤ {view['max_quality']:g}. Best value: the eligible cell that realises the largest "
                      "share of the available bit savings for the smallest share of the quality budget "
                      "(docs/reports.md)."))
+    out += decision.recipe_blocks(rep["recipes"], rep.get("out_dir"))
 
     out += trust_blocks(rep["trust"], metric)
 
@@ -278,14 +288,14 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
     out.append(("p", f"{shown} of {total} rows shown"
                      + (f"; {hidden} invalid rows hidden (render with --include-invalid to show them)." if hidden
                         else ".")))
-    cell_rows = []
+    cell_rows = [_reference_row(view)]
     rows_by_key_ = {r["key"]: r for r in s.rows}
     for p in view["points"]:
         cell_rows.append([
             p["key"], _s(p["pair"]), _s(p["granularity"]), _s(p["dataset_size"]),
             _num(p["effective_bits_target"], "g"), _num(p["achieved_bits"], ".3f"),
             _num(rows_by_key_[p["key"]].get("storage_bits"), ".3f"), _num(p["kl_mean"], ".4g"),
-            _num(p["ppl_ratio"], ".4f"), _num(p["top1_agreement"], ".3f"), _num(p["quality_per_bit_saved"], ".3g"),
+            _num(p["ppl_ratio"], ".4f"), _num(p["top1_agreement"], ".3f"), _marginal(p),
             "yes" if p["valid"] else "no: " + ", ".join(p["reasons"]), p["frontier_role"] or "—",
         ])
     out.append(("p", "bits: the frontier's x axis (" + ("AutoQuantize's effective bits, scales not counted"
@@ -294,7 +304,11 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
                      "(docs/metrics.md)."))
     out.append(("table", ["cell", "pair", "granularity", "size", "budget", "bits", "storage bits", "KL mean",
                           "ppl ratio", "top-1",
-                          f"Δ{metric}/bit saved", "valid", "role"], cell_rows))
+                          f"{metric} cost per bit saved", "valid", "role"], cell_rows))
+    out.append(("p", f"{metric} cost per bit saved: for a frontier cell, how much {metric} rises for each bit it "
+                     "saves against the next larger point of its group's frontier (the 16-bit reference above the "
+                     "largest); where this jumps, further savings get expensive. Blank off the frontier. The first "
+                     "row is the unquantized model every cell is measured against."))
 
     # solver
     out.append(("h2", "Solver: exact optimum vs ModelOpt's"))
@@ -351,7 +365,7 @@ def blocks(rep: dict[str, Any]) -> list[Block]:
                       f"{e['max_score']:.3e}", e["max_cell"]] for e in rep["top_layers"]]))
     else:
         out.append(("p", "No per-layer scores available (see Notes)."))
-    out.append(("figure", "sensitivity-heatmap", "Relative layer sensitivity: layers x cells"))
+    out.append(("figure", "sensitivity-heatmap", plots.heatmap_caption(rep["plot_data"]["sensitivity-heatmap"])))
 
     # convergence
     out.append(("h2", "Convergence across dataset sizes"))
@@ -405,6 +419,21 @@ def _length_cell(series: dict[str, Any], seq_len: int) -> str:
     return f"{_num(p['kl_mean'], '.3e')} / {_num(p['ppl_ratio'], '.4f')} / {_num(p['top1_agreement'], '.3f')}"
 
 
+def _reference_row(view: dict[str, Any]) -> list[str]:
+    """The 16-bit reference as the Cells table's first row: the unquantized model, by definition lossless."""
+    ref = view["reference"]
+    return [ref["key"] + " (unquantized model)", "—", "—", "—", "—", _num(ref["bits"], ".3f"), _num(ref["bits"], ".3f"),
+            _num(ref["kl_mean"], ".4g"), _num(ref["ppl_ratio"], ".4f"), _num(ref["top1_agreement"], ".3f"), "—", "—",
+            "reference"]
+
+
+def _marginal(p: dict[str, Any]) -> str:
+    v = p.get("marginal_cost_per_bit")
+    if v is None:
+        return "—"
+    return f"{_num(v, '.3g')} vs " + ("16-bit" if p["marginal_vs"] == "16-bit reference" else p["marginal_vs"])
+
+
 def _verdict(m: dict[str, Any] | None) -> str:
     if not m:
         return "—"
@@ -418,6 +447,20 @@ def _md_cell(v: str) -> str:
     return str(v).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
+def _md_item(x: Any) -> str:
+    """A list item: text, or (text before, link label, link target)."""
+    if isinstance(x, tuple):
+        return f"{x[0]}[{x[1]}]({x[2].replace(' ', '%20')})"
+    return str(x)
+
+
+def _html_item(x: Any) -> str:
+    e = html.escape
+    if isinstance(x, tuple):
+        return f'{e(x[0])}<a href="{e(x[2])}">{e(x[1])}</a>'
+    return e(str(x))
+
+
 def render_markdown(bl: list[Block]) -> str:
     lines: list[str] = []
     for b in bl:
@@ -429,7 +472,9 @@ def render_markdown(bl: list[Block]) -> str:
         elif kind == "p":
             lines += [b[1], ""]
         elif kind == "ul":
-            lines += [f"- {x}" for x in b[1]] + [""]
+            lines += [f"- {_md_item(x)}" for x in b[1]] + [""]
+        elif kind == "code":
+            lines += ["```", b[1], "```", ""]
         elif kind == "table":
             head, rows = b[1], b[2]
             lines.append("| " + " | ".join(_md_cell(h) for h in head) + " |")
@@ -483,7 +528,9 @@ def render_html(bl: list[Block], svgs: dict[str, str], title: str) -> str:
         elif kind == "p":
             parts.append(f"<p>{e(b[1])}</p>")
         elif kind == "ul":
-            parts.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in b[1]) + "</ul>")
+            parts.append("<ul>" + "".join(f"<li>{_html_item(x)}</li>" for x in b[1]) + "</ul>")
+        elif kind == "code":
+            parts.append(f"<pre><code>{e(b[1])}</code></pre>")
         elif kind == "table":
             head = "".join(f"<th>{e(h)}</th>" for h in b[1])
             body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
@@ -508,6 +555,7 @@ def render_report(
     check_not_an_input([out / name for name in OUTPUTS + LENGTH_OUTPUTS], [summary_path], "--out")
     summary = load_summary(summary_path)
     rep = build_report(summary, include_invalid, generated_at or now_utc(), bits)
+    rep["out_dir"] = out  # recipe links are written relative to the report's folder
     for name in OUTPUTS:
         if (out / name).is_dir() and not (out / name).is_symlink():
             raise InputError(f"--out {out}: {out / name} is a folder, where the report writes its {name}")
@@ -536,6 +584,7 @@ def render_report(
         "gate": rep["gate"]["status"],
         "groups": [{k: g[k] for k in ("group", "baseline", "minimum_viable", "best_value")}
                    for g in rep["view"]["groups"]],
+        "decision": {k: rep["decision"][k] for k in ("cell", "runner_up", "closest")},
         "plots": {
             "frontier": {"panels": len([p for p in fr["panels"] if p["points"]]),
                          "points": sum(len(p["points"]) for p in fr["panels"])},

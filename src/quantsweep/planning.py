@@ -27,6 +27,7 @@ from .quant_summary import (
     quantizer_summary,
 )
 from .planning_feasibility import infeasible, minimum_effective_bits
+from .export_support import Exportability, config_exportability
 from .schema import InlineGranularity, InlinePair, InlineSize, Matrix
 
 # A sweep larger than this is almost always a typo (a 31 KB matrix can name 270,000 cells); --max-cells overrides.
@@ -88,6 +89,12 @@ class Cell:
     warnings: tuple[str, ...] = ()
     # the least effective bits any recipe of this cell reaches (planning_feasibility.py); None: shapes unknown
     min_effective_bits: float | None = None
+    # can `quantsweep export` write this format for this model (export_support.py); None: not computed
+    export: Exportability | None = None
+
+    @property
+    def exportable(self) -> bool | None:
+        return None if self.export is None else self.export.exportable
 
     @property
     def key(self) -> str:
@@ -123,6 +130,8 @@ class Cell:
             out.append("invalid_for_modelopt")
         if any("does nothing" in w for w in self.warnings):
             out.append("overlay_noop")
+        if self.exportable is False:
+            out.append("not_exportable")
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -149,7 +158,15 @@ class Cell:
             "path": str(self.path),
             "flags": self.flags,
             "warnings": list(self.warnings),
+            **export_fields(self.export),
         }
+
+
+def export_fields(export: Exportability | None) -> dict[str, Any]:
+    """The plan's exportability as a row and dry-run carry it: `exportable` (true / false / null) and its reason."""
+    if export is None:
+        return {"exportable": None, "export_reason": "not computed", "export_format": None}
+    return {"exportable": export.exportable, "export_reason": export.reason, "export_format": export.quant_algo}
 
 
 @dataclass
@@ -313,6 +330,7 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
             overlay_warnings = overlay_warnings + [f"rejected by ModelOpt: {v}" for v in invalid]
             fbits = format_bits(config)
             min_bits = None if shapes is None else minimum_effective_bits(shapes, fbits, aq.disabled_layers)
+            export = config_exportability(config, shapes, aq.disabled_layers)
             for size_name, samples in sizes:
                 calib = samples if aq.calib_size == "dataset_size" else int(aq.calib_size)
                 score = min(samples, aq.score_size) if aq.score_size else samples
@@ -349,6 +367,7 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
                         batch_size=aq.batch_size,
                         warnings=tuple(f"{pair.name}/{gran.name}: {w}" for w in overlay_warnings),
                         min_effective_bits=min_bits,
+                        export=export,
                     )
                     low = str(path).lower()
                     if low in seen_paths:

@@ -10,6 +10,11 @@ bits and a finite quality value ("rankable"):
 - baseline: the most achieved bits (ties: better quality, then key);
 - minimum viable: the fewest bits among rows meeting the quality threshold (ties: better quality, then key);
 - best value: the eligible row maximising `savings_share - quality_budget_share` (see `value_score`).
+
+Minimum viable and best value are recommendations, so only a row that can be exported takes them: a row the plan
+flagged `exportable: false` (export_support.py) is never recommended; the group lists it under
+`skipped_not_exportable` when it would otherwise have been the minimum viable cell (or ranked before it), and the
+recommendation says why it was passed over. Rows without the flag (older summaries) count as exportable.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ def _point(r: dict[str, Any], metric: str, limit: float, bits: str = "achieved")
         "valid": bool(r.get("valid")),
         "reasons": list(r.get("reasons", [])),
         "meets_quality": q is not None and b is not None and q <= limit,
+        "exportable": r.get("exportable"),
+        "export_reason": r.get("export_reason"),
         "on_frontier": False,
         "roles": [],
         "frontier_role": "",
@@ -113,8 +120,11 @@ def build_frontier(
         for p in rankable:
             p["on_frontier"] = p["key"] in front
         base = _pick(rankable, lambda p: (-p["achieved_bits"], p["quality"], p["key"]))
-        eligible = [p for p in rankable if p["meets_quality"]]
-        mv = _pick(eligible, lambda p: (p["achieved_bits"], p["quality"], p["key"]))
+        mv_order = lambda p: (p["achieved_bits"], p["quality"], p["key"])  # noqa: E731
+        eligible = [p for p in rankable if p["meets_quality"] and p["exportable"] is not False]
+        mv = _pick(eligible, mv_order)
+        skipped = sorted((p for p in rankable if p["meets_quality"] and p["exportable"] is False
+                          and (mv is None or mv_order(p) < mv_order(mv))), key=mv_order)
         bv = None
         if base is not None and mv is not None:
             for p in eligible:
@@ -154,19 +164,25 @@ def build_frontier(
                 "baseline": base["key"] if base else None,
                 "minimum_viable": mv["key"] if mv else None,
                 "best_value": bv["key"] if bv else None,
-                "reason": _reason(rankable, mv, metric, limit),
-                "recommendation": _recommendation(base, mv, bv, metric, limit),
+                "reason": _reason(rankable, mv, metric, limit, bool(skipped)),
+                "recommendation": _recommendation(base, mv, bv, metric, limit, bool(skipped)) + _skipped_text(skipped,
+                                                                                                      metric),
+                "skipped_not_exportable": [{"key": p["key"], "reason": p["export_reason"]} for p in skipped],
             }
         )
     return {"metric": metric, "max_quality": limit, "include_invalid": include_invalid, "bits": bits, "points": points,
             "groups": groups}
 
 
-def _reason(rankable: list[dict[str, Any]], mv: dict[str, Any] | None, metric: str, limit: float) -> str:
+def _reason(rankable: list[dict[str, Any]], mv: dict[str, Any] | None, metric: str, limit: float,
+            skipped: bool = False) -> str:
+    exportable = " exportable" if skipped else ""
     if not rankable:
         return "no shown cell has measured bits and quality"
     if mv is None:
-        return f"no shown cell met {metric} <= {limit:g}"
+        return f"no{exportable} shown cell met {metric} <= {limit:g}"
+    if skipped:
+        return f"fewest achieved bits among exportable cells with {metric} <= {limit:g}"
     return f"fewest achieved bits with {metric} <= {limit:g}"
 
 
@@ -174,14 +190,25 @@ def _desc(p: dict[str, Any], metric: str) -> str:
     return f"{p['key']} ({p['achieved_bits']:.3f} bits, {metric} {p['quality']:.4g})"
 
 
+def _skipped_text(skipped: list[dict[str, Any]], metric: str) -> str:
+    """Why better-ranked cells were passed over: they meet quality with fewer bits, but cannot be exported."""
+    if not skipped:
+        return ""
+    first = skipped[0]
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    return (f" Not recommended although it meets quality: {_desc(first, metric)}{more}: not exportable "
+            f"({first['export_reason'] or 'no reason recorded'}).")
+
+
 def _recommendation(
-    base: dict[str, Any] | None, mv: dict[str, Any] | None, bv: dict[str, Any] | None, metric: str, limit: float
+    base: dict[str, Any] | None, mv: dict[str, Any] | None, bv: dict[str, Any] | None, metric: str, limit: float,
+    skipped: bool = False,
 ) -> str:
     if base is None:
         return "No recommendation: no shown cell was measured."
     if mv is None:
-        return (f"No cell met {metric} <= {limit:g}: keep higher precision than {_desc(base, metric)}, "
-                "or relax the threshold.")
+        return (f"No {'exportable ' if skipped else ''}cell met {metric} <= {limit:g}: keep higher precision than "
+                f"{_desc(base, metric)}, or relax the threshold.")
     assert bv is not None
     if bv is mv:
         return f"Use {_desc(mv, metric)}: the smallest cell that meets quality, and the best value."

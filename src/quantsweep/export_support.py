@@ -153,6 +153,10 @@ def classify_format(weight: Any, inputs: Any) -> _Format:
     if not _enabled(weight):
         return _Format("none")  # nothing quantized: the checkpoint is the 16-bit model
     act = inputs if _enabled(inputs) else None
+    if act is not None and _scale_bits(act) == MX_SCALE and _bits(weight) == (2, 1):
+        # measured with MXFP8 (TypeError); MXFP4 with MX inputs goes through the same input-scale code
+        return _Format(None, "MX activations: ModelOpt 0.47's exporter fails on MX input quantizers (TypeError "
+                             "measured with MXFP8)")
     bits = _bits(weight)
     wdesc = describe_attributes(weight)
     if bits == 8:  # rules 1, 3, 7 (MXINT8)
@@ -319,6 +323,9 @@ def check_cell_exportable(inputs: Any) -> None:
         return  # nothing to judge by: the exporter itself decides
     chosen = {n for g in man.get("layers") or [] if g.get("chosen") != "none"
               for n in (g.get("module_names") or [g.get("name")]) if isinstance(n, str)}
+    from .overlay import from_jsonable
+
+    config = from_jsonable(config)  # integer block-size axes, as the plan had them (the same reason text)
     verdict = config_exportability(config, plan_shapes(matrix.model), matrix.autoquant.disabled_layers, chosen)
     if verdict.exportable is False:
         cell = man.get("cell") or {}

@@ -130,8 +130,6 @@ class Cell:
             out.append("invalid_for_modelopt")
         if any("does nothing" in w for w in self.warnings):
             out.append("overlay_noop")
-        if self.exportable is False:
-            out.append("not_exportable")
         return out
 
     def summary(self) -> dict[str, Any]:

@@ -60,6 +60,22 @@ def _minimum(cell: dict[str, Any]) -> str:
     return f" (min {low:.4g})" if low is not None and low > cell["format_bits"] + 1e-9 else ""
 
 
+def _export_mark(cell: dict[str, Any]) -> str:
+    """The dry-run table's `export` column: can `quantsweep export` write this cell (export_support.py)."""
+    return {True: "yes", False: "no", None: "unknown"}[cell.get("exportable")]
+
+
+def export_notes(cells: list[dict[str, Any]]) -> list[str]:
+    """One line per pair/granularity that cannot be exported (or whose exportability is unknown), with the why."""
+    seen: dict[str, str] = {}
+    for c in cells:
+        if c.get("exportable") is not True:
+            name = f"{c['pair']}/{c['granularity']}"
+            label = "not exportable" if c.get("exportable") is False else "exportability unknown"
+            seen.setdefault(name, f"{label}: {name}: {c.get('export_reason')}")
+    return list(seen.values())
+
+
 def render_dry_run(doc: dict[str, Any], console: Console) -> None:
     mx, model, ds, aq = doc["matrix"], doc["model"], doc["dataset"], doc["autoquant"]
     commit = doc["commit"]
@@ -82,7 +98,8 @@ def render_dry_run(doc: dict[str, Any], console: Console) -> None:
         + (f", disabled {aq['disabled_layers']}" if aq["disabled_layers"] else "")
     )
     t = Table(title=f"{len(doc['cells'])} cells -> {doc['sweep_dir']}")
-    for col in ("id", "pair", "W/A", "granularity", "size", "bits (budget/format)", "weight quantizer", "input quantizer", "path", "flags"):
+    for col in ("id", "pair", "W/A", "granularity", "size", "bits (budget/format)", "weight quantizer", "input quantizer",
+                "export", "path", "flags"):
         t.add_column(col, overflow="fold")
     for c in doc["cells"]:
         t.add_row(
@@ -94,10 +111,13 @@ def render_dry_run(doc: dict[str, Any], console: Console) -> None:
             f"{c['effective_bits_target']:g}/{c['format_bits']:g}" + _minimum(c),
             c["weight_quantizer"],
             c["input_quantizer"],
+            _export_mark(c),
             c["path"],
             ",".join(c["flags"]),
         )
     console.print(t)
+    for line in export_notes(doc["cells"]):
+        console.print(line, highlight=False)
     can = doc["canary"]
     if can["enabled"]:
         console.print(

@@ -27,6 +27,7 @@ from .quant_summary import (
     quantizer_summary,
 )
 from .planning_feasibility import infeasible, minimum_effective_bits
+from .export_support import Exportability, config_exportability
 from .schema import InlineGranularity, InlinePair, InlineSize, Matrix
 
 # A sweep larger than this is almost always a typo (a 31 KB matrix can name 270,000 cells); --max-cells overrides.
@@ -90,6 +91,12 @@ class Cell:
     min_effective_bits: float | None = None
     kv_cache: str = "none"  # axes.kv_cache: the KV-cache quantization evaluated with the recipe
     kv_in_path: bool = False  # the matrix names a KV-cache axis other than [none]: ids, paths and keys carry it
+    # can `quantsweep export` write this format for this model (export_support.py); None: not computed
+    export: Exportability | None = None
+
+    @property
+    def exportable(self) -> bool | None:
+        return None if self.export is None else self.export.exportable
 
     @property
     def key(self) -> str:
@@ -152,7 +159,15 @@ class Cell:
             "flags": self.flags,
             "warnings": list(self.warnings),
             **({"kv_cache": self.kv_cache} if self.kv_in_path else {}),
+            **export_fields(self.export),
         }
+
+
+def export_fields(export: Exportability | None) -> dict[str, Any]:
+    """The plan's exportability as a row and dry-run carry it: `exportable` (true / false / null) and its reason."""
+    if export is None:
+        return {"exportable": None, "export_reason": "not computed", "export_format": None}
+    return {"exportable": export.exportable, "export_reason": export.reason, "export_format": export.quant_algo}
 
 
 @dataclass
@@ -325,6 +340,7 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
             overlay_warnings = overlay_warnings + [f"rejected by ModelOpt: {v}" for v in invalid]
             fbits = format_bits(config)
             min_bits = None if shapes is None else minimum_effective_bits(shapes, fbits, aq.disabled_layers)
+            export = config_exportability(config, shapes, aq.disabled_layers)
             for size_name, samples in sizes:
                 calib = samples if aq.calib_size == "dataset_size" else int(aq.calib_size)
                 score = min(samples, aq.score_size) if aq.score_size else samples
@@ -370,6 +386,7 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
                         min_effective_bits=min_bits,
                         kv_cache=kv,
                         kv_in_path=kv_in_path,
+                        export=export,
                     )
                     low = str(path).lower()
                     if low in seen_paths:

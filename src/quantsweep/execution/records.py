@@ -27,6 +27,7 @@ RECIPE_FILE = "recipe.json"
 ROW_PLAN_FIELDS = (
     "config_hash", "search_hash", "key", "pair", "weight", "activation", "granularity", "dataset_size", "samples",
     "effective_bits_target", "format_bits", "weight_quantizer", "input_quantizer", "calibration",
+    "exportable", "export_reason", "export_format",  # the plan's exportability (export_support.py)
 )
 
 

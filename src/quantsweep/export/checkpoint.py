@@ -38,6 +38,7 @@ from typing import Any
 
 from ..errors import ExitCode, InputError, QuantsweepError
 from ..store.atomic import check_output_dir, make_dirs
+from ..export_support import check_cell_exportable
 from .cell_inputs import locate
 
 QUALITY_RTOL = 1e-3
@@ -66,6 +67,7 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
         raise InputError(f"{out}: --out exists and is not an empty folder (an export never overwrites)")
     check_output_dir(out, "--out")  # before the slow rebuild: a place that cannot be written fails at once
     inputs = locate(cell_dir)
+    check_cell_exportable(inputs)  # the plan's exportability rules (export_support.py): refused before loading
 
     from ..engine.data import build_samples, make_batches
     from ..engine.models import load_model

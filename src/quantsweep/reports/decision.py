@@ -57,7 +57,9 @@ def overall_recommendation(view: dict[str, Any], comparisons: list[dict[str, Any
     runner-up differ in one axis, the text says whether their quality difference is resolved or within noise."""
     metric, limit = view["metric"], view["max_quality"]
     rankable = _rankable(view)
-    eligible = sorted((p for p in rankable if p["meets_quality"]), key=_order)
+    # a recommendation must be exportable (export_support.py); rows without the flag (older summaries) count as such
+    eligible = sorted((p for p in rankable if p["meets_quality"] and p.get("exportable") is not False), key=_order)
+    passed_over = [p for p in rankable if p["meets_quality"] and p.get("exportable") is False]
     out: dict[str, Any] = {"cell": None, "runner_up": None, "closest": None, "eligible": len(eligible),
                            "rankable": len(rankable), "would_pass": None, "lines": []}
     if not rankable:
@@ -71,6 +73,9 @@ def overall_recommendation(view: dict[str, Any], comparisons: list[dict[str, Any
     best = eligible[0]
     out["cell"] = best["key"]
     lines = [f"Use {best['key']}: {_what(best, metric, limit)}.",
+             *([f"Passed over: {len(passed_over)} cell(s) that meet the limit but cannot be exported "
+                f"({passed_over[0]['key']}: {passed_over[0].get('export_reason') or 'no reason recorded'})."]
+               if any(_order(p) < _order(best) for p in passed_over) else []),
              f"Why: the fewest bits among the {len(eligible)} of {len(rankable)} shown cells that meet {metric} <= "
              f"{limit:g} (ties: better {metric}, then fewer storage bits)."]
     # the runner-up is the next *other choice* (another format or budget); the same choice calibrated on another

@@ -15,6 +15,11 @@ bits and a finite quality value ("rankable"):
 - the marginal cost of a frontier cell: how much quality it gives up per bit it saves against the next larger
   point of the frontier, the 16-bit reference (the unquantized model: 16 bits, KL 0, perplexity ratio 1) above
   the largest cell (`marginal_costs`).
+
+Minimum viable and best value are recommendations, so only a row that can be exported takes them: a row the plan
+flagged `exportable: false` (export_support.py) is never recommended; the group lists it under
+`skipped_not_exportable` when it would otherwise have been the minimum viable cell (or ranked before it), and the
+recommendation says why it was passed over. Rows without the flag (older summaries) count as exportable.
 """
 
 from __future__ import annotations
@@ -88,6 +93,8 @@ def _point(r: dict[str, Any], metric: str, limit: float, bits: str = "achieved")
         "valid": bool(r.get("valid")),
         "reasons": list(r.get("reasons", [])),
         "meets_quality": q is not None and b is not None and q <= limit,
+        "exportable": r.get("exportable"),
+        "export_reason": r.get("export_reason"),
         "on_frontier": False,
         "roles": [],
         "frontier_role": "",
@@ -128,8 +135,11 @@ def build_frontier(
         # the highest-precision cell worth its bits: the frontier's largest (= best quality, fewest bits for it)
         base = _pick([p for p in rankable if p["on_frontier"]],
                      lambda p: (-p["achieved_bits"], p["quality"], p["key"]))
-        eligible = [p for p in rankable if p["meets_quality"]]
-        mv = _pick(eligible, lambda p: (p["achieved_bits"], p["quality"], p["key"]))
+        mv_order = lambda p: (p["achieved_bits"], p["quality"], p["key"])  # noqa: E731
+        eligible = [p for p in rankable if p["meets_quality"] and p["exportable"] is not False]
+        mv = _pick(eligible, mv_order)
+        skipped = sorted((p for p in rankable if p["meets_quality"] and p["exportable"] is False
+                          and (mv is None or mv_order(p) < mv_order(mv))), key=mv_order)
         bv = None
         if base is not None and mv is not None:
             for p in eligible:
@@ -171,8 +181,10 @@ def build_frontier(
                 "baseline": base["key"] if base else None,
                 "minimum_viable": mv["key"] if mv else None,
                 "best_value": bv["key"] if bv else None,
-                "reason": _reason(rankable, mv, metric, limit),
-                "recommendation": _recommendation(base, mv, bv, metric, limit, rankable, bits),
+                "reason": _reason(rankable, mv, metric, limit, bool(skipped)),
+                "recommendation": _recommendation(base, mv, bv, metric, limit, rankable, bits, bool(skipped))
+                + _skipped_text(skipped, metric),
+                "skipped_not_exportable": [{"key": p["key"], "reason": p["export_reason"]} for p in skipped],
             }
         )
     return {"metric": metric, "max_quality": limit, "include_invalid": include_invalid, "bits": bits, "points": points,
@@ -208,11 +220,15 @@ def marginal_costs(rankable: list[dict[str, Any]], metric: str) -> None:
             upper = (p["key"], p["achieved_bits"], p["quality"])
 
 
-def _reason(rankable: list[dict[str, Any]], mv: dict[str, Any] | None, metric: str, limit: float) -> str:
+def _reason(rankable: list[dict[str, Any]], mv: dict[str, Any] | None, metric: str, limit: float,
+            skipped: bool = False) -> str:
+    exportable = " exportable" if skipped else ""
     if not rankable:
         return "no shown cell has measured bits and quality"
     if mv is None:
-        return f"no shown cell met {metric} <= {limit:g}"
+        return f"no{exportable} shown cell met {metric} <= {limit:g}"
+    if skipped:
+        return f"fewest achieved bits among exportable cells with {metric} <= {limit:g}"
     return f"fewest achieved bits with {metric} <= {limit:g}"
 
 
@@ -220,14 +236,25 @@ def _desc(p: dict[str, Any], metric: str) -> str:
     return f"{p['key']} ({p['achieved_bits']:.3f} bits, {metric} {p['quality']:.4g})"
 
 
+def _skipped_text(skipped: list[dict[str, Any]], metric: str) -> str:
+    """Why better-ranked cells were passed over: they meet quality with fewer bits, but cannot be exported."""
+    if not skipped:
+        return ""
+    first = skipped[0]
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    return (f" Not recommended although it meets quality: {_desc(first, metric)}{more}: not exportable "
+            f"({first['export_reason'] or 'no reason recorded'}).")
+
+
 def _recommendation(
     base: dict[str, Any] | None, mv: dict[str, Any] | None, bv: dict[str, Any] | None, metric: str, limit: float,
-    rankable: list[dict[str, Any]], bits: str,
+    rankable: list[dict[str, Any]], bits: str, skipped: bool = False,
 ) -> str:
     if base is None:
         return "No recommendation: no shown cell was measured."
     if mv is None:
-        return what_would_pass(rankable, metric, limit, bits)["short"]
+        return ("No exportable cell met the limit. " if skipped else "") + what_would_pass(rankable, metric, limit,
+                                                                                       bits)["short"]
     assert bv is not None
     if bv is mv:
         return f"Use {_desc(mv, metric)}: the smallest cell that meets quality, and the best value."

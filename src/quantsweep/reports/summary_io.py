@@ -39,7 +39,8 @@ ROW_STATUSES = ("ok", "error")
 
 _STR = ("cell_id", "model", "pair", "weight", "activation", "granularity", "dataset_size", "error",
         "error_type", "result_fingerprint", "config_hash", "search_hash", "method", "engine", "device",
-        "weight_quantizer", "input_quantizer", "calibration", "fake_quant_backend", "kv_cache")
+        "weight_quantizer", "input_quantizer", "calibration", "fake_quant_backend", "kv_cache",
+        "export_reason", "export_format")
 _NUM = {
     "achieved_bits": BITS, "effective_bits_target": BITS, "format_bits": BITS, "storage_bits": BITS,
     "format_storage_bits": BITS,
@@ -47,7 +48,8 @@ _NUM = {
     "samples": COUNT, "layer_count": COUNT, "quantized_layer_count": COUNT,
     "attempt": Num(lo=1, hi=COUNT.hi, integer=True),
 }
-_BOOL = ("satisfied", "scores_finite", "valid", "from_canary")
+_BOOL = ("satisfied", "scores_finite", "valid", "from_canary",
+         "exportable")  # absent in summaries written before plan-time exportability: read as unknown
 
 
 def validate_row(row: Any, source: str, where: str) -> None:
@@ -66,6 +68,8 @@ def validate_row(row: Any, source: str, where: str) -> None:
         raise f.fail(f"{where}.quantized_layer_count", f"{quantized} is more than layer_count {layers}")
     for name in _BOOL:
         f.boolean(f"{where}.{name}", row.get(name))
+    if row.get("exportable") is False and not row.get("export_reason"):
+        raise f.fail(f"{where}.export_reason", "missing: a row that is not exportable says why")
     check_quality(f, f"{where}.quality", row.get("quality"))
     check_telemetry(f, f"{where}.telemetry", row.get("telemetry"))
     check_determinism(f, f"{where}.determinism", row.get("determinism"))

@@ -63,7 +63,7 @@ def test_version_and_short_help_on_every_command(qs):
     for flag in ("--version", "-V"):
         assert qs(flag) == (0, f"quantsweep {__version__}\n", "")
     commands = _commands()
-    assert len(commands) == 18  # 11 commands + 7 baseline sub-commands: a new one is covered automatically
+    assert len(commands) == 20  # 13 commands + 7 baseline sub-commands: a new one is covered automatically
     for cmd in [[], ["baseline"], *commands]:
         code, out, _err = qs(*cmd, "-h")
         usage = rf"Usage: [^\n]*quantsweep {re.escape(' '.join(cmd))}".rstrip()  # in-process, click's prog name varies

@@ -522,7 +522,7 @@ def test_cli_table_output(tmp_path, cli):
         (["-f", "wint4_afp16/w_group7"], "unknown granularity 'w_group7'"),
         (["--model", "{tmp}/bad"], "strict split failure"),
         (["--delta", "wint8_afp16"], "is not A:B"),
-        (["--device", "tpu"], "--device must be"),
+        (["--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
     ],
 )
 def test_cli_invalid_input_exits_2(tmp_path, cli, args, message):

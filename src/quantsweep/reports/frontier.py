@@ -253,7 +253,8 @@ def _recommendation(
     if base is None:
         return "No recommendation: no shown cell was measured."
     if mv is None:
-        return ("No exportable cell met the limit. " if skipped else "") + what_would_pass(rankable, metric, limit,
+        candidates = [p for p in rankable if p.get("exportable") is not False] or rankable
+        return ("No exportable cell met the limit. " if skipped else "") + what_would_pass(candidates, metric, limit,
                                                                                        bits)["short"]
     assert bv is not None
     if bv is mv:

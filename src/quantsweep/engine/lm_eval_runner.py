@@ -23,6 +23,7 @@ from ..inputs.documents import DocumentError, read_structured
 from ..schema import LmEvalSpec
 from ..trust.downstream import block_from_results
 
+_MANAGERS: dict[tuple[str | None, bool], Any] = {}  # lm-eval TaskManagers, by (include_path, built-ins)
 EXTRA_HINT = "evaluation.lm_eval needs the optional extra: pip install 'quantsweep[eval]' (lm-eval)"
 
 
@@ -81,7 +82,13 @@ def evaluate_model(model: Any, tokenizer: Any, spec: LmEvalSpec, label: str) -> 
 
         local = local_task_configs(spec.include_path)
         tasks: list[Any] = [local.get(name, name) for name in spec.tasks]
-        manager = TaskManager(include_path=spec.include_path) if spec.include_path else TaskManager()
+        # indexing lm-eval's ~10,000 built-in task YAMLs takes ~15 s on a small CPU: skipped when every task is
+        # local, and done once per process otherwise
+        defaults = any(isinstance(t, str) for t in tasks)
+        key = (spec.include_path, defaults)
+        if key not in _MANAGERS:
+            _MANAGERS[key] = TaskManager(include_path=spec.include_path, include_defaults=defaults)
+        manager = _MANAGERS[key]
         was_training = model.training
         model.eval()
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size)

@@ -79,9 +79,17 @@ def test_lm_eval_scores_two_cells_and_the_baseline_once(downstream_run):
     assert set(d8) == set(d4) == {("qs_facts", "acc"), ("qs_facts", "acc_norm")}
     for k in d8:  # INT8 stays at least as close to the baseline as INT4, or within its error bar
         assert abs(d8[k]["delta"]) <= abs(d4[k]["delta"]) or d8[k]["within_error"], (d8[k], d4[k])
-    # what was stored validates (the report reads it back through the same checks)
-    for r in rows.values():
-        validate_row(r, "sweep-summary.json", "rows[0]")
+    # what was stored validates, and the report's trust section shows each delta with its error bar
+    from quantsweep.reports.render import blocks, build_report, render_markdown
+    from quantsweep.reports.summary_io import load_summary
+
+    rep = build_report(load_summary(out.summary_path), True, "2026-01-01T00:00:00+00:00")
+    section = render_markdown(blocks(rep)).split("## Can I trust this?", 1)[1].split("\n## ", 1)[0]
+    for key, ds in (("wint8_afp16/default/a", d8), ("wint4_afp16/default/a", d4)):
+        d = ds[("qs_facts", "acc")]
+        assert (f"| {key} | qs_facts acc | {d['value']:.3f} | {base['tasks']['qs_facts']['acc']['value']:.3f} | "
+                f"{d['delta']:+.3f} ± {d['stderr']:.3f} | "
+                f"{'within error' if d['within_error'] else 'differs'} |") in section
 
 
 def test_lm_eval_rows_refuse_impossible_values():

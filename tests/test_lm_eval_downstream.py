@@ -61,7 +61,6 @@ def test_lm_eval_scores_two_cells_and_the_baseline_once(downstream_run):
     out, calls = downstream_run
     assert out.exit_code == 0
     summary = json.loads(out.summary_path.read_text())
-    rows = {r["cell_id"]: r for r in summary["rows"]}
     keys = {r["key"]: r for r in summary["rows"]}
     assert sorted(keys) == ["wint4_afp16/default/a", "wint8_afp16/default/a"]
     assert sorted(calls) == ["baseline", "wint4_afp16/default/a", "wint8_afp16/default/a"]  # baseline once

@@ -418,6 +418,37 @@ class LayerFidelitySpec(StrictModel):
     seed: int = Field(default=0, ge=0, description="seed of the random groups")
 
 
+class LmEvalSpec(StrictModel):
+    """Downstream accuracy with EleutherAI's lm-evaluation-harness (docs/trust.md): the selected cells' models, as
+    evaluated, and the baseline once per sweep process, through lm-eval's own Hugging Face wrapper. Needs the
+    optional extra `quantsweep[eval]`."""
+
+    tasks: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1, description="lm-eval task names (built-in ones need their data, usually from the network)"
+    )
+    include_path: str | None = Field(
+        default=None, min_length=1,
+        description="folder of extra task YAMLs (e.g. matrices/tasks); a relative data_files resolves against "
+                    "the YAML's folder",
+    )
+    num_fewshot: int = Field(default=0, ge=0, le=64, description="few-shot examples per prompt")
+    limit: PositiveInt | None = Field(default=None, description="at most this many documents per task; none: all")
+    batch_size: PositiveInt = Field(default=8, le=1024, description="lm-eval's batch size")
+    cells: Literal["all"] | list[Annotated[str, Field(min_length=1)]] = Field(
+        default="all", description="'all' or a list of cell ids ('frontier' is not supported yet)"
+    )
+
+    @field_validator("cells", mode="before")
+    @classmethod
+    def _no_frontier(cls, v: Any) -> Any:
+        if v == "frontier":
+            raise PydanticCustomError(
+                "lm_eval_frontier", "'frontier' is not supported yet: the frontier is known only after every cell "
+                "finished; use 'all' or a list of cell ids"
+            )
+        return v
+
+
 class ExecutionSpec(StrictModel):
     """Where the cells run (docs/distributed.md). `quantsweep run` flags of the same names win over these."""
 
@@ -455,6 +486,7 @@ class EvaluationSpec(StrictModel):
 
     stability: StabilitySpec = Field(default_factory=StabilitySpec)
     layer_fidelity: LayerFidelitySpec = Field(default_factory=LayerFidelitySpec)
+    lm_eval: LmEvalSpec | None = Field(default=None, description="downstream accuracy (lm-eval); none: off")
 
     seq_lens: list[Annotated[int, Field(ge=8, le=131072)]] = Field(
         default_factory=list, description="context lengths (tokens) to measure quality and memory at; [] = none"

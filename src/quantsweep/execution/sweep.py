@@ -86,6 +86,18 @@ class SweepOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
+def check_lm_eval(spec: Any, plan: Plan, source: str) -> None:
+    """`evaluation.lm_eval`: the optional extra is installed and every cell it names is in the plan (exit 2)."""
+    from ..engine.lm_eval_runner import require_lm_eval
+    from ..trust.downstream import unknown_cells
+
+    require_lm_eval(source)
+    missing = unknown_cells(spec.cells, [(c.key, c.id) for c in plan.cells])
+    if missing:
+        raise InputError(f"{source}: evaluation.lm_eval.cells: no cell {missing[0]!r} in the plan (name cells by "
+                         "key, e.g. 'wint8_afp16/default/small@8', or by id)")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -211,6 +223,8 @@ class Sweep:
             overrides["execution"] = m.execution.model_copy(update=execution)
         self.matrix = m.model_copy(update=overrides) if overrides else m
         self.plan: Plan = expand(self.matrix, str(matrix_path), options.max_cells)
+        if self.matrix.evaluation.lm_eval is not None:  # before any model is loaded (docs/trust.md)
+            check_lm_eval(self.matrix.evaluation.lm_eval, self.plan, str(matrix_path))
         from ..inputs.preflight import preflight_inputs  # the model's headers and the dataset, before anything is made
 
         self.input_warnings = preflight_inputs(self.matrix)

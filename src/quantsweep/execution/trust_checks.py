@@ -42,7 +42,9 @@ def trust_checks(
     prepare: Any = None,
 ) -> dict[str, Any]:
     """`{"stability": ..., "layer_fidelity": ...}` for a cell whose model (with the recipe active) is `model` and
-    whose format is `fmt` = (label, config as handed to ModelOpt); `prepare`: see engine/layer_fidelity.py."""
+    whose format is `fmt` = (label, config as handed to ModelOpt); `prepare`: see engine/layer_fidelity.py.
+    With `evaluation.lm_eval` naming the cell, also `"lm_eval"`: the model through lm-eval (engine/lm_eval_runner.py),
+    after layer fidelity has put the cell's recipe back."""
     out: dict[str, Any] = {"stability": stability_for(ctx.matrix, cell, result), "layer_fidelity": None}
     spec = ctx.matrix.evaluation.layer_fidelity
     if spec.k > 0 and model is not None and fmt is not None:
@@ -58,4 +60,12 @@ def trust_checks(
         except Exception as exc:  # a check that fails is recorded, the cell stands
             out["layer_fidelity"] = {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "k": spec.k,
                                      "seed": spec.seed}
+    lm = ctx.matrix.evaluation.lm_eval
+    if lm is not None and model is not None:
+        from .context import selected_for_lm_eval
+
+        if selected_for_lm_eval(lm, cell):
+            from ..engine.lm_eval_runner import evaluate_model
+
+            out["lm_eval"] = evaluate_model(model, ctx.loaded.tokenizer, lm, cell.key)  # the recipe is active
     return out

@@ -129,7 +129,8 @@ def build_report(summary: Summary, include_invalid: bool, generated_at: str, bit
         },
         "notes": notes,
         "comparisons": comparisons,
-        "trust": trust_data([rows_by_key[p["key"]] for p in view["points"]], view["groups"], metric),
+        "trust": trust_data([rows_by_key[p["key"]] for p in view["points"]], view["groups"], metric,
+                            (summary.doc.get("baseline") or {}).get("lm_eval")),
         "decision": overall,
         "recipes": decision.recipes(summary, view, overall),
     }

@@ -31,7 +31,7 @@ from ..store.validity import REASONS, finalize_rows, row_reasons
 from .fields import ANY, BITS, COUNT, Fields, Num, is_number, show
 from .manifest_io import LAYERS, validate_manifest
 from .measures import check_determinism, check_long_context, check_quality, check_solver, check_telemetry
-from .trust_io import check_trust
+from .trust_io import check_lm_eval, check_trust
 
 SUMMARY_KIND = "quantsweep.sweep_summary"
 MANIFEST = "manifest.json"
@@ -115,6 +115,7 @@ def _check_header(f: Fields, doc: dict[str, Any]) -> None:
     if kpi is not None:
         f.obj("matrix.kpi", kpi, required=True)
         thresholds_from(kpi, f.source, "matrix.kpi")
+    check_lm_eval(f, "baseline.lm_eval", f.obj("baseline", doc.get("baseline")).get("lm_eval"))
     canary = f.obj("canary", doc.get("canary"))
     check_determinism(f, "canary.determinism", canary.get("determinism"))
     f.strings("canary.failed_reasons", canary.get("failed_reasons"))

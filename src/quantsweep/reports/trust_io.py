@@ -52,3 +52,31 @@ def check_trust(f: Fields, where: str, trust: Any) -> None:
             f.string(f"{gw}.name", g.get("name"), required=True)
             f.one_of(f"{gw}.picked", g.get("picked"), ("top", "random"))
             f.numeric_fields(gw, g, _GROUP_NUM)
+    check_lm_eval(f, f"{where}.lm_eval", t.get("lm_eval"))
+
+
+_LM_EVAL_NUM = {"num_fewshot": COUNT, "limit": COUNT, "wall_s": Num(lo=0)}
+
+
+def check_lm_eval(f: Fields, where: str, block: Any) -> None:
+    """A downstream-accuracy block (trust/downstream.py): a row's `trust.lm_eval` or the summary's
+    `baseline.lm_eval`. Scores are finite; standard errors are >= 0 or null."""
+    b = f.obj(where, block)
+    if not b:
+        return
+    _common(f, where, b)
+    f.numeric_fields(where, b, _LM_EVAL_NUM)
+    f.string(f"{where}.lm_eval_version", b.get("lm_eval_version"))
+    samples = f.obj(f"{where}.samples", b.get("samples"))
+    for task, n in samples.items():
+        f.number(f"{where}.samples.{task}", n, COUNT, required=True)
+    tasks = f.obj(f"{where}.tasks", b.get("tasks"))
+    for task, metrics in tasks.items():
+        tw = f"{where}.tasks.{task}"
+        for metric, m in f.obj(tw, metrics, required=True).items():
+            mw = f"{tw}.{metric}"
+            m = f.obj(mw, m, required=True)
+            f.number(f"{mw}.value", m.get("value"), Num(), required=True)
+            f.number(f"{mw}.stderr", m.get("stderr"), Num(lo=0))
+    if b.get("computable") is True and not tasks:
+        raise f.fail(f"{where}.tasks", "a computable evaluation without any task")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..kpis import group_key
+from ..trust.downstream import deltas
 from ..trust.fidelity import cell_fidelity
 from ..trust.verdict import cell_verdict, rho_words
 
@@ -20,9 +21,11 @@ def _f(v: Any, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
 
-def trust_data(rows: list[dict[str, Any]], groups: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    """Everything the section shows, as data: fidelity per group, stability and layer fidelity per cell, and a
-    verdict per recommended cell (`groups`: the frontier view's groups)."""
+def trust_data(rows: list[dict[str, Any]], groups: list[dict[str, Any]], metric: str,
+               baseline_lm_eval: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the section shows, as data: fidelity per group, stability and layer fidelity per cell, a
+    verdict per recommended cell (`groups`: the frontier view's groups), and the downstream (lm-eval) deltas of
+    each evaluated cell against the summary's `baseline.lm_eval`."""
     fidelity = cell_fidelity(rows, metric)
     by_group = {f["group"]: f for f in fidelity}
     by_key = {r["key"]: r for r in rows}
@@ -36,7 +39,20 @@ def trust_data(rows: list[dict[str, Any]], groups: list[dict[str, Any]], metric:
                                  **cell_verdict(row, by_group.get(group_key(row)))})
     return {"fidelity": fidelity, "verdicts": verdicts,
             "stability": [r for r in rows if isinstance((r.get("trust") or {}).get("stability"), dict)],
-            "layer_fidelity": [r for r in rows if isinstance((r.get("trust") or {}).get("layer_fidelity"), dict)]}
+            "layer_fidelity": [r for r in rows if isinstance((r.get("trust") or {}).get("layer_fidelity"), dict)],
+            "downstream": _downstream(rows, baseline_lm_eval)}
+
+
+def _downstream(rows: list[dict[str, Any]], base: dict[str, Any] | None) -> dict[str, Any]:
+    """Baseline scores and, per evaluated cell, its score and delta per (task, metric); cells whose evaluation
+    failed keep their reason."""
+    cells = []
+    for r in rows:
+        block = (r.get("trust") or {}).get("lm_eval")
+        if isinstance(block, dict):
+            cells.append({"cell": r["key"], "deltas": deltas(block, base),
+                          "reason": None if block.get("computable") else block.get("reason")})
+    return {"baseline": base, "cells": cells}
 
 
 def trust_blocks(data: dict[str, Any], metric: str) -> list[Block]:
@@ -86,4 +102,30 @@ def trust_blocks(data: dict[str, Any], metric: str) -> list[Block]:
                        else f"not computable: {lf.get('reason')}")
             rows.append([r["key"], str(lf.get("measured", "—")), _f(lf.get("rho"), ".3f"), reading])
         out.append(("table", ["cell", "groups measured", "Spearman ρ", "reading"], rows))
+    out += _downstream_blocks(data.get("downstream") or {})
+    return out
+
+
+def _downstream_blocks(ds: dict[str, Any]) -> list[Block]:
+    if not ds.get("cells"):
+        return []
+    base = ds.get("baseline")
+    out: list[Block] = [("p", "Downstream accuracy (lm-evaluation-harness, evaluation.lm_eval): each cell's "
+                              "fake-quantized model against the unquantized baseline on the same documents; "
+                              "Δ ± one standard error, sqrt(se_cell² + se_baseline²); \"within error\": |Δ| ≤ 2 "
+                              "standard errors.")]
+    if not base or not base.get("computable"):
+        why = (base or {}).get("reason") or "not in the summary"
+        out.append(("p", f"No baseline evaluation to compare with ({why}); the deltas cannot be given."))
+    rows = []
+    for c in ds["cells"]:
+        if c["reason"] is not None:
+            rows.append([c["cell"], "—", "—", "—", "—", f"not computable: {c['reason']}"])
+        for d in c["deltas"]:
+            se = "—" if d["stderr"] is None else format(d["stderr"], ".3f")
+            rows.append([c["cell"], f"{d['task']} {d['metric']}", f"{d['value']:.3f}", f"{d['baseline']:.3f}",
+                         f"{d['delta']:+.3f} ± {se}",
+                         "—" if d["within_error"] is None else ("within error" if d["within_error"] else "differs")])
+    if rows:
+        out.append(("table", ["cell", "task metric", "cell score", "baseline", "Δ ± se", "reading"], rows))
     return out

@@ -46,14 +46,16 @@ def downstream_run(tmp_path_factory):
         calls.append(label)
         return real(model, tokenizer, spec, label)
 
+    import datasets
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_DATASETS_OFFLINE", "1")  # the shipped task needs no network
         mp.setenv("HF_HUB_OFFLINE", "1")
+        # datasets reads the variable when first imported, which an earlier test of the session may have done
+        mp.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
         mp.setattr(runner, "evaluate_model", counting)
         out = run_sweep(path, RunOptions(output_root=str(folder / "out")))
-    import datasets
-
-    assert datasets.config.HF_DATASETS_OFFLINE  # read when datasets was first imported: during the run
+        assert datasets.config.HF_DATASETS_OFFLINE
     return out, calls
 
 

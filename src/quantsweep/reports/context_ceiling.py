@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..store.atomic import atomic_write_json, atomic_write_text, check_output_file
-from .outputs import check_not_an_input
+from .outputs import check_not_an_input, json_and_markdown
 from .summary_io import load_summary
 
 KIND = "quantsweep.context_ceiling"
@@ -101,7 +101,7 @@ def context_ceiling(
 ) -> dict[str, Any]:
     for name, v in (("--kl-max", kl_max), ("--ppl-ratio-max", ppl_ratio_max), ("--memory-max-gb", memory_max_gb)):
         _check_threshold(name, v)
-    outs = [] if out is None else [Path(out), Path(out).with_suffix(".md" if Path(out).suffix != ".md" else ".md.md")]
+    outs = json_and_markdown(out)
     for o in outs:
         check_output_file(o, "--out")
     check_not_an_input(outs, [summary_path], "--out")

@@ -43,3 +43,12 @@ def check_not_an_input(outputs: Iterable[str | Path], inputs: Iterable[str | Pat
         if p.name in RECORDED_NAMES and (p.exists() or p.is_symlink()):
             raise InputError(f"{label} {out}: would replace a file that a sweep or baseline store records results "
                              "in; write it elsewhere")
+
+
+def json_and_markdown(out: str | Path | None) -> list[Path]:
+    """`--out FILE` of a report that writes JSON there and its markdown beside it (same name, `.md`; `.md.md`
+    when FILE itself ends in `.md`, so the two never collide). Empty without `--out`."""
+    if out is None:
+        return []
+    p = Path(out)
+    return [p, p.with_suffix(".md" if p.suffix != ".md" else ".md.md")]

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..store.atomic import atomic_write_json, atomic_write_text, check_output_file
-from .outputs import check_not_an_input
+from .outputs import check_not_an_input, json_and_markdown
 from .summary_io import load_summary
 
 KIND = "quantsweep.thermal_profile"
@@ -134,7 +134,7 @@ def thermal_profile(
         if real in seen:
             raise InputError(f"--summaries: {s} is given twice (also as {seen[real]}); each run counts once")
         seen[real] = str(s)
-    outs = _outputs(out)
+    outs = json_and_markdown(out)
     for o in outs:
         check_output_file(o, "--out")
     check_not_an_input(outs, summaries, "--out")
@@ -175,13 +175,6 @@ def thermal_profile(
         atomic_write_json(outs[0], doc)
         atomic_write_text(outs[1], render_markdown(doc))
     return doc
-
-
-def _outputs(out: str | Path | None) -> list[Path]:
-    if out is None:
-        return []
-    p = Path(out)
-    return [p, p.with_suffix(".md") if p.suffix != ".md" else p.with_suffix(".md.md")]
 
 
 def _series(runs: list[dict[str, Any]], key: str) -> str:

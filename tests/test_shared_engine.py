@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from pipeline_helpers import TINY_MATRIX, write_matrix
 
 from quantsweep.catalogue import QUANT_PAIRS
@@ -34,6 +35,26 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 )
 def test_calibration_data_dependence(pair, depends):
     assert calibration_depends_on_data(QUANT_PAIRS[pair].config()) is depends
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_large_output_is_scored_in_slices_to_modelopts_value(dtype, monkeypatch):
+    """An lm_head-sized output is scored a slice of rows at a time (no float32 copy of the whole output); the value
+    is ModelOpt's `_get_auto_quantize_score` up to the order of the float32 sum."""
+    from modelopt.torch.quantization.algorithms import _get_auto_quantize_score
+
+    from quantsweep.engine import captured_scores as cs
+
+    gen = torch.Generator().manual_seed(0)
+    grad = torch.randn(3, 50, 1000, generator=gen).to(dtype)
+    diff = (torch.randn(3, 50, 1000, generator=gen) * 1e-2).to(dtype)
+    reference = float(_get_auto_quantize_score(grad, diff))
+    assert float(cs._score(grad.float(), diff.clone())) == reference  # the unsliced path: the same operations
+    monkeypatch.setattr(cs, "CHUNK_ELEMENTS", 100_000)
+    monkeypatch.setattr(cs, "CHUNK_SLICE_ELEMENTS", 7_000)  # 7 rows per slice: 22 slices, the last one short
+    assert cs._needs_chunks(grad) and not cs._needs_chunks(grad[:1, :10])
+    sliced = float(cs._score_in_chunks(grad, diff.clone()))
+    assert sliced == pytest.approx(reference, rel=1e-6) and sliced != 0.0
 
 
 def test_per_token_dynamic_activations_do_not_depend_on_data():
@@ -110,6 +131,11 @@ def test_shared_engine_groups_cells_and_amortises_telemetry(both_engines):
     assert unions["calib-max"]["tokens"]["calibrate"] == 2 * 4 * 32
     # every scored module replayed from the captured pass, none the slow way
     assert unions["data-free"]["replayed_modules"] > 0 and unions["data-free"]["modelopt_replayed_modules"] == 0
+    # once calibration is over, ModelOpt's max calibrators' copies of the amax are dropped: one per calibrated
+    # quantizer (the weights' of every format and module; FP8 W8A8 the inputs' too)
+    modules = unions["data-free"]["replayed_modules"]
+    assert unions["data-free"]["released_calibrators"] == 3 * modules
+    assert unions["calib-max"]["released_calibrators"] == 2 * modules
     assert all(r["valid"] for r in shared.summary["rows"])
 
 

@@ -240,7 +240,11 @@ formats of the call are calibrated once for several dataset sizes (engine/prefix
     phases = {"calibrate": score_start - t0, "score": score_end - score_start, "search": t_end - score_end}
     record = records[-1] if records else None
     scoring = (
-        {"replayed_modules": release.fast_modules, "modelopt_replayed_modules": release.slow_modules}
+        {
+            "replayed_modules": release.fast_modules,
+            "modelopt_replayed_modules": release.slow_modules,
+            "released_calibrators": release.released_calibrators,
+        }
         if isinstance(release, CapturedScores)
         else {}
     )

@@ -56,6 +56,7 @@ class CapturedScores:
         self.installed = False
         self.fast_modules = 0
         self.slow_modules = 0
+        self.released_calibrators = 0
 
     def install(self, model: nn.Module) -> None:
         if self.installed:
@@ -83,6 +84,8 @@ class CapturedScores:
             self.modules.append(module)
             module.forward = types.MethodType(_capturing_forward, module)  # ModelOpt's clean-up restores it
             self.handles.append(module.register_full_backward_hook(_score_from_capture))
+        # calibration is over (and PrefixCalibration.verify has read what it needs): the calibrators' copies go
+        self.released_calibrators = release_calibration_statistics(self.modules)
 
     def _sizes(self, hparam: Any, recipe: Any) -> list[int]:
         if self.prefixes is None:
@@ -151,7 +154,9 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
             "AutoQuantize scoring: a scored module's input was modified in place after its forward; its "
             "quantization error cannot be replayed"
         )
-    grad = grad_output[0].float()  # once per module, not once per format
+    chunked = _needs_chunks(grad_output[0])
+    # once per module, not once per format; a large output (lm_head) keeps its gradient as it is (_score_in_chunks)
+    grad = grad_output[0] if chunked else grad_output[0].float()
     with torch.no_grad():
         if y._version != y_version:  # the output was modified in place downstream: take it again
             y = _output(module._forward_original(x, *args, **kwargs)).detach()
@@ -180,10 +185,11 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
                             diff = _slow_replay(module, hparam, recipe, x, args, kwargs)
                     diff -= y  # a fresh tensor: in place, as ModelOpt does
                     current = store[module]
+                    score = _score_in_chunks(grad, diff) if chunked else _score(grad, diff)
                     if current is None:
-                        store[module] = _score(grad, diff)
+                        store[module] = score
                     else:
-                        current += _score(grad, diff)
+                        current += score
                     del diff
 
 
@@ -219,6 +225,56 @@ def _score(grad: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
     x.clamp_(-1e10, 1e10)
     x.square_()
     return x.sum()
+
+
+# Outputs of at least this many elements are scored a slice of rows at a time (slices of this many elements).
+CHUNK_ELEMENTS = 1 << 26
+CHUNK_SLICE_ELEMENTS = 1 << 24
+
+
+def _needs_chunks(grad: torch.Tensor) -> bool:
+    return grad.numel() >= CHUNK_ELEMENTS and grad.dim() >= 2
+
+
+def _score_in_chunks(grad: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+    """`_score` for an output as large as a Llama-3 lm_head's (2048 tokens x 128256: 263M elements), without its
+    two float32 copies of the whole output (2 GB there, alive together at the peak of the score pass): the same
+    element-wise operations, a slice of rows at a time, summed. Only the order of the float32 sum differs from
+    ModelOpt's single reduction (a relative difference of order 1e-7; the engines are compared to 1e-6)."""
+    width = diff.shape[-1]
+    g, d = grad.reshape(-1, width), diff.reshape(-1, width)
+    rows = max(1, CHUNK_SLICE_ELEMENTS // width)
+    total = None
+    for start in range(0, d.shape[0], rows):
+        x = d[start : start + rows].float()
+        x.mul_(g[start : start + rows])  # bf16 gradient promoted to float32 element by element: G.float() * D
+        x.clamp_(-1e10, 1e10)
+        x.square_()
+        part = x.sum()
+        total = part if total is None else total.add_(part)
+        del x
+    return total
+
+
+def release_calibration_statistics(modules: list[nn.Module]) -> int:
+    """Drop what ModelOpt's max calibrators keep once calibration is over (`_calib_amax`: a copy of every block
+    amax, 562 MB for four group-wise formats on a Llama-3-8B shape, alive to the end of the call although nothing
+    reads it after `load_calib_amax`). Returns how many were released."""
+    from modelopt.torch.quantization.calib import MaxCalibrator
+
+    released = 0
+    seen: set[int] = set()
+    for module in modules:
+        for hparam, *_rest in module._qs_score_plan:
+            for per_module in hparam._all_quantizer_choices.values():
+                for quantizers in per_module.values():
+                    for q in quantizers.values():
+                        cal = getattr(q, "_calibrator", None)
+                        if type(cal) is MaxCalibrator and id(cal) not in seen and cal._calib_amax is not None:
+                            seen.add(id(cal))
+                            cal.reset()
+                            released += 1
+    return released
 
 
 def recipe_quantizers(hparam: Any, recipe: Any) -> list[nn.Module]:

@@ -51,7 +51,7 @@ def test_menu_labels_budgets_and_cell_count():
         "wint8_afp16": 8, "wfp4_afp4+wfp8_afp8": 8, "wint4_afp16": 8, "int-mix": 4}
     assert len(plan.cells) == 28
     menu = next(c for c in by_pair["wfp4_afp4+wfp8_afp8"] if c.granularity.name == "default" and c.budget == 10.0)
-    assert str(menu.path) == "runs/tiny/wfp4_afp4+wfp8_afp8/default/a/bits-10" or menu.size_name == "b"
+    assert str(menu.path) == "runs/tiny/wfp4_afp4+wfp8_afp8/default/a/bits-10"
     assert [label for label, _ in menu.formats] == ["wfp4_afp4/default", "wfp8_afp8/default"]
     assert menu.is_menu and menu.format_bits == 4.5  # the lowest member: what AutoQuantize's check uses
     assert menu.config["algorithm"] == "max" and [m["label"] for m in menu.config["menu"]] == [
@@ -264,3 +264,20 @@ def test_menu_cells_of_both_engines_equal_a_direct_auto_quantize_call(menu_sweep
         assert json.loads((Path(s_rows[key]["path"]) / "recipe.json").read_text()) == json.loads(
             (Path(n_rows[key]["path"]) / "recipe.json").read_text()), key
     assert mixed == 4  # the budget makes real mixes: layers in two different formats in every cell
+
+
+def test_the_shared_engine_refuses_a_menu_with_an_awq_member_with_an_error_row_naming_naive(tmp_path):
+    from quantsweep.execution.sweep import RunOptions, run_sweep
+
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = "awq-menu"
+    data["canary"]["enabled"] = False
+    data["axes"] = {"quant_pairs": [{"menu": ["wint4_afp16_awq", "wint8_afp16"]}], "granularities": ["default"],
+                    "dataset_sizes": ["a"]}
+    outcome = run_sweep(write_matrix(tmp_path, data), RunOptions(output_root=str(tmp_path / "runs"), engine="shared"))
+    assert outcome.exit_code == ExitCode.CELLS_FAILED
+    [row] = outcome.summary["rows"]
+    assert row["status"] == "error" and row["error"] == (
+        "format menu wint4_afp16_awq+wint8_afp16: wint4_afp16_awq/default rescales the weights in its calibration "
+        "(AWQ / SmoothQuant), which the shared engine cannot solve from a union call; run this matrix with "
+        "--engine naive")

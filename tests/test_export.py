@@ -27,6 +27,11 @@ CASES = {  # cell (pair/granularity) -> the quant_algo ModelOpt's unified checkp
 }
 
 
+# a format menu (docs/matrix-format.md): NVFP4 + FP8 chosen per layer, at a budget of its own that mixes them
+MIXED = "wfp4_afp4+wfp8_afp8/default"
+MIXED_ENTRY = {"menu": ["nvfp4", "fp8"], "budgets": [15.77]}
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
@@ -42,12 +47,12 @@ def sweep(tmp_path_factory):
     for granularity in ("default", "w_group64"):  # two sweeps: a matrix is a full product of pairs x granularities
         data["name"] = f"exp-{granularity}"
         pairs = sorted({c.split("/")[0] for c in CASES if c.endswith("/" + granularity)})
-        data["axes"] = {"quant_pairs": pairs + (["wint4_afp16"] if granularity == "default" else []),
+        data["axes"] = {"quant_pairs": pairs + (["wint4_afp16", MIXED_ENTRY] if granularity == "default" else []),
                         "granularities": [granularity], "dataset_sizes": ["a"]}
         path = write_matrix(folder, data, f"{granularity}.yaml")
         outcome = run_sweep(path, RunOptions(output_root=str(folder / "runs"), engine="shared"))
         rows.update({f"{r['pair']}/{r['granularity']}": r for r in outcome.summary["rows"]})
-    assert set(rows) == set(CASES) | {"wint4_afp16/default"}
+    assert set(rows) == set(CASES) | {"wint4_afp16/default", MIXED}
     assert all(r["status"] == "ok" for r in rows.values()), [r.get("error") for r in rows.values()]
     return folder, rows
 
@@ -101,6 +106,41 @@ def test_export_reproduces_the_cell_and_the_checkpoint_runs_as_the_evaluated_mod
     for algorithm in (record["recipe"]["algorithm"], recipe["algorithm"], record["calibration"]["algorithm"]):
         name = algorithm["method"] if isinstance(algorithm, dict) else algorithm
         assert name == expected_algorithm
+
+
+def test_a_mixed_nvfp4_fp8_recipe_exports_as_mixed_precision_with_each_layer_in_its_format(sweep):
+    """Issue 13's mixed recipe, on the CPU through the torch NVFP4 backend: a menu cell whose layers chose NVFP4,
+    FP8 or 16 bits is exported as MIXED_PRECISION, every layer stored in the format its group chose, dequantized
+    and compared, and the reloaded checkpoint computes what the evaluated cell computed."""
+    folder, rows = sweep
+    row = rows[MIXED]
+    assert row["exportable"] is True and row["export_format"] == "FP8+NVFP4"  # known at plan time
+    manifest = json.loads((Path(row["path"]) / "manifest.json").read_text())
+    per_format: dict[str, int] = {}
+    for g in manifest["layers"]:
+        per_format[g["chosen"]] = per_format.get(g["chosen"], 0) + len(g["module_names"])
+    algo = {"wfp4_afp4/default": "NVFP4", "wfp8_afp8/default": "FP8"}
+    expected = {algo[f]: n for f, n in per_format.items() if f != "none"}
+    assert set(expected) == {"NVFP4", "FP8"}  # a real mix
+    out = folder / "out-mixed"
+    res = cli("export", "--cell", row["path"], "--out", str(out), "--json", cwd=folder)
+    assert res.returncode == 0, res.stderr
+    checks = json.loads(res.stdout)["checks"]
+    assert json.loads((out / "hf_quant_config.json").read_text())["quantization"]["quant_algo"] == "MIXED_PRECISION"
+    assert checks["layer_formats"] == expected
+    n = sum(expected.values())
+    assert checks["quantized_modules"] == n and checks["dequantized_weights_compared"] == n
+    assert checks["largest_weight_difference_levels"] <= 1
+    logits = checks["logits"]
+    assert logits["activations_not_emulated"] == [] and logits["samples"] == 4
+    if checks["global_scale_unified_layers"]:  # NVFP4 gate/up re-derived with one global scale: bounded
+        assert logits["checkpoint_kl_to_unquantized"] <= 1.25 * logits["evaluated_kl_to_unquantized"] + 1e-6
+    else:
+        assert logits["kl_mean"] <= logits["kl_limit"] and logits["top1_agreement"] >= 0.99
+    doc = json.loads((out / "quantsweep-export.json").read_text())
+    for metric in ("kl_mean", "ppl_ratio", "top1_agreement"):
+        assert doc["quality"]["reproduced"][metric] == pytest.approx(row["quality"][metric], rel=1e-3)
+    assert doc["calibration"]["algorithm"] == "max"
 
 
 def test_export_errors_leave_nothing_behind(sweep):

@@ -170,6 +170,28 @@ def test_kept_layers_and_compact_names():
     assert k["groups"] == 8 and k["weight_share"] == pytest.approx(850 / 1100)
     assert compact_names(k["names"]) == "mlp.down_proj in layers 0-2, 5; self_attn.q_proj in layer 3; lm_head"
     assert kept_layers({"layers": [{"name": "x", "formats": ["w4", "none"]}]}) is None  # a trimmed manifest
+    assert k["by_format"] == {"w4": ["model.layers.4.self_attn.q_proj", "model.layers.6.mlp.up_proj"]}
+
+
+def test_a_menu_cells_recipe_lists_the_layers_of_each_chosen_format():
+    """A format menu's mixed recipe: the report lists, besides the kept layers, which groups got which format."""
+    from quantsweep.reports.decision import recipe_blocks
+
+    def g(name, chosen):
+        return {"name": name, "formats": ["fp4/default", "fp8/default", "none"], "costs": [4.5, 8.0, 16.0],
+                "chosen": chosen}
+    m = {"layers": [g("model.layers.0.mlp.down_proj", "fp4/default"), g("model.layers.1.mlp.down_proj", "fp4/default"),
+                    g("model.layers.0.self_attn.q_proj", "fp8/default"), g("lm_head", "none")]}
+    k = kept_layers(m)
+    assert k["by_format"] == {"fp4/default": ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"],
+                              "fp8/default": ["model.layers.0.self_attn.q_proj"]}
+    assert k["names"] == ["lm_head"] and k["weight_share"] == pytest.approx(16 / 64)
+    blocks = recipe_blocks([{"key": "fp4+fp8/default/a", "roles": ["overall"], "folder": None, "recipe": None,
+                             "kept": k, "why": None}])
+    items = next(b[1] for b in blocks if b[0] == "ul")
+    assert items == ["kept at 16 bits: 1 of 4 layer groups, 25.0 % of the weights: lm_head",
+                     "chosen fp4/default: 2 of 4 layer groups: mlp.down_proj in layers 0-1",
+                     "chosen fp8/default: 1 of 4 layer groups: self_attn.q_proj in layer 0"]
 
 
 def test_polluted_row_is_hidden_unless_include_invalid_which_never_changes_kpis():

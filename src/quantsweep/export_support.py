@@ -306,6 +306,27 @@ def combined(results: Iterable[Exportability]) -> Exportability:
     return Exportability(True, None, "+".join(algos) or None)
 
 
+def recipe_exportability(config: Mapping[str, Any], layers: Sequence[Mapping[str, Any]], shapes: ModelShapes | None,
+                         disabled: Sequence[str], chosen: set[str]) -> Exportability:
+    """A finished cell's exportability: its format on the modules its recipe quantizes; a format menu's
+    (menus.py), each member on the modules of the groups that chose it (a mixed recipe is exported as
+    MIXED_PRECISION, each layer in its own format), and only with one calibration algorithm for all members."""
+    from .menus import is_menu_config, menu_members
+
+    if not is_menu_config(config):
+        return config_exportability(config, shapes, disabled, chosen)
+    if config.get("algorithm") is None:
+        return Exportability(False, "the menu's formats calibrate with different algorithms; one checkpoint is "
+                                    "rebuilt with one calibration algorithm")
+    verdicts = []
+    for label, member in menu_members(config):
+        modules = {n for g in layers if g.get("chosen") == label
+                   for n in (g.get("module_names") or [g.get("name")]) if isinstance(n, str)}
+        if modules:
+            verdicts.append(config_exportability(member, shapes, disabled, modules))
+    return combined(verdicts) if verdicts else Exportability(True, None, None)
+
+
 def check_cell_exportable(inputs: Any) -> None:
     """`quantsweep export`'s first check (before a model is loaded): the plan's rules applied to the cell's format
     and to the layers its recipe quantizes. A QuantsweepError (exit 2) with the reason when it cannot be exported.
@@ -325,7 +346,8 @@ def check_cell_exportable(inputs: Any) -> None:
     from .overlay import from_jsonable
 
     config = from_jsonable(config)  # integer block-size axes, as the plan had them (the same reason text)
-    verdict = config_exportability(config, plan_shapes(matrix.model), matrix.autoquant.disabled_layers, chosen)
+    verdict = recipe_exportability(config, man.get("layers") or [], plan_shapes(matrix.model),
+                                   matrix.autoquant.disabled_layers, chosen)
     if verdict.exportable is False:
         cell = man.get("cell") or {}
         raise QuantsweepError(f"{inputs.cell_dir}: quantsweep export cannot pack format {cell.get('pair')}/"

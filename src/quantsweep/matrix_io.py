@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from .errors import MatrixError
 from .inputs.documents import MATRIX as MATRIX_LIMITS
 from .inputs.documents import DocumentError, read_structured
-from .schema import UNION_TAGS, Matrix
+from .schema import UNION_TAGS, Matrix, axis_pair_label
 
 
 def format_loc(loc: Sequence[Any]) -> str:
@@ -83,7 +83,7 @@ def _duplicates(names: list[str], where: str) -> list[tuple[str, str]]:
 def semantic_errors(m: Matrix) -> list[tuple[str, str]]:
     """Cross-field checks Pydantic cannot express per field."""
     problems: list[tuple[str, str]] = []
-    pair_names = [p if isinstance(p, str) else p.name for p in m.axes.quant_pairs]
+    pair_names = [axis_pair_label(p) for p in m.axes.quant_pairs]  # a menu by its label
     gran_names = [g if isinstance(g, str) else g.name for g in m.axes.granularities]
     size_names = [s if isinstance(s, str) else s.name for s in m.axes.dataset_sizes]
     problems += _duplicates(pair_names, "axes.quant_pairs")

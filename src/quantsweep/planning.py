@@ -24,11 +24,11 @@ from .quant_summary import (
     describe_quantizer,
     format_bits,
     modelopt_violations,
-    quantizer_summary,
 )
 from .planning_feasibility import infeasible, minimum_effective_bits
-from .export_support import Exportability, config_exportability
-from .schema import InlineGranularity, InlinePair, InlineSize, Matrix
+from .export_support import Exportability, combined, config_exportability
+from .menus import calibration_methods, describe_formats, menu_config
+from .schema import MENU_JOIN, InlineGranularity, InlinePair, InlineSize, Matrix, MenuEntry, PairEntry
 
 # A sweep larger than this is almost always a typo (a 31 KB matrix can name 270,000 cells); --max-cells overrides.
 DEFAULT_MAX_CELLS = 10_000
@@ -46,9 +46,15 @@ class ResolvedPair:
     needs_gpu: bool
     inline: bool
     description: str = ""
+    members: tuple[ResolvedPair, ...] = ()  # a format menu's pairs (menus.py); () for a single pair
+
+    @property
+    def is_menu(self) -> bool:
+        return bool(self.members)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **({"menu": [p.to_dict() for p in self.members]} if self.members else {}),
             "name": self.name,
             "weight": self.weight,
             "activation": self.activation,
@@ -93,6 +99,17 @@ class Cell:
     kv_in_path: bool = False  # the matrix names a KV-cache axis other than [none]: ids, paths and keys carry it
     # can `quantsweep export` write this format for this model (export_support.py); None: not computed
     export: Exportability | None = None
+    # (label, effective config) of each format the search chooses among (besides 16 bits): one for a single pair,
+    # the members for a menu (whose `config` is then the menu document of menus.py, never handed to ModelOpt)
+    formats: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+    @property
+    def is_menu(self) -> bool:
+        return len(self.formats) > 1
+
+    @property
+    def format_configs(self) -> list[dict[str, Any]]:
+        return [cfg for _, cfg in self.formats] or [self.config]
 
     @property
     def exportable(self) -> bool | None:
@@ -115,7 +132,7 @@ class Cell:
 
     @property
     def calibration_method(self) -> str | None:
-        return calibration_method(self.config)
+        return calibration_methods(self.format_configs) if self.is_menu else calibration_method(self.config)
 
     @property
     def flags(self) -> list[str]:
@@ -135,7 +152,7 @@ class Cell:
         return out
 
     def summary(self) -> dict[str, Any]:
-        qs = quantizer_summary(self.config)
+        weight_q, input_q = describe_cell_quantizers(self)
         return {
             "id": self.id,
             "config_hash": self.config_hash,
@@ -152,8 +169,9 @@ class Cell:
             "effective_bits_target": self.budget,
             "format_bits": self.format_bits,
             "min_effective_bits": None if self.min_effective_bits is None else round(self.min_effective_bits, 4),
-            "weight_quantizer": qs["*weight_quantizer"]["description"],
-            "input_quantizer": qs["*input_quantizer"]["description"],
+            "weight_quantizer": weight_q,
+            "input_quantizer": input_q,
+            **({"menu": [label for label, _ in self.formats]} if self.is_menu else {}),
             "calibration": self.calibration_method,
             "path": str(self.path),
             "flags": self.flags,
@@ -183,11 +201,11 @@ class Plan:
 
     def estimate(self) -> dict[str, Any]:
         """Work counts for the naive per-cell path and for a shared one (see issue on shared scoring)."""
-        unique_formats = {canonical_json(c.config) for c in self.cells}
+        unique_formats = {canonical_json(cfg) for c in self.cells for cfg in c.format_configs}
         unique_calibrations: set[tuple[str, int]] = set()
         for c in self.cells:
-            cfg = canonical_json(c.config)
-            unique_calibrations.add((cfg, c.calib_steps))
+            for cfg in c.format_configs:
+                unique_calibrations.add((canonical_json(cfg), c.calib_steps))
         max_score_steps = max((c.score_steps for c in self.cells), default=0)
         return {
             "cells": len(self.cells),
@@ -217,6 +235,31 @@ def _detect_needs_gpu(config: dict[str, Any]) -> bool:
             if sized and block.get("type") == "dynamic":
                 return True
     return False
+
+
+def resolve_entry(entry: Any) -> ResolvedPair:
+    """An `axes.quant_pairs` entry as a resolved pair: a pair (bare or `{pair: ...}`), or a menu of pairs."""
+    if isinstance(entry, PairEntry):
+        return resolve_pair(entry.pair)
+    if isinstance(entry, MenuEntry):
+        members = tuple(resolve_pair(r) for r in entry.menu)
+
+        def joined(values: list[str]) -> str:
+            return MENU_JOIN.join(dict.fromkeys(values))
+
+        return ResolvedPair(
+            name=entry.label,
+            weight=joined([p.weight for p in members]),
+            activation=joined([p.activation for p in members]),
+            config={},  # per member: `members`
+            base_builtin=None,
+            experimental=any(p.experimental for p in members),
+            needs_gpu=any(p.needs_gpu for p in members),
+            inline=any(p.inline for p in members),
+            description=f"format menu: {', '.join(p.name for p in members)} (and 16 bits), chosen per layer",
+            members=members,
+        )
+    return resolve_pair(entry)
 
 
 def resolve_pair(ref: str | InlinePair) -> ResolvedPair:
@@ -302,18 +345,54 @@ def _shared_context(m: Matrix) -> dict[str, Any]:
     }
 
 
+def _entry_budgets(entry: Any, m: Matrix) -> list[float]:
+    """An entry's own `budgets` when it has them, else the matrix's `autoquant.effective_bits`."""
+    own = getattr(entry, "budgets", None) if isinstance(entry, PairEntry | MenuEntry) else None
+    return list(own) if own is not None else list(m.autoquant.effective_bits)
+
+
+def _cell_formats(pair: ResolvedPair, gran: ResolvedGranularity, source: str, where: str
+                  ) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], list[str]]:
+    """(the cell's config, its (label, effective config) formats, overlay warnings) for a pair or a menu under a
+    granularity. A menu's config is its menu document (menus.py); two members that the granularity makes the same
+    format are refused (ModelOpt would silently merge them into one candidate)."""
+    members = pair.members or (pair,)
+    formats: list[tuple[str, dict[str, Any]]] = []
+    warnings: list[str] = []
+    seen: dict[str, str] = {}
+    for member in members:
+        config, overlay_warnings = apply_overlay(member.config, gran.overrides)
+        invalid = modelopt_violations(config)
+        prefix = f"{member.name}: " if pair.members else ""
+        warnings += [prefix + w for w in overlay_warnings] + [f"{prefix}rejected by ModelOpt: {v}" for v in invalid]
+        canon = canonical_json(config)
+        if canon in seen:
+            raise MatrixError(source, [(where, f"menu {pair.name!r}: {member.name} and {seen[canon]} are the same "
+                                               f"format under granularity {gran.name!r}; a menu needs distinct formats")])
+        seen[canon] = member.name
+        formats.append((f"{member.name}/{gran.name}", config))
+    config = menu_config(formats) if pair.members else formats[0][1]
+    return config, formats, warnings
+
+
 def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CELLS) -> Plan:
     """The cartesian product of the axes (x budgets) as cells; raises MatrixError on path collisions, and before
-    expanding anything when the product exceeds `max_cells` (a short matrix can name hundreds of thousands)."""
-    n_cells = (len(m.axes.quant_pairs) * len(m.axes.granularities) * len(m.axes.dataset_sizes)
-               * len(m.autoquant.effective_bits) * len(m.axes.kv_cache))
+    expanding anything when the product exceeds `max_cells` (a short matrix can name hundreds of thousands).
+
+    An entry with its own `budgets` multiplies its cells by those instead of `autoquant.effective_bits`; a menu
+    entry gives one cell per (granularity x size x budget) whose search chooses among all its formats."""
+    entry_budgets = [_entry_budgets(e, m) for e in m.axes.quant_pairs]
+    per_entry = len(m.axes.granularities) * len(m.axes.dataset_sizes) * len(m.axes.kv_cache)
+    n_cells = sum(len(b) for b in entry_budgets) * per_entry
     if n_cells > max_cells:
+        n_budgets = ("budgets per entry" if any(len(b) != len(m.autoquant.effective_bits) for b in entry_budgets)
+                     else f"{len(m.autoquant.effective_bits)} budgets")
         raise MatrixError(source, [("axes", (
             f"expands to {n_cells:,} cells ({len(m.axes.quant_pairs)} pairs x {len(m.axes.granularities)} "
-            f"granularities x {len(m.axes.dataset_sizes)} sizes x {len(m.autoquant.effective_bits)} budgets"
+            f"granularities x {len(m.axes.dataset_sizes)} sizes x {n_budgets}"
             + (f" x {len(m.axes.kv_cache)} KV-cache settings" if len(m.axes.kv_cache) > 1 else "") + "), more "
             f"than the {max_cells:,} allowed; split the matrix, or pass --max-cells {n_cells} if you mean it"))])
-    pairs = [resolve_pair(p) for p in m.axes.quant_pairs]
+    pairs = [resolve_entry(p) for p in m.axes.quant_pairs]
     grans = [resolve_granularity(g) for g in m.axes.granularities]
     sizes: list[tuple[str, int]] = []
     for s in m.axes.dataset_sizes:
@@ -321,7 +400,6 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
             sizes.append((s.name, s.samples))
         else:
             sizes.append((s, m.dataset.sizes[s]))
-    budgets = m.autoquant.effective_bits
     context = _shared_context(m)
     root = PurePosixPath(m.output_root) / m.name
     aq = m.autoquant
@@ -333,14 +411,13 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
     cells: list[Cell] = []
     warnings: list[str] = []
     seen_paths: dict[str, str] = {}
-    for pair in pairs:
+    for index, (pair, budgets) in enumerate(zip(pairs, entry_budgets, strict=True)):
         for gran in grans:
-            config, overlay_warnings = apply_overlay(pair.config, gran.overrides)
-            invalid = modelopt_violations(config)
-            overlay_warnings = overlay_warnings + [f"rejected by ModelOpt: {v}" for v in invalid]
-            fbits = format_bits(config)
+            config, formats, overlay_warnings = _cell_formats(pair, gran, source, f"axes.quant_pairs[{index}]")
+            # the least bits a search reaches: its lowest format everywhere (AutoQuantize's own check)
+            fbits = min(format_bits(cfg) for _, cfg in formats)
             min_bits = None if shapes is None else minimum_effective_bits(shapes, fbits, aq.disabled_layers)
-            export = config_exportability(config, shapes, aq.disabled_layers)
+            export = _exportability(formats, shapes, aq.disabled_layers)
             for size_name, samples in sizes:
                 calib = samples if aq.calib_size == "dataset_size" else int(aq.calib_size)
                 score = min(samples, aq.score_size) if aq.score_size else samples
@@ -387,6 +464,7 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
                         kv_cache=kv,
                         kv_in_path=kv_in_path,
                         export=export,
+                        formats=tuple(formats),
                     )
                     low = str(path).lower()
                     if low in seen_paths:
@@ -426,6 +504,21 @@ def expand(m: Matrix, source: str = "<matrix>", max_cells: int = DEFAULT_MAX_CEL
     return plan
 
 
+def _exportability(formats: list[tuple[str, dict[str, Any]]], shapes: Any, disabled: list[str]) -> Exportability:
+    """A single format's exportability; a menu's: exportable iff every member is (any of them may be chosen for
+    any layer), and only when the members share one calibration algorithm (a checkpoint is rebuilt with one
+    `mtq.quantize` call, which has one algorithm)."""
+    verdicts = [config_exportability(cfg, shapes, disabled) for _, cfg in formats]
+    if len(formats) == 1:
+        return verdicts[0]
+    from .menus import common_algorithm
+
+    if common_algorithm([cfg for _, cfg in formats]) is None:
+        return Exportability(False, "the menu's formats calibrate with different algorithms; one checkpoint is "
+                                    "rebuilt with one calibration algorithm")
+    return combined(verdicts)
+
+
 def _canary_cell(m: Matrix, cells: list[Cell], source: str) -> Cell | None:
     if not m.canary.enabled or not cells:
         return None
@@ -451,4 +544,7 @@ def _canary_cell(m: Matrix, cells: list[Cell], source: str) -> Cell | None:
 
 
 def describe_cell_quantizers(cell: Cell) -> tuple[str, str]:
+    if cell.is_menu:
+        configs = cell.format_configs
+        return describe_formats(configs, "*weight_quantizer"), describe_formats(configs, "*input_quantizer")
     return describe_quantizer(cell.config, "*weight_quantizer"), describe_quantizer(cell.config, "*input_quantizer")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -229,19 +230,29 @@ class AutoQuantSpec(StrictModel):
     @field_validator("effective_bits", mode="before")
     @classmethod
     def _as_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, int | float) and not isinstance(v, bool) else v
+        return _budgets_as_list(v)
 
     @field_validator("effective_bits")
     @classmethod
     def _check_bits(cls, v: list[float]) -> list[float]:
-        if not v:
-            raise PydanticCustomError("empty", "give at least one effective-bits budget", {})
-        for b in v:
-            if not (math.isfinite(b) and 0 < b <= 16):
-                raise PydanticCustomError("bad_bits", "effective bits must be in (0, 16], got {b}", {"b": b})
-        if len(set(v)) != len(v):
-            raise PydanticCustomError("dup_bits", "duplicate effective-bits budget in {v}", {"v": v})
-        return v
+        return _check_budgets(v)
+
+
+def _budgets_as_list(v: Any) -> Any:
+    """A single budget is read as a one-element list (`effective_bits: 8`, `budgets: 4.5`)."""
+    return [v] if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+
+def _check_budgets(v: list[float]) -> list[float]:
+    """Budgets in effective bits: at least one, each finite and in (0, 16], no duplicates."""
+    if not v:
+        raise PydanticCustomError("empty", "give at least one effective-bits budget", {})
+    for b in v:
+        if not (math.isfinite(b) and 0 < b <= 16):
+            raise PydanticCustomError("bad_bits", "effective bits must be in (0, 16], got {b}", {"b": b})
+    if len(set(v)) != len(v):
+        raise PydanticCustomError("dup_bits", "duplicate effective-bits budget in {v}", {"v": v})
+    return v
 
 
 # --- axes -------------------------------------------------------------------------------------------------
@@ -352,7 +363,108 @@ SizeRef = Annotated[
     Annotated[SafeName, Tag("ref")] | Annotated[InlineSize, Tag("inline")],
     Discriminator(_ref_or_inline),
 ]
-UNION_TAGS = frozenset({"ref", "inline"})
+
+# An entry's own budgets (`budgets:` of a pair or menu entry) replace `autoquant.effective_bits` for its cells.
+Budgets = Annotated[list[float], BeforeValidator(_budgets_as_list), AfterValidator(_check_budgets)]
+MENU_JOIN = "+"  # a menu's derived label: its members' names joined with this, in the order written
+
+
+def pair_ref_name(ref: str | InlinePair) -> str:
+    """The name a pair reference goes by: the catalogue name (aliases already resolved) or the inline pair's."""
+    return ref if isinstance(ref, str) else ref.name
+
+
+class PairEntry(StrictModel):
+    """`{pair: <name | alias | inline pair>, budgets: [...]}`: one quant pair with budgets of its own, which
+    replace `autoquant.effective_bits` for this pair's cells (e.g. an INT8 pair at 8 and 10 bits while the INT4
+    pairs of the same matrix sweep 4.5 and 5)."""
+
+    pair: PairRef
+    budgets: Budgets | None = Field(default=None, description="replaces autoquant.effective_bits for this entry")
+
+    @property
+    def label(self) -> str:
+        return pair_ref_name(self.pair)
+
+
+class MenuEntry(StrictModel):
+    """`{menu: [<pair>, <pair>, ...], name: <optional>, budgets: <optional>}`: one cell per (granularity x size x
+    budget) in which AutoQuantize chooses per layer among all the menu's formats and 16 bits (one
+    `mtq.auto_quantize` call with the menu's list of formats), e.g. `{menu: [nvfp4, fp8]}` or
+    `{menu: [wint4_afp16_awq, wint8_afp16], budgets: [4.75]}`."""
+
+    menu: list[PairRef] = Field(description="two or more distinct quant pairs")
+    name: SafeName | None = Field(default=None, description="the cells' pair label; default: members joined by '+'")
+    budgets: Budgets | None = Field(default=None, description="replaces autoquant.effective_bits for this menu")
+
+    @field_validator("menu")
+    @classmethod
+    def _two_or_more(cls, v: list[Any]) -> list[Any]:
+        if len(v) < 2:
+            raise PydanticCustomError(
+                "short_menu", "a menu needs at least two distinct formats, got {n} (a single format is a plain "
+                "quant_pairs entry)", {"n": len(v)})
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> MenuEntry:
+        seen: dict[str, int] = {}
+        for i, ref in enumerate(self.menu):
+            key = pair_ref_name(ref).lower()
+            if key in seen:
+                raise PydanticCustomError(
+                    "dup_menu_member", "menu[{i}]: duplicate format '{n}' (same as menu[{j}]); a menu needs distinct "
+                    "formats", {"i": i, "n": pair_ref_name(ref), "j": seen[key]})
+            seen[key] = i
+        if self.name is not None and self.name in QUANT_PAIRS:
+            raise PydanticCustomError(
+                "shadow", "menu name '{n}' shadows a catalogue pair; choose another name", {"n": self.name})
+        return self
+
+    @property
+    def members(self) -> list[str]:
+        return [pair_ref_name(r) for r in self.menu]
+
+    @property
+    def label(self) -> str:
+        return self.name or MENU_JOIN.join(self.members)
+
+
+def _bare_list(v: Any) -> Any:
+    raise PydanticCustomError(
+        "bare_menu", "a menu of formats is written as a mapping with the key `menu` (`- menu: [{names}]`), not as "
+        "a bare list",
+        {"names": ", ".join(str(x) for x in v) if isinstance(v, list) else ""})
+
+
+def _axis_pair_kind(v: Any) -> str:
+    if isinstance(v, str):
+        return "ref"
+    if isinstance(v, MenuEntry) or (isinstance(v, dict) and "menu" in v):
+        return "menu"
+    if isinstance(v, PairEntry) or (isinstance(v, dict) and "pair" in v):
+        return "entry"
+    if isinstance(v, list | tuple):
+        return "list"
+    return "inline"
+
+
+AxisPair = Annotated[
+    Annotated[Annotated[str, AfterValidator(_known_pair)], Tag("ref")]
+    | Annotated[InlinePair, Tag("inline")]
+    | Annotated[PairEntry, Tag("entry")]
+    | Annotated[MenuEntry, Tag("menu")]
+    | Annotated[Any, BeforeValidator(_bare_list), Tag("list")],
+    Discriminator(_axis_pair_kind),
+]
+UNION_TAGS = frozenset({"ref", "inline", "entry", "menu", "list"})
+
+
+def axis_pair_label(entry: Any) -> str:
+    """The pair label of an `axes.quant_pairs` entry: what its cells' ids, paths and rows call the pair."""
+    if isinstance(entry, PairEntry | MenuEntry):
+        return entry.label
+    return pair_ref_name(entry)
 
 
 # KV-cache settings (engine/kv_cache.py maps each to ModelOpt's config); "none" leaves the cache unquantized
@@ -360,7 +472,7 @@ KvCacheName = Literal["none", "fp8", "fp8_affine", "nvfp4", "nvfp4_affine"]
 
 
 class Axes(StrictModel):
-    quant_pairs: list[PairRef] = Field(min_length=1)
+    quant_pairs: list[AxisPair] = Field(min_length=1)
     granularities: list[GranularityRef] = Field(default_factory=lambda: ["default"], min_length=1)
     dataset_sizes: list[SizeRef] = Field(min_length=1)
     kv_cache: list[KvCacheName] = Field(

@@ -84,6 +84,7 @@ class UnionFormat:
     config: dict[str, Any]
     signature: str = ""
     calib_steps: set[int] = field(default_factory=set)  # the calibration sizes of the cells that use it
+    data_free: bool = False  # its calibration does not depend on the data: one score series serves every size
 
 
 @dataclass
@@ -103,12 +104,16 @@ class UnionCall:
             if canonical_json(f.config) == canon:
                 f.calib_steps.add(calib_steps)
                 return f.label
-        self.formats.append(UnionFormat(label, config, calib_steps={calib_steps}))
+        self.formats.append(UnionFormat(label, config, calib_steps={calib_steps},
+                                        data_free=not calibration_depends_on_data(config)))
         return label
 
     def score_key(self, signature: str, calib_steps: int) -> str:
-        """Where a cell's scores are kept: its format's own, or those at a smaller calibration size."""
-        if self.prefix_calibration and calib_steps < self.calib_steps:
+        """Where a cell's scores are kept: its format's own, or those at a smaller calibration size. A format whose
+        calibration does not depend on the data (a weight-only member of a menu in a calibrated call) is not
+        recorded per size (engine/prefix_calibration.py): its own series is every size's."""
+        data_free = any(f.signature == signature and f.data_free for f in self.formats)
+        if self.prefix_calibration and calib_steps < self.calib_steps and not data_free:
             return f"{signature}@{calib_steps}"
         return signature
 
@@ -256,16 +261,22 @@ def run_union(
 
 def solve_cell(
     union: UnionResult,
-    label: str,
-    config: dict[str, Any],
+    formats: list[tuple[str, dict[str, Any]]],
     budget: float,
     score_steps: int,
     method: str,
     calib_steps: int | None = None,
 ) -> SearchResult:
-    """Rebuild what a single-format AutoQuantize call would hand its solver, solve it with ModelOpt's solver,
-    and switch the union model's layers to the chosen recipe, calibrated on the cell's own `calib_steps` batches
-    (ready for evaluation)."""
+    """Rebuild what AutoQuantize called with the cell's `formats` = [(label, config)] (one format, or a menu's
+    members) would hand its solver, solve it with ModelOpt's solver, and switch the union model's layers to the
+    chosen recipe, calibrated on the cell's own `calib_steps` batches (ready for evaluation).
+
+    Per decision group, ModelOpt's solver sees the candidates in `QuantRecipe` order (compression, then config
+    signature: `hparam.choices` is a sorted set), their scores clamped to be non-increasing in that order
+    (`initialize_candidate_stats`: `score = min(score, prev_score)`, the 16-bit choice scoring 0) and their costs
+    (weight size x compression, independent of the other candidates). The union call's order restricted to the
+    cell's formats and 16 bits is that order, and each format's raw score is its own (docs/shared-engine.md), so
+    the rebuilt lists are those of a call with exactly these formats."""
     from modelopt.torch.opt.utils import get_hparam
     from modelopt.torch.quantization.algorithms import (
         AutoQuantizeGradientSearcher,
@@ -273,15 +284,14 @@ def solve_cell(
         QuantRecipe,
     )
 
-    lowest = format_bits(config)
+    lowest = min(format_bits(config) for _, config in formats)
     if budget < lowest:
         raise CellError(
             f"effective-bits budget {budget:g} is below the format's {lowest:g} bits: AutoQuantize cannot reach it; "
             "raise autoquant.effective_bits or drop this pair"
         )
     t0 = time.perf_counter()
-    recipe = QuantRecipe(config, name=label)
-    sig = recipe.checkpoint_signature
+    label_of = {QuantRecipe(config, name=label).checkpoint_signature: label for label, config in formats}
     calib_steps = calib_steps or union.call.calib_steps
     none = QuantRecipe(quant_cfg=None)
     none_sig = none.checkpoint_signature
@@ -292,39 +302,46 @@ def solve_cell(
     batch_by_group: dict[str, list[list[float]] | None] = {}
     for name, stat in stats_all.items():
         sigs = [r.checkpoint_signature for r in stat["formats"]]
-        if sig not in sigs and set(sigs) == {none_sig}:
+        if set(sigs) == {none_sig} and not set(label_of) & set(sigs):
             # a group `autoquant.disabled_layers` keeps unquantized: its only choice is 16 bits, in every call
             cell_stats[name] = {**stat, "formats": list(stat["formats"]), "scores": [0.0] * len(sigs),
                                 "costs": list(stat["costs"])}
             raw_by_group[name] = [0.0] * len(sigs)
             batch_by_group[name] = None if k is None else [[0.0] * k for _ in sigs]  # nothing scored
             continue
-        if sig not in sigs:
-            raise CellError(f"format {label} missing from the shared search of {name}")
-        i, j = sigs.index(sig), sigs.index(none_sig)
-        series = union.cumulative.get(name, {}).get(union.call.score_key(sig, calib_steps))
-        if series is None:
-            raise CellError(f"no scores recorded for {label} in {name}")
-        raw = series[(k if k is not None else len(series)) - 1]
-        formats = sorted([stat["formats"][i], stat["formats"][j]])
-        order = [i, j] if formats[0] == stat["formats"][i] else [j, i]
-        raw_scores = [raw if idx == i else 0.0 for idx in order]
+        for sig, label in label_of.items():
+            if sig not in sigs:
+                raise CellError(f"format {label} missing from the shared search of {name}")
+        # the cell's candidates in ModelOpt's order (QuantRecipe.__lt__), 16 bits among them
+        order = sorted([sigs.index(sig) for sig in label_of] + [sigs.index(none_sig)], key=lambda i: stat["formats"][i])
+        raw_scores: list[float] = []
+        per_batch: list[list[float]] | None = None if k is None else []
+        for idx in order:
+            sig = sigs[idx]
+            if sig == none_sig:
+                raw_scores.append(0.0)
+                if per_batch is not None:
+                    per_batch.append([0.0] * k)
+                continue
+            series = union.cumulative.get(name, {}).get(union.call.score_key(sig, calib_steps))
+            if series is None:
+                raise CellError(f"no scores recorded for {label_of[sig]} in {name}")
+            raw_scores.append(series[(k if k is not None else len(series)) - 1])
+            if per_batch is not None:
+                per_batch.append(increments(series, k))  # kl_div: not a sum over batches
         clamped, prev = [], float("inf")
-        for s in raw_scores:  # ModelOpt's clamp over the single-format list [f, NONE]
+        for s in raw_scores:  # ModelOpt's clamp over the cell's candidate list
             s = min(s, prev)
             clamped.append(s)
             prev = s
         cell_stats[name] = {
             **{key: v for key, v in stat.items() if key not in ("formats", "scores", "costs")},
-            "formats": formats,
+            "formats": [stat["formats"][idx] for idx in order],
             "scores": clamped,
             "costs": [stat["costs"][idx] for idx in order],
         }
         raw_by_group[name] = raw_scores
-        per_batch = increments(series, k) if k is not None else None  # kl_div: not a sum over batches
-        batch_by_group[name] = None if per_batch is None else [
-            per_batch if idx == i else [0.0] * len(per_batch) for idx in order
-        ]
+        batch_by_group[name] = per_batch
     searcher = AutoQuantizeGradientSearcher() if method == "gradient" else AutoQuantizeKLDivSearcher()
     searcher.candidate_stats = cell_stats
     searcher.cost_model = union.state.get("cost_model", "weight")
@@ -341,6 +358,10 @@ def solve_cell(
     solve = exact_search() if method == "gradient" else contextlib.nullcontext([])
     with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings(), solve as records:
         best, satisfied = searcher.run_search_with_stats(total * budget / 16.0, verbose=False)
+
+    def label(recipe: Any) -> str:
+        return NONE_LABEL if recipe == none else label_of[recipe.checkpoint_signature]
+
     groups: list[LayerGroup] = []
     chosen_cost = 0.0
     chosen_score = 0.0
@@ -357,12 +378,12 @@ def solve_cell(
             LayerGroup(
                 name=name.removesuffix(".quant_recipe"),
                 module_names=list(stat["module_names"]),
-                formats=[NONE_LABEL if r == none else label for r in stat["formats"]],
+                formats=[label(r) for r in stat["formats"]],
                 bits=[float(r.compression * 16) for r in stat["formats"]],
                 raw_scores=raw_by_group[name],
                 scores=[float(s) for s in stat["scores"]],
                 costs=[float(c) for c in stat["costs"]],
-                chosen=NONE_LABEL if chosen == none else label,
+                chosen=label(chosen),
                 chosen_bits=float(chosen.compression * 16),
                 weight_shapes=weight_shapes(union.model, list(stat["module_names"])),
                 batch_scores=batch_by_group[name],

@@ -68,8 +68,9 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def format_config_for(matrix: Matrix, device_type: str, cell: Cell) -> tuple[dict[str, Any], str]:
-    """The config handed to ModelOpt and the fake-quant backend it uses for NVFP4/MX quantizers.
+def formats_for(matrix: Matrix, device_type: str, cell: Cell) -> tuple[list[tuple[str, dict[str, Any]]], str]:
+    """The (label, config) formats handed to ModelOpt — one for a single pair, the members for a menu — and the
+    fake-quant backend they use for NVFP4/MX quantizers.
 
     On a CPU ModelOpt cannot fake-quantize NVFP4/MX, so `auto` routes those quantizers to quantsweep's
     pure-PyTorch backend (`engine/torch_formats.py`); on CUDA `auto` keeps ModelOpt's own kernels. It needs only
@@ -77,17 +78,22 @@ def format_config_for(matrix: Matrix, device_type: str, cell: Cell) -> tuple[dic
     """
     from ..engine import torch_formats
 
+    formats = list(cell.formats) or [(f"{cell.pair.name}/{cell.granularity.name}", cell.config)]
     choice = matrix.autoquant.fake_quant_backend
     if choice == "torch" or (choice == "auto" and device_type != "cuda"):
-        config, used = torch_formats.with_torch_backend(cell.config)
-        if used:
+        routed = [(label, *torch_formats.with_torch_backend(cfg)) for label, cfg in formats]
+        if any(used for _, _, used in routed):
             torch_formats.register()
-            return config, torch_formats.BACKEND_NAME
-    return cell.config, "modelopt"
+            return [(label, cfg) for label, cfg, _ in routed], torch_formats.BACKEND_NAME
+    return formats, "modelopt"
 
 
-def cell_format_config(ctx: SweepContext, cell: Cell) -> tuple[dict[str, Any], str]:
-    return format_config_for(ctx.matrix, ctx.loaded.device.type, cell)
+def format_config_for(matrix: Matrix, device_type: str, cell: Cell) -> tuple[dict[str, Any], str]:
+    """`formats_for` of a single-format cell: its one config and backend."""
+    formats, backend = formats_for(matrix, device_type, cell)
+    if len(formats) != 1:
+        raise ValueError(f"{cell.key} is a format menu: use formats_for")
+    return formats[0][1], backend
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str]:
@@ -116,11 +122,10 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
             phases["model"] = time.perf_counter() - t
             n = max(cell.calib_samples, cell.score_samples)
             batches = ctx.batches(n)
-            label = f"{cell.pair.name}/{cell.granularity.name}"
-            config, run.fake_quant_backend = cell_format_config(ctx, cell)
+            formats, run.fake_quant_backend = formats_for(m, ctx.loaded.device.type, cell)
             model, result = run_auto_quantize(
                 model,
-                formats=[(label, config)],
+                formats=formats,  # a menu: one call with all its formats, as ModelOpt's own multi-format search
                 budget=cell.budget,
                 batches=batches,
                 calib_steps=cell.calib_steps,
@@ -140,7 +145,7 @@ def execute_cell(ctx: SweepContext, cell: Cell, on_step: Any = None) -> CellRun:
                 if ctx.lengths:
                     run.long_context = evaluate_long_context(ctx, model, cell, mem, phases, on_step)
             t = time.perf_counter()
-            run.trust = trust_checks(ctx, cell, result, model, (label, config))
+            run.trust = trust_checks(ctx, cell, result, model, formats[0] if len(formats) == 1 else None)
             phases["trust"] = time.perf_counter() - t
         run.status, run.result, run.quality = "ok", result, quality
     except KeyboardInterrupt:

@@ -151,11 +151,11 @@ def prepare_context(
         setup["lm_eval_baseline_s"] = round(time.perf_counter() - t, 3)
     if loaded.device.type == "cuda":  # first-use costs (CUDA extensions, kernels) are a GPU affair: time them apart
         from ..engine.warm_up import warm_up_formats
-        from .cell_runner import format_config_for
+        from .cell_runner import formats_for
 
         t = time.perf_counter()
         message("warming up ModelOpt's kernels for the sweep's formats")
-        configs = [format_config_for(matrix, "cuda", c)[0] for c in plan.cells]
+        configs = [cfg for c in plan.cells for _, cfg in formats_for(matrix, "cuda", c)[0]]
         setup["warm_up_formats"] = warm_up_formats(configs, loaded.device, loaded.dtype)
         setup["warm_up_s"] = round(time.perf_counter() - t, 3)
     setup["torch_threads"] = torch.get_num_threads()

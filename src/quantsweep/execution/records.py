@@ -14,6 +14,7 @@ from typing import Any
 
 from ..engine.autoquant import NONE_LABEL, nonfinite_scores
 from ..overlay import to_jsonable
+from ..menus import menu_quantizer_summary, menu_storage_bits
 from ..quant_summary import quantizer_summary, recipe_storage_bits
 from ..reports.layer_report import MANIFEST, write_reports
 from ..store.atomic import atomic_write_json
@@ -70,13 +71,16 @@ def with_calibration(recipe: dict[str, Any], cell_config: dict[str, Any]) -> dic
     return {**recipe, "algorithm": algorithm if algorithm is not None else recipe.get("algorithm", "max")}
 
 
-def _storage_bits(config: dict[str, Any], res: Any) -> dict[str, float | None]:
-    """Bits per weight counting scales (docs/metrics.md): of the chosen recipe, and of the format everywhere."""
+def _storage_bits(cell: Any, res: Any) -> dict[str, float | None]:
+    """Bits per weight counting scales (docs/metrics.md): of the chosen recipe, and of the format everywhere (a
+    menu: each layer in the format it chose, and its lowest-bits member everywhere)."""
     if res is None:
         return {"storage_bits": None, "format_storage_bits": None}
-    layers = [(g.weight_shapes, g.chosen != NONE_LABEL) for g in res.groups]
-    chosen, everywhere = recipe_storage_bits(config, layers)
-    return {"storage_bits": chosen, "format_storage_bits": everywhere}
+    if not cell.is_menu:
+        layers = [(g.weight_shapes, g.chosen != NONE_LABEL) for g in res.groups]
+        chosen, everywhere = recipe_storage_bits(cell.config, layers)
+        return {"storage_bits": chosen, "format_storage_bits": everywhere}
+    return dict(zip(("storage_bits", "format_storage_bits"), menu_storage_bits(cell.formats, res.groups), strict=True))
 
 
 def write_artifacts(record: CellRecord, base: Path | None = None) -> None:
@@ -121,8 +125,10 @@ def build_manifest(ctx: RecordContext, run: CellRun) -> dict[str, Any]:
                 "overrides": to_jsonable(cell.granularity.overrides),
                 "description": cell.granularity.description,
             },
-            "effective_quantizer_summary": to_jsonable(quantizer_summary(cell.config)),
-            "effective_config": to_jsonable(cell.config),
+            "effective_quantizer_summary": to_jsonable(
+                menu_quantizer_summary(cell.formats) if cell.is_menu else quantizer_summary(cell.config)
+            ),
+            "effective_config": to_jsonable(cell.config),  # a menu: its menu document (menus.py)
             "format_bits": cell.format_bits,
             "overlay_warnings": list(cell.warnings),
             **({"kv_cache": to_jsonable(run.kv_cache) if run.kv_cache is not None else {"kv_cache": cell.kv_cache}}
@@ -137,7 +143,8 @@ def build_manifest(ctx: RecordContext, run: CellRun) -> dict[str, Any]:
             "disabled_layers": list(m.autoquant.disabled_layers),
             "engine": run.engine,
             "fake_quant_backend": run.fake_quant_backend,
-            "modelopt_call": "mtq.auto_quantize(quantization_formats=[effective_config], ...)",
+            "modelopt_call": "mtq.auto_quantize(quantization_formats=[effective_config], ...)" if not cell.is_menu
+            else "mtq.auto_quantize(quantization_formats=[each config of effective_config.menu], ...)",
         },
         "search": None
         if res is None
@@ -181,7 +188,7 @@ def build_row(ctx: RecordContext, run: CellRun, det: dict[str, Any] | None, atte
         "total_score": res.total_score if res else None,
         "satisfied": res.satisfied if res else None,
         "solver": res.solver if res else None,
-        **_storage_bits(cell.config, res),
+        **_storage_bits(cell, res),
         "layer_count": len(res.groups) if res else None,
         "quantized_layer_count": res.quantized_groups if res else None,
         "scores_finite": (not nonfinite_scores(res)) if res else None,

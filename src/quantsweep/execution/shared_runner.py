@@ -29,16 +29,19 @@ from ..engine.shared import (
 )
 from ..planning import Cell
 from ..schema import Matrix
-from .cell_runner import CellRun, _now, describe_failure, evaluate_long_context, format_config_for
+from .cell_runner import CellRun, _now, describe_failure, evaluate_long_context, formats_for
 from .context import SweepContext
 from .telemetry import PeakMemory, by_device_mb, hardware_telemetry
 from .trust_checks import trust_checks
 from .work_units import UnitMember, WorkUnit
 
 
+Member = tuple[Cell, list[tuple[str, dict[str, Any]]], str]  # a cell, the (label, config) it is solved with, backend
+
+
 def plan_union_calls(
     matrix: Matrix, device_type: str, cells: list[Cell], prefix_calibration: bool = True
-) -> list[tuple[UnionCall, list[tuple[Cell, str, dict, str]]]]:
+) -> list[tuple[UnionCall, list[Member]]]:
     """Group cells so that every group can share one AutoQuantize call (see engine/shared.py).
 
     Sizes share a call through prefixes of one list of batches; a cell whose sample counts are not multiples of
@@ -49,20 +52,26 @@ def plan_union_calls(
     A format whose calibration rescales the weights (AWQ, SmoothQuant) never shares a call with another format
     (engine/shared.py::calibration_rescales_weights); its budgets still share one.
 
+    A format menu puts all its members in one call (its recipe is one model with each layer in its chosen
+    format): a data-free call when no member's calibration depends on the data, else a calibrated one at the
+    cell's calibration size (by prefix when every member is max-calibrated), where a weight-only member is
+    calibrated from the weights as anywhere else, so every member's scores are those of its own call.
+
     Needs only the matrix and the device type, so a Ray driver groups cells exactly as its workers will."""
     method = matrix.autoquant.method
     batch = matrix.autoquant.batch_size
-    groups: dict[tuple, tuple[UnionCall, list[tuple[Cell, str, dict, str]]]] = {}
+    groups: dict[tuple, tuple[UnionCall, list[Member]]] = {}
     for cell in cells:
-        config, backend = format_config_for(matrix, device_type, cell)
+        formats, backend = formats_for(matrix, device_type, cell)
+        configs = [config for _, config in formats]
         own_batches = bool(cell.calib_samples % batch or cell.score_samples % batch)
-        free = method == "gradient" and not calibration_depends_on_data(config)
+        free = method == "gradient" and not any(calibration_depends_on_data(c) for c in configs)
         by_prefix = (
             prefix_calibration
             and not own_batches
             and method == "gradient"
             and not free
-            and shares_calibration_across_sizes(config)
+            and all(shares_calibration_across_sizes(c) for c in configs)
         )
         if free:
             key: tuple = ("data-free",)
@@ -74,7 +83,7 @@ def plan_union_calls(
             key = ("calib", cell.calib_samples, "score", cell.score_samples)
         if own_batches and method == "gradient":
             key = (*key, "samples", cell.calib_samples, cell.score_samples)
-        if calibration_rescales_weights(config):
+        if any(calibration_rescales_weights(c) for c in configs):
             key = (*key, f"{cell.pair.name}/{cell.granularity.name}")  # a call of its own: see the function
         if key not in groups:
             name = "-".join(str(k) for k in key)
@@ -84,10 +93,12 @@ def plan_union_calls(
         call, members = groups[key]
         if by_prefix:
             call.calib_steps = max(call.calib_steps, cell.calib_steps)
-        label = call.add_format(f"{cell.pair.name}/{cell.granularity.name}", config, cell.calib_steps)
+        labels = [call.add_format(label, config, cell.calib_steps) for label, config in formats]
         call.score_steps = max(call.score_steps, cell.score_steps)
         call.cell_ids.append(cell.id)
-        members.append((cell, label, config, backend))
+        # a single format is solved under the union's label for it (as ever); a menu's members keep the cell's own
+        solve_with = [(labels[0], configs[0])] if len(formats) == 1 else formats
+        members.append((cell, solve_with, backend))
     return list(groups.values())
 
 
@@ -95,6 +106,25 @@ def refused_cells(cells: list[Cell]) -> list[Cell]:
     """Cells whose configuration ModelOpt refuses: kept out of union calls (one refused format would fail the
     whole call) and recorded as error rows straight away."""
     return [c for c in cells if "invalid_for_modelopt" in c.flags]
+
+
+def unsolvable_menus(cells: list[Cell]) -> list[Cell]:
+    """Menu cells with a member whose calibration rescales the weights (AWQ, SmoothQuant): the shared engine
+    refuses them (an error row naming `--engine naive`).
+
+    Why: such a format's scales stay in its own quantizers only while AutoQuantize searches; ModelOpt folds the
+    chosen layers' scales into the shared weights at the end of a search with the chosen recipe
+    (engine/shared.py::calibration_rescales_weights), which a union call run at 16 bits never does, so the model
+    a union call leaves would not be the one a menu search gives. The naive engine runs the menu as one
+    `mtq.auto_quantize` call, which ModelOpt handles itself."""
+    return [c for c in cells if c.is_menu and any(calibration_rescales_weights(cfg) for cfg in c.format_configs)]
+
+
+def unsolvable_message(cell: Cell) -> str:
+    rescaling = [label for label, cfg in cell.formats if calibration_rescales_weights(cfg)]
+    return (f"format menu {cell.pair.name}: {', '.join(rescaling)} rescales the weights in its calibration "
+            "(AWQ / SmoothQuant), which the shared engine cannot solve from a union call; run this matrix with "
+            "--engine naive")
 
 
 def work_units(matrix: Matrix, device_type: str, engine: str, cells: list[Cell]) -> list[WorkUnit]:
@@ -107,14 +137,16 @@ def work_units(matrix: Matrix, device_type: str, engine: str, cells: list[Cell])
             for c in cells
         ]
     units = []
-    refused = refused_cells(cells)
+    refused = refused_cells(cells) + unsolvable_menus(cells)
     if refused:
         units.append(WorkUnit("refused by ModelOpt", [UnitMember(c.id, c.key, 0, 0) for c in refused], 1, 0))
     for call, members in plan_union_calls(matrix, device_type, [c for c in cells if c not in refused]):
         units.append(
             WorkUnit(
                 f"union {call.key}",
-                [UnitMember(c.id, label, call.calib_steps, c.score_steps) for c, label, _cfg, _b in members],
+                [UnitMember(c.id, "+".join(label for label, _cfg in fmts), call.calib_steps, c.score_steps,
+                            tuple(label for label, _cfg in fmts) if len(fmts) > 1 else ())
+                 for c, fmts, _b in members],
                 1,
                 eval_steps,
             )
@@ -150,7 +182,10 @@ def execute_shared(
     for cell in invalid:  # kept out of union calls: one refused format would fail the whole call
         reasons = "; ".join(w for w in cell.warnings if "rejected by ModelOpt" in w)
         yield _error_run(cell, CellError(f"ModelOpt refuses this configuration: {reasons}"), _now())
-    cells = [c for c in cells if c not in invalid]
+    unsolvable = [c for c in unsolvable_menus(cells) if c not in invalid]
+    for cell in unsolvable:
+        yield _error_run(cell, CellError(unsolvable_message(cell)), _now())
+    cells = [c for c in cells if c not in invalid and c not in unsolvable]
     queue = plan_union_calls(m, ctx.loaded.device.type, cells)
     while queue:
         call, members = queue.pop(0)
@@ -198,7 +233,7 @@ def execute_shared(
         }
         if len(mem.peak_by_device) > 1:
             shared_tel["peak_device_mb_by_device"] = by_device_mb([mem])
-        for cell, label, config, backend in members:
+        for cell, formats, backend in members:
             run = CellRun(
                 cell=cell, status="error", started_at=_now(), finished_at=_now(), fake_quant_backend=backend,
                 engine="shared",
@@ -210,7 +245,7 @@ def execute_shared(
                     if on_step is not None:
                         on_step("solve")
                     result = solve_cell(
-                        union, label, config, cell.budget, cell.score_steps, m.autoquant.method, cell.calib_steps
+                        union, formats, cell.budget, cell.score_steps, m.autoquant.method, cell.calib_steps
                     )
                     phases["search"] = result.phases["search"]
                     t = time.perf_counter()
@@ -225,7 +260,8 @@ def execute_shared(
                                                                      on_step)
                     t = time.perf_counter()
                     run.trust = trust_checks(
-                        ctx, cell, result, union.model, (label, config), _prepare_for(union, cell.calib_steps)
+                        ctx, cell, result, union.model, formats[0] if len(formats) == 1 else None,
+                        _prepare_for(union, cell.calib_steps),
                     )
                     phases["trust"] = time.perf_counter() - t
                     trim_host_memory()
@@ -271,4 +307,4 @@ def execute_shared(
         release_memory(ctx.loaded.device)
 
 
-__all__ = ["execute_shared", "plan_union_calls", "refused_cells", "work_units", "Any"]
+__all__ = ["execute_shared", "plan_union_calls", "refused_cells", "unsolvable_menus", "work_units", "Any"]

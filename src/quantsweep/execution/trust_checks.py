@@ -42,11 +42,14 @@ def trust_checks(
     prepare: Any = None,
 ) -> dict[str, Any]:
     """`{"stability": ..., "layer_fidelity": ...}` for a cell whose model (with the recipe active) is `model` and
-    whose format is `fmt` = (label, config as handed to ModelOpt); `prepare`: see engine/layer_fidelity.py.
+    whose format is `fmt` = (label, config as handed to ModelOpt; None for a format menu); `prepare`: see engine/layer_fidelity.py.
     With `evaluation.lm_eval` naming the cell, also `"lm_eval"`: the model through lm-eval (engine/lm_eval_runner.py),
     after layer fidelity has put the cell's recipe back."""
     out: dict[str, Any] = {"stability": stability_for(ctx.matrix, cell, result), "layer_fidelity": None}
     spec = ctx.matrix.evaluation.layer_fidelity
+    if spec.k > 0 and fmt is None and cell.is_menu:
+        out["layer_fidelity"] = {"computable": False, "reason": "a format menu: layer fidelity switches one quantized "
+                                 "format per group on and off, a menu has several", "k": spec.k, "seed": spec.seed}
     if spec.k > 0 and model is not None and fmt is not None:
         from modelopt.torch.quantization.algorithms import QuantRecipe
 

@@ -19,9 +19,14 @@ class UnitMember:
     """One cell of a unit, with what its cost depends on."""
 
     cell_id: str
-    format_label: str  # the union-call format the cell reads its scores from
+    format_label: str  # the union-call format the cell reads its scores from (a menu's: its members joined by +)
     calib_steps: int
     score_steps: int
+    menu: tuple[str, ...] = ()  # a menu cell's member formats (all in the unit's one call); () for one format
+
+    @property
+    def format_labels(self) -> tuple[str, ...]:
+        return self.menu or (self.format_label,)
 
 
 @dataclass
@@ -39,6 +44,13 @@ class WorkUnit:
 
     @property
     def formats(self) -> list[str]:
+        """The distinct formats the unit's call calibrates and scores (a menu's members count one by one)."""
+        return sorted({f for m in self.members for f in m.format_labels})
+
+    @property
+    def _split_keys(self) -> list[str]:
+        """What a split by formats keeps together: one format, or one menu with all its members (a menu cell is
+        solved from one call holding every member)."""
         return sorted({m.format_label for m in self.members})
 
     @property
@@ -52,11 +64,11 @@ class WorkUnit:
         return self.repeats * (n_formats * calib + score * (3 + n_formats) + len(self.members) * self.eval_steps)
 
     def splittable(self) -> bool:
-        return len(self.formats) > 1 or len({m.score_steps for m in self.members}) > 1
+        return len(self._split_keys) > 1 or len({m.score_steps for m in self.members}) > 1
 
     def split(self) -> tuple[WorkUnit, WorkUnit]:
         """Two units that together hold this one's cells: by formats when it has several, else by sizes."""
-        if len(self.formats) > 1:
+        if len(self._split_keys) > 1:
             by_format: dict[str, list[UnitMember]] = {}
             for m in self.members:
                 by_format.setdefault(m.format_label, []).append(m)

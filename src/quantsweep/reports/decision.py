@@ -155,9 +155,10 @@ def recommended_keys(view: dict[str, Any], overall: dict[str, Any]) -> list[str]
 
 
 def kept_layers(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """`{"names", "groups", "weight_share"}`: the layer groups the cell's recipe kept unquantized (`chosen ==
-    "none"`), out of how many, and their share of the weights (from the 16-bit cost, None when costs are not
-    recorded); None when the manifest does not record choices (a trimmed manifest)."""
+    """`{"names", "groups", "weight_share", "by_format"}`: the layer groups the cell's recipe kept unquantized
+    (`chosen == "none"`), out of how many, their share of the weights (from the 16-bit cost, None when costs are
+    not recorded), and the quantized groups per chosen format (several for a format menu's mixed recipe); None
+    when the manifest does not record choices (a trimmed manifest)."""
     layers = [g for g in manifest.get("layers") or [] if isinstance(g, dict)]
     if not layers or any("chosen" not in g for g in layers):
         return None
@@ -166,7 +167,12 @@ def kept_layers(manifest: dict[str, Any]) -> dict[str, Any] | None:
     sizes = [_none_cost(g) for g in layers]
     if all(s is not None for s in sizes) and sum(sizes) > 0:  # type: ignore[arg-type]
         share = sum(_none_cost(g) for g in kept) / sum(sizes)  # type: ignore[misc]
-    return {"names": [str(g.get("name")) for g in kept], "groups": len(layers), "weight_share": share}
+    by_format: dict[str, list[str]] = {}  # the quantized groups per chosen format, in the manifest's order
+    for g in layers:
+        if g.get("chosen") != NONE_LABEL:
+            by_format.setdefault(str(g.get("chosen")), []).append(str(g.get("name")))
+    return {"names": [str(g.get("name")) for g in kept], "groups": len(layers), "weight_share": share,
+            "by_format": by_format}
 
 
 def _none_cost(g: dict[str, Any]) -> float | None:
@@ -309,6 +315,11 @@ def recipe_blocks(entries: list[dict[str, Any]], out_dir: str | Path | None = No
                     if len(kept["names"]) > MAX_LISTED else "")
             items.append(f"kept at 16 bits: {len(kept['names'])} of {kept['groups']} layer groups{share}: "
                          f"{compact_names(names)}{more}")
+        if kept is not None and len(kept.get("by_format") or {}) > 1:  # a format menu's mixed recipe
+            for fmt, fnames in kept["by_format"].items():
+                more = (f" … and {len(fnames) - MAX_LISTED} more (manifest.json)" if len(fnames) > MAX_LISTED else "")
+                items.append(f"chosen {fmt}: {len(fnames)} of {kept['groups']} layer groups: "
+                             f"{compact_names(fnames[:MAX_LISTED])}{more}")
         if e["recipe"] is not None:
             first_recipe = first_recipe or e["recipe"]
             items.append(("recipe: ", RECIPE, _link(e["recipe"], out_dir)))

@@ -63,6 +63,18 @@ def _rate(kpi: dict[str, Any] | None) -> tuple[str, str]:
     return ("null" if v is None else f"{v:.4g}"), f"{kpi.get('numerator')} / {kpi.get('denominator')}"
 
 
+def _axis_entry_name(it: Any) -> str:
+    """An axis entry as the cells name it: a name, an inline entry's name, `{pair: ...}` by its pair, a format
+    menu by its name or its members joined with '+' (schema.py's `axis_pair_label`)."""
+    if not isinstance(it, dict):
+        return str(it)
+    if "menu" in it:
+        return str(it.get("name") or "+".join(_axis_entry_name(m) for m in it.get("menu") or []))
+    if "pair" in it:
+        return _axis_entry_name(it["pair"])
+    return str(it.get("name", "?"))
+
+
 def _as_list(v: Any) -> list[Any]:
     """A matrix field that may be one value or a list of them (`effective_bits: 8` or `[8, 6]`)."""
     return [] if v is None else list(v) if isinstance(v, list) else [v]
@@ -172,7 +184,7 @@ def _header(rep: dict[str, Any]) -> list[str]:
     def names(items: Any) -> str:
         out = []
         for it in items or []:
-            out.append(it.get("name", "?") if isinstance(it, dict) else str(it))
+            out.append(_axis_entry_name(it))
         return ", ".join(out) or "—"
 
     size_list = []

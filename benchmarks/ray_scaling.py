@@ -3,7 +3,9 @@
 Matrices (synthetic weights, bf16, CUDA, canary skipped so that only cells are timed):
   reference  the 27-cell reference matrix of benchmarks/shared_vs_naive.py (Qwen3-0.6B shape)
   llama3-8b  8 weight-only cells on a Llama-3-8B-shaped model: INT4/INT8 x default/group-64 x 8/16 samples,
-             seq 512, batch 4 (4 score batches for the larger size)
+             seq 512, batch 4 (4 score batches for the larger size): one union call, split between 2 workers
+  llama3-8b-study  the same model, 24 cells: INT4/INT8 weight-only and FP8 W8A8 x default/group-64 x 8/16
+             samples x budgets 6/8 bits (two union calls)
 
 First-use costs are taken apart: ModelOpt's CUDA extensions are built (or loaded) in this process before any
 timed run, so workers only load them from the cache; worker start-up (model build, data, baseline) is reported
@@ -51,11 +53,23 @@ def llama3_8b_matrix() -> dict:
     }
 
 
+def llama3_8b_study_matrix() -> dict:
+    """A study-shaped 8B matrix: INT4 / INT8 weight-only and FP8 W8A8 x default / group-64 x 8 / 16 samples x two
+    budgets = 24 cells in two union calls (data-free: 4 formats, 16 cells; calib-max: 2 formats, 8 cells)."""
+    m = llama3_8b_matrix()
+    m["name"] = "llama3-8b-study"
+    m["autoquant"]["effective_bits"] = [6.0, 8.0]
+    m["axes"]["quant_pairs"] = ["wint4_afp16", "wint8_afp16", "wfp8_afp8"]
+    return m
+
+
 def matrix_for(name: str, cpu: bool) -> dict:
     if name == "reference":
         return reference_matrix(VARIANTS["cpu" if cpu else "h100"])
     if name == "llama3-8b":
         return llama3_8b_matrix()
+    if name == "llama3-8b-study":
+        return llama3_8b_study_matrix()
     raise SystemExit(f"unknown matrix {name}")
 
 
@@ -149,7 +163,7 @@ def two_node_cluster(port: int, gpus: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--matrix", default="reference", choices=["reference", "llama3-8b"])
+    ap.add_argument("--matrix", default="reference", choices=["reference", "llama3-8b", "llama3-8b-study"])
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--two-node", action="store_true", help="also run over two Ray nodes joined by address")
     ap.add_argument("--out", type=Path, default=None)

@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="llama3-8b")
     ap.add_argument("--engines", default="naive,shared")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--two-calls", action="store_true", help="then a shared sweep with a second (calib-max) call")
     args = ap.parse_args()
     import warnings
 
@@ -104,6 +105,21 @@ def main() -> None:
             for row in b["alive_at_peak"][:15]:
                 print(f"   {row['mb']:9.1f} MB {row['blocks']:6d}  {row['where']}")
             del r
+        if args.two_calls:
+            # issue 11: no later union call of a process peaks above the first (the FP8 W8A8 pair adds a
+            # calib-max call after the data-free one); peaks per call from the union telemetry
+            data = reference_matrix(v)
+            data["axes"]["quant_pairs"] = [*data["axes"]["quant_pairs"], "wfp8_afp8"]
+            mpath2 = root / "m2.yaml"
+            mpath2.write_text(yaml.safe_dump(data, sort_keys=False))
+            r = run_mode(mpath2, root / "two", "shared")
+            calls = {}
+            for row in r["rows"]:
+                u = row["telemetry"].get("shared") or {}
+                calls[u.get("union")] = {k: u.get(k) for k in ("peak_device_mb", "formats", "cells", "calibrate_s",
+                                                                 "score_s")}
+            out["shared_two_calls"] = {"calls": calls, "errors": r["errors"], "cells_s": r["cells_s"]}
+            print("two calls", json.dumps(calls))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
 

@@ -159,29 +159,27 @@ def test_export_errors_leave_nothing_behind(sweep):
 
 @pytest.mark.gpu
 def test_nvfp4_and_fp8_cells_of_the_embedded_model_export_on_cuda(tmp_path):
-    """On the GPU (ModelOpt's own kernels): NVFP4 (W4A4), NVFP4 weight-only and FP8 cells of SmolLM2, each a
-    mixed recipe at a 9-bit budget, exported and checked like the CPU cells above."""
+    """On the GPU (ModelOpt's own kernels): NVFP4 (W4A4), NVFP4 weight-only, FP8 and an NVFP4 + FP8 menu cell of
+    SmolLM2, each a mixed recipe at a 9-bit budget, exported and checked like the CPU cells above."""
     data = {
         "name": "export-gpu",
         "model": {"source": "embedded", "device": "cuda", "dtype": "bfloat16"},
         "dataset": {"source": "embedded", "seq_len": 128, "sizes": {"s": 8}, "eval_samples": 8},
         "autoquant": {"batch_size": 4, "effective_bits": 9.0},
         "canary": {"enabled": False},
-        "axes": {"quant_pairs": ["wfp4_afp4", "wfp4_afp16", "wfp8_afp8"], "granularities": ["default"],
-                 "dataset_sizes": ["s"]},
+        "axes": {"quant_pairs": ["wfp4_afp4", "wfp4_afp16", "wfp8_afp8", {"menu": ["wfp4_afp4", "wfp8_afp8"]}],
+                 "granularities": ["default"], "dataset_sizes": ["s"]},
     }
     path = write_matrix(tmp_path, data)
     outcome = run_sweep(path, RunOptions(output_root=str(tmp_path / "runs"), engine="shared"))
     rows = {r["pair"]: r for r in outcome.summary["rows"]}
     assert all(r["status"] == "ok" for r in rows.values()), [r.get("error") for r in rows.values()]
-    expected = {"wfp4_afp4": "NVFP4", "wfp4_afp16": "W4A16_NVFP4", "wfp8_afp8": "FP8"}
-    fp8_refused = None
-    for pair, algo in expected.items():
+    expected = {"wfp4_afp4": {"NVFP4"}, "wfp4_afp16": {"W4A16_NVFP4"}, "wfp8_afp8": {"FP8"},
+                "wfp4_afp4+wfp8_afp8": {"NVFP4", "FP8"}}
+    results = {}
+    for pair, algos in expected.items():
         row = rows[pair]
         res = cli("export", "--cell", row["path"], "--out", str(tmp_path / f"out-{pair}"), "--json", cwd=tmp_path)
-        if pair == "wfp8_afp8" and res.returncode != 0:
-            fp8_refused = res.stderr.strip().splitlines()[-1]
-            continue
         assert res.returncode == 0, res.stderr
         doc = json.loads(res.stdout)
         checks = doc["checks"]
@@ -189,20 +187,26 @@ def test_nvfp4_and_fp8_cells_of_the_embedded_model_export_on_cuda(tmp_path):
                   if g["chosen"] != "none"]
         n = sum(len(g["module_names"]) for g in chosen)
         assert doc["device"].startswith("cuda")
-        assert checks["layer_formats"] == {algo: n} and checks["dequantized_weights_compared"] == n
+        assert set(checks["layer_formats"]) <= algos and sum(checks["layer_formats"].values()) == n
+        assert checks["dequantized_weights_compared"] == n
+        if len(algos) > 1:
+            assert checks["quant_algo"] == "MIXED_PRECISION" and set(checks["layer_formats"]) == algos
         assert checks["largest_weight_difference_levels"] <= 1
+        if "FP8" in algos:  # bf16: the exporter rounds in bf16 before FP8 (export/checkpoint.py::_exporter_fp8_levels)
+            assert checks["rounded_in_weight_dtype_layers"]
         logits = checks["logits"]
         assert logits["activations_not_emulated"] == []
-        if checks["global_scale_unified_layers"]:  # another rounding of the recipe: no further from 16 bits
+        if checks["global_scale_unified_layers"] or checks["rounded_in_weight_dtype_layers"]:
+            # another rounding of the recipe: no further from 16 bits than the evaluated cell (x 1.25)
             assert logits["checkpoint_kl_to_unquantized"] <= logits["checkpoint_kl_limit"]
         else:
             assert logits["kl_mean"] <= logits["kl_limit"]
         for metric in ("kl_mean", "ppl_ratio", "top1_agreement"):
             assert doc["quality"]["reproduced"][metric] == pytest.approx(row["quality"][metric], rel=1e-3)
-        print(pair, json.dumps({k: checks[k] for k in ("layer_formats", "weights_differing", "weights_compared",
-                                                       "weights_differing_by_unified_scale", "logits")}))
-    if fp8_refused is not None:
-        # Open (docs/export.md): on the H200 in bf16 the FP8 cell's checkpoint, reloaded, is KL 0.053 from the
-        # evaluated model (its input quantization emulated exactly as ModelOpt's; FP8 weights reloaded with 16-bit
-        # inputs still KL 0.019), where the CPU cells agree to 1e-8. Not explained yet: reported, not hidden.
-        pytest.xfail(f"FP8 export refused by its own reload check on CUDA: {fp8_refused}")
+        results[pair] = {k: checks[k] for k in ("quant_algo", "layer_formats", "weights_differing", "weights_compared",
+                                                "weights_differing_by_unified_scale",
+                                                "weights_differing_by_weight_dtype_rounding", "logits")}
+        print(pair, json.dumps(results[pair]))
+    out = os.environ.get("QUANTSWEEP_GPU_RESULTS")
+    if out:
+        Path(out).write_text(json.dumps(results, indent=1))

@@ -7,8 +7,10 @@ Exit codes (docs/cli.md): 0 ok, 1 internal error, 2 invalid input, 3 gate failed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -157,7 +159,8 @@ def run(
         max_cells=max_cells,
     )
     try:
-        outcome = run_sweep(matrix, opts, reporter)
+        with _library_prints_to_stderr():
+            outcome = run_sweep(matrix, opts, reporter)
     finally:
         reporter.stop()
     summary = outcome.summary
@@ -242,6 +245,16 @@ def report(
         out.print(f"wrote {md} and {js}", highlight=False)
 
 
+@contextlib.contextmanager
+def _library_prints_to_stderr() -> Iterator[None]:
+    """What libraries print to stdout while a command works goes to stderr: stdout carries `--json` alone.
+
+    Why: ModelOpt prints "Loading extension modelopt_cuda_ext_fp8..." when a process first loads a CUDA kernel
+    (seen in `export --json` on an H200: the JSON document came after that line and did not parse)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 @app.command("export")
 def export(
     cell: Annotated[Path, typer.Option("--cell", help="a cell folder of a finished sweep (manifest.json, recipe.json)")],
@@ -253,7 +266,8 @@ def export(
     from .export.checkpoint import export_cell
 
     _quiet_libraries()
-    doc = export_cell(cell, out_dir, device, lambda m: err.print(m, markup=False, highlight=False))
+    with _library_prints_to_stderr():
+        doc = export_cell(cell, out_dir, device, lambda m: err.print(m, markup=False, highlight=False))
     if as_json:
         _emit_json({k: doc[k] for k in ("out", "cell", "quality", "checks", "calibration", "device", "seconds")})
     else:

@@ -174,6 +174,8 @@ def run(
                 "stability_kpis": summary["stability_kpis"],
                 "rows_written": outcome.rows_written,
                 "cells_skipped": outcome.cells_skipped,
+                # what the lm-eval post-phase evaluated in this run: {"baseline": bool, "cells": [keys]} or null
+                "lm_eval_phase": outcome.lm_eval_phase,
             }
         )
     else:

@@ -46,7 +46,6 @@ class SweepContext:
     versions: dict[str, Any]
     engine: str = "naive"
     lengths: list[Any] = field(default_factory=list)  # engine/long_context.LengthSet per evaluation.seq_lens
-    lm_eval_baseline: dict[str, Any] | None = None  # the unquantized model through lm-eval, once per process
     _batch_cache: dict[tuple[int, bool], list[dict[str, torch.Tensor]]] = field(default_factory=dict)
 
     def batches(self, n_samples: int) -> list[dict[str, torch.Tensor]]:
@@ -81,7 +80,6 @@ class SweepContext:
                 "mean_nll": self.baseline.mean_nll,
                 "eval_tokens": self.baseline.tokens,
                 "kl_method": self.baseline.method,
-                **({"lm_eval": self.lm_eval_baseline} if self.lm_eval_baseline is not None else {}),
             },
         }
 
@@ -140,15 +138,8 @@ def prepare_context(
                                   matrix.dataset.source, 1, loaded.device)
         trim_host_memory()
         setup["long_context_baseline_s"] = round(time.perf_counter() - t, 3)
-    lm_eval_baseline = None
-    spec = ev.lm_eval
-    if spec is not None and any(selected_for_lm_eval(spec, c) for c in plan.cells):
-        from ..engine.lm_eval_runner import evaluate_model
-
-        t = time.perf_counter()
-        message(f"baseline through lm-eval ({', '.join(spec.tasks)})")
-        lm_eval_baseline = evaluate_model(loaded.model, loaded.tokenizer, spec, "baseline")  # still unquantized
-        setup["lm_eval_baseline_s"] = round(time.perf_counter() - t, 3)
+    # the baseline through lm-eval is not evaluated here (once per process, i.e. per Ray worker) but once per
+    # sweep, after the cells: execution/lm_eval_phase.py
     if loaded.device.type == "cuda":  # first-use costs (CUDA extensions, kernels) are a GPU affair: time them apart
         from ..engine.warm_up import warm_up_formats
         from .cell_runner import format_config_for
@@ -168,6 +159,5 @@ def prepare_context(
         baseline=base,
         versions=library_versions(),
         lengths=lengths,
-        lm_eval_baseline=lm_eval_baseline,
     )
     return ctx, setup

@@ -51,6 +51,14 @@ class LocalExecutor:
             yield make_record(self.ctx.record, runs, attempt_of.get(cell.id, 0) + 1)
             self.timings["cells_s"] = round(time.perf_counter() - t0, 3)
 
+    def downstream(self, jobs: list[Any], baseline: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The lm-eval post-phase in this process (execution/downstream_runs.py)."""
+        from .downstream_runs import run_downstream
+
+        t0 = time.perf_counter()
+        yield from run_downstream(self.ctx, jobs, baseline, self.reporter.message)
+        self.timings["lm_eval_phase_s"] = round(time.perf_counter() - t0, 3)
+
     def describe(self) -> dict[str, Any]:
         return {"executor": "local", "engine": self.engine, "timings": dict(self.timings)}
 

@@ -114,3 +114,10 @@ class SweepWorker:
                 write_artifacts(record, self.base_dir)
                 record.artifacts_written = True
             yield record
+
+    def downstream(self, jobs: list[Any], baseline: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The lm-eval post-phase on this worker (execution/downstream_runs.py): one result per item as it finishes
+        (a Ray streaming generator on the driver's side)."""
+        from .downstream_runs import run_downstream
+
+        yield from run_downstream(self.ctx, jobs, baseline)

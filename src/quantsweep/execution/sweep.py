@@ -84,6 +84,7 @@ class SweepOutcome:
     cells_skipped: int = 0
     canary: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    lm_eval_phase: dict[str, Any] | None = None  # what the lm-eval post-phase evaluated in this run (None: nothing)
 
 
 def check_lm_eval(spec: Any, plan: Plan, source: str) -> None:
@@ -246,6 +247,7 @@ class Sweep:
         self.info: dict[str, Any] | None = None  # model, dataset, baseline, setup: known once the executor started
         self.canary: dict[str, Any] | None = None
         self._archive_pending: list[Path] | None = None  # --rerun: what to move aside once the executor started
+        self.lm_eval_phase: dict[str, Any] | None = None
 
     # -- summary -------------------------------------------------------------------------------------------
     def _rows_in_plan(self) -> list[dict[str, Any]]:
@@ -262,6 +264,13 @@ class Sweep:
         keys = ("model", "dataset", "setup", "baseline", "execution")
         known = self.info if self.info is not None else {k: (previous or {}).get(k) for k in keys}
         execution = self.executor.describe() if self.executor is not None else known.get("execution")
+        baseline = known.get("baseline")
+        spec = self.matrix.evaluation.lm_eval
+        if spec is not None and isinstance(baseline, dict):  # the sweep's one lm-eval baseline (lm_eval_phase.py)
+            from .lm_eval_phase import baseline_settings, model_identity, read_baseline
+
+            block = read_baseline(self.sweep_dir, baseline_settings(spec, model_identity(self.matrix)))
+            baseline = {k: v for k, v in baseline.items() if k != "lm_eval"} | ({"lm_eval": block} if block else {})
         doc = {
             "schema_version": SCHEMA_VERSION,
             "kind": "quantsweep.sweep_summary",
@@ -276,7 +285,7 @@ class Sweep:
             "model": known.get("model"),
             "dataset": known.get("dataset"),
             "setup": known.get("setup") or {},
-            "baseline": known.get("baseline"),
+            "baseline": baseline,
             "execution": execution or {"executor": "local"},
             "canary": self.canary,
             "plan": {
@@ -357,9 +366,21 @@ class Sweep:
             if previous_canary and previous_canary.get("cell_id") == getattr(self.plan.canary_cell, "id", None):
                 self.canary = previous_canary
             if not todo:
-                self.reporter.message(f"all {len(self.plan.cells)} cells already have rows; nothing to run")
-                summary = self.write_summary("complete")
-                return SweepOutcome(self.summary_path, summary, self._exit_code(summary), 0, skipped, self.canary)
+                if not self._phase_plan():
+                    self.reporter.message(f"all {len(self.plan.cells)} cells already have rows; nothing to run")
+                    summary = self.write_summary("complete")
+                    return SweepOutcome(self.summary_path, summary, self._exit_code(summary), 0, skipped, self.canary)
+                self.reporter.message(f"all {len(self.plan.cells)} cells already have rows; finishing the lm-eval "
+                                      "post-phase")
+                self.executor = self._make_executor()
+                try:
+                    self.info = self.executor.start()
+                    self._run_lm_eval_phase()
+                    summary = self.write_summary("complete")
+                    return SweepOutcome(self.summary_path, summary, self._exit_code(summary), 0, skipped,
+                                        self.canary, lm_eval_phase=self.lm_eval_phase)
+                finally:
+                    self.executor.close()
             self.executor = self._make_executor()
             try:
                 return self._run_todo(todo, latest, skipped, canary_path)
@@ -411,9 +432,62 @@ class Sweep:
                 self.reporter.message(f"--fail-fast: stopping after the failed cell {row['key']}")
                 summary = self.write_summary("stopped")
                 return SweepOutcome(self.summary_path, summary, ExitCode.CELLS_FAILED, written, skipped, self.canary)
+        self._run_lm_eval_phase()
         summary = self.write_summary("complete")
         self.reporter.finish(summary)
-        return SweepOutcome(self.summary_path, summary, self._exit_code(summary), written, skipped, self.canary)
+        return SweepOutcome(self.summary_path, summary, self._exit_code(summary), written, skipped, self.canary,
+                            lm_eval_phase=self.lm_eval_phase)
+
+    # -- the lm-eval post-phase (execution/lm_eval_phase.py) ---------------------------------------------------
+    def _phase_plan(self) -> Any:
+        from .lm_eval_phase import plan_phase
+
+        return plan_phase(self.matrix, self.plan, latest_by_cell(read_rows(self.rows_path)), self.sweep_dir)
+
+    def _run_lm_eval_phase(self) -> None:
+        """After the last cell: the baseline once and the frontier cells without lm-eval results; each result is
+        committed as it arrives (a cell's new row version, or the baseline file)."""
+        from .lm_eval_phase import (BASELINE_FILE, amended_row, baseline_settings, job_for, model_identity,
+                                    rebuilt_mismatch, record_in_manifest, write_baseline)
+
+        todo = self._phase_plan()
+        if not todo:
+            return
+        spec = self.matrix.evaluation.lm_eval
+        assert spec is not None
+        jobs, rows = [], {}
+        for cell, row in todo.cells:
+            try:
+                jobs.append(job_for(cell))
+                rows[cell.id] = row
+            except InputError as exc:  # a damaged cell folder: recorded on the row, never evaluated blindly
+                self._commit_amended(cell, amended_row(row, {
+                    "computable": False, "reason": f"cannot rebuild the cell: {exc}"[:500],
+                    "num_fewshot": spec.num_fewshot, "limit": spec.limit, "model": "rebuilt"}), record_in_manifest)
+        what = (["the baseline"] if todo.baseline else []) + ([f"{len(jobs)} frontier cell(s)"] if jobs else [])
+        if not what:
+            return
+        self.reporter.message(f"lm-eval post-phase: {' and '.join(what)}")
+        done: dict[str, Any] = {"baseline": False, "cells": []}
+        self.lm_eval_phase = done
+        for label, block in self.executor.downstream(jobs, todo.baseline):
+            if label == "baseline":
+                write_baseline(self.sweep_dir, baseline_settings(spec, model_identity(self.matrix)), block)
+                done["baseline"] = True
+                self.reporter.message(f"lm-eval baseline recorded in {self.sweep_dir / BASELINE_FILE}")
+            else:
+                row = amended_row(rows[label], block)
+                warning = rebuilt_mismatch(row, block)
+                if warning:
+                    self.reporter.message(warning)
+                self._commit_amended(next(c for c, _ in todo.cells if c.id == label), row, record_in_manifest)
+                done["cells"].append(row["key"])
+            self.write_summary("running")
+
+    def _commit_amended(self, cell: Any, row: dict[str, Any], record_in_manifest: Any) -> None:
+        """The manifest first, then the new row version (the commit point)."""
+        record_in_manifest(cell, row["trust"]["lm_eval"])
+        RowLog(self.rows_path).append(row)
 
     @staticmethod
     def _exit_code(summary: dict[str, Any]) -> ExitCode:

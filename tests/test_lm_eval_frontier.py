@@ -121,3 +121,35 @@ def test_a_run_killed_in_the_post_phase_finishes_only_what_is_missing(tmp_path, 
     assert sorted(versions) == sorted(front) and len(versions) == len(set(versions))  # none twice, none lost
     assert (rows_file.parent / BASELINE_FILE).read_text() == baseline_before
     assert all(r["trust"]["lm_eval"]["computable"] for r in summary["rows"] if r["key"] in front)
+
+
+def test_with_two_ray_workers_the_post_phase_and_the_baseline_run_once_on_one_worker(tmp_path, offline, monkeypatch):
+    """The Ray executor: no worker evaluates the baseline when it loads the model; the driver hands the whole
+    post-phase (baseline + frontier cells) to one worker, once."""
+    pytest.importorskip("ray", reason="ray is in the dev group; `uv sync` installs it")
+    from quantsweep.execution.ray_executor import RayExecutor
+    from quantsweep.execution.sweep import RunOptions, run_sweep
+
+    phases: list[tuple[bool, list[str]]] = []
+    real = RayExecutor.downstream
+
+    def counting(self, jobs, baseline):  # a spy on the driver's side: the real phase runs on a worker
+        phases.append((baseline, [j.cell.key for j in jobs]))
+        yield from real(self, jobs, baseline)
+
+    monkeypatch.setattr(RayExecutor, "downstream", counting)
+    path = frontier_matrix(tmp_path, "frontray")
+    out = run_sweep(path, RunOptions(output_root=str(tmp_path / "out"), executor="ray", workers=2, threads=1))
+    assert out.exit_code == 0
+    summary = json.loads(out.summary_path.read_text())
+    front = _expected_frontier(summary)
+    assert phases == [(True, [r["key"] for r in summary["rows"] if r["key"] in front])]  # one phase, one baseline
+    workers = {w["pid"]: w["name"] for w in summary["execution"]["workers"]}
+    assert len(workers) == 2 and os.getpid() not in workers
+    baseline = json.loads((out.summary_path.parent / BASELINE_FILE).read_text())["lm_eval"]
+    assert baseline == summary["baseline"]["lm_eval"] and baseline["computable"] is True
+    by = {baseline["evaluated_by"]["pid"]} | {r["trust"]["lm_eval"]["evaluated_by"]["pid"]
+                                              for r in summary["rows"] if r["key"] in front}
+    assert len(by) == 1 and by <= set(workers)  # the baseline and every frontier cell: one worker process
+    assert all("lm_eval" not in (r.get("trust") or {}) for r in summary["rows"] if r["key"] not in front)
+    assert out.lm_eval_phase == {"baseline": True, "cells": phases[0][1]}

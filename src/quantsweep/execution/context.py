@@ -99,12 +99,14 @@ def import_modelopt() -> None:
 
 
 def prepare_context(
-    matrix: Matrix, plan: Plan, engine: str, message: Callable[[str], None] = lambda _t: None
+    matrix: Matrix, plan: Plan, engine: str, message: Callable[[str], None] = lambda _t: None,
+    baseline_cache: bool = True,
 ) -> tuple[SweepContext, dict[str, Any]]:
-    """Load the model, tokenise the data a plan needs and compute the baseline's outputs; (context, timings)."""
+    """Load the model, tokenise the data a plan needs and compute the baseline's outputs (or read them from the
+    cache of earlier sweeps, engine/baseline_cache.py, unless `baseline_cache` is off); (context, timings)."""
     from ..engine.data import build_samples
     from ..engine.models import load_model
-    from ..engine.quality import baseline_outputs
+    from ..engine.baseline_cache import cached_baseline_outputs
     from .telemetry import library_versions
 
     setup: dict[str, Any] = {}
@@ -123,8 +125,12 @@ def prepare_context(
     setup["data_s"] = round(time.perf_counter() - t, 3)
     eval_batches = make_batches(samples.eval_ids, matrix.autoquant.batch_size, loaded.device, labels=False)
     t = time.perf_counter()
-    message("computing baseline outputs on the held-out samples")
-    base = baseline_outputs(loaded.model, eval_batches)
+    message("baseline outputs on the held-out samples")
+    base, setup["baseline_cache"] = cached_baseline_outputs(
+        loaded.model, matrix.model, loaded.info, eval_batches, loaded.device, loaded.dtype, baseline_cache, message
+    )
+    if setup["baseline_cache"]["hit"]:
+        message(f"baseline outputs read from the cache ({setup['baseline_cache']['file']})")
     trim_host_memory()
     setup["baseline_s"] = round(time.perf_counter() - t, 3)
     lengths: list[Any] = []

@@ -89,8 +89,10 @@ class _Inflight:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, matrix: Matrix, plan: Plan, engine: str, threads: int | None, reporter: Reporter):
+    def __init__(self, matrix: Matrix, plan: Plan, engine: str, threads: int | None, reporter: Reporter,
+                 baseline_cache: bool = True):
         self.matrix, self.plan, self.engine, self.threads, self.reporter = matrix, plan, engine, threads, reporter
+        self.baseline_cache = baseline_cache
         self.ray = import_ray()
         self.spec = matrix.execution
         self.slots: list[_Slot] = []
@@ -196,6 +198,7 @@ class RayExecutor:
             self.threads or self.cpus_per_worker,
             str(self.base_dir),
             self.probe,
+            self.baseline_cache,
         )
         slot = _Slot(name=name, handle=handle, ready_ref=handle.prepare.remote())
         self.slots.append(slot)

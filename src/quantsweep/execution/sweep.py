@@ -73,6 +73,7 @@ class RunOptions:
     workers: int | None = None
     gpus_per_worker: float | None = None
     max_cells: int = DEFAULT_MAX_CELLS  # refuse a matrix expanding to more cells (a typo can mean 270,000)
+    baseline_cache: bool = True  # read/write the baseline's outputs in the user's cache (engine/baseline_cache.py)
 
 
 @dataclass
@@ -320,10 +321,12 @@ class Sweep:
         if ex.executor == "ray":
             from .ray_executor import RayExecutor
 
-            return RayExecutor(self.matrix, self.plan, self.options.engine, self.options.threads, self.reporter)
+            return RayExecutor(self.matrix, self.plan, self.options.engine, self.options.threads, self.reporter,
+                               self.options.baseline_cache)
         from .local_executor import LocalExecutor
 
-        return LocalExecutor(self.matrix, self.plan, self.options.engine, self.options.threads, self.reporter)
+        return LocalExecutor(self.matrix, self.plan, self.options.engine, self.options.threads, self.reporter,
+                             self.options.baseline_cache)
 
     # -- main ----------------------------------------------------------------------------------------------
     def run(self) -> SweepOutcome:

@@ -153,3 +153,43 @@ def test_with_two_ray_workers_the_post_phase_and_the_baseline_run_once_on_one_wo
     assert len(by) == 1 and by <= set(workers)  # the baseline and every frontier cell: one worker process
     assert all("lm_eval" not in (r.get("trust") or {}) for r in summary["rows"] if r["key"] not in front)
     assert out.lm_eval_phase == {"baseline": True, "cells": phases[0][1]}
+
+
+def test_row_versions_and_the_baseline_file_refuse_what_cannot_be_trusted(tmp_path):
+    """Pure: a new row version's fields are validated (hostile values refused with file and field); a baseline
+    file that is damaged or of other settings is not used (it is evaluated again)."""
+    from quantsweep.errors import InputError
+    from quantsweep.execution.lm_eval_phase import (BASELINE_FILE as NAME, amended_row, read_baseline,
+                                                    rebuilt_mismatch, write_baseline)
+    from quantsweep.reports.summary_io import validate_row
+
+    block = {"computable": True, "reason": None, "num_fewshot": 0, "limit": 4, "samples": {"t": 4},
+             "tasks": {"t": {"acc": {"value": 0.5, "stderr": 0.25}}}, "model": "rebuilt", "rebuilt_kl_mean": 0.01,
+             "evaluated_by": {"pid": 1, "host": "h"}}
+    row = {"key": "k", "cell_id": "c", "status": "ok", "quality": {"kl_mean": 0.01}, "trust": {"stability": None}}
+    new = amended_row(row, block)
+    assert new["revision"] == 2 and new["trust"] == {"stability": None, "lm_eval": block} and "lm_eval" not in row
+    assert amended_row(new, block)["revision"] == 3
+    validate_row(new, "rows.jsonl", "line 5")
+    for field, value, message in (("revision", 0, r"line 5.revision: expected"),
+                                  ("revision", 1.5, r"line 5.revision: expected"),
+                                  ("rebuilt_kl_mean", -1.0, r"line 5.trust.lm_eval.rebuilt_kl_mean: expected"),
+                                  ("model", "cached", r"line 5.trust.lm_eval.model: expected one of rebuilt")):
+        bad = copy.deepcopy(new)
+        (bad if field == "revision" else bad["trust"]["lm_eval"])[field] = value
+        with pytest.raises(InputError, match=message):
+            validate_row(bad, "rows.jsonl", "line 5")
+    assert rebuilt_mismatch(new, block) is None
+    assert "KL 0.0102" in rebuilt_mismatch(new, {**block, "rebuilt_kl_mean": 0.0102})
+
+    settings = {"tasks": ["t"], "limit": 4}
+    assert read_baseline(tmp_path, settings) is None  # absent
+    write_baseline(tmp_path, settings, block)
+    assert read_baseline(tmp_path, settings) == block
+    assert read_baseline(tmp_path, {**settings, "limit": 5}) is None  # other settings: evaluated again
+    doc = json.loads((tmp_path / NAME).read_text())
+    doc["lm_eval"]["tasks"]["t"]["acc"]["stderr"] = -1
+    (tmp_path / NAME).write_text(json.dumps(doc))
+    assert read_baseline(tmp_path, settings) is None  # invalid
+    (tmp_path / NAME).write_text('{"kind": "quantsweep.lm_eval_baseline", "sett')
+    assert read_baseline(tmp_path, settings) is None  # torn

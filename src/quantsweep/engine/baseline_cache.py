@@ -36,7 +36,6 @@ import hashlib
 import io
 import json
 import os
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,45 +43,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..inputs.model_fingerprint import model_fingerprint
 from .quality import DEFAULT_MAX_CACHE_BYTES, TOPK, BaselineOutputs, baseline_outputs
 
 FORMAT = 1  # bump when the stored layout or the way BaselineOutputs is computed changes
 DEFAULT_MAX_MB = 1024
 MAX_MB_ENV = "QUANTSWEEP_BASELINE_CACHE_MAX_MB"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _safetensors_header(path: Path) -> str:
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        return _sha(fh.read(min(n, 100 << 20)))
-
-
-def model_fingerprint(spec: Any, path: str | None) -> dict[str, Any]:
-    """What identifies the model's weights without reading them (see the module doc)."""
-    if spec.source == "synthetic":
-        return {"synthetic": spec.preset, "seed": spec.seed}
-    p = Path(path or "")
-    if p.is_file():  # a GGUF file (converted once into the cache: engine/models.py gguf_folder)
-        st = p.stat()
-        return {"file": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    files = []
-    for f in sorted(p.iterdir()):
-        if not f.is_file() or not (f.name.endswith(WEIGHT_SUFFIXES) or f.name.endswith(".index.json")
-                                   or f.name == "config.json"):
-            continue
-        st = f.stat()
-        entry: dict[str, Any] = {"name": f.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        if f.name.endswith(".safetensors"):
-            entry["header_sha256"] = _safetensors_header(f)
-        elif f.name.endswith(".json"):
-            entry["sha256"] = _sha(f.read_bytes())
-        files.append(entry)
-    return {"folder": str(p.resolve()), "files": files}
 
 
 def cache_key(spec: Any, info: dict[str, Any], batches: list[dict[str, torch.Tensor]], device: torch.device,

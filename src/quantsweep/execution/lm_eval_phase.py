@@ -35,7 +35,7 @@ from ..store.atomic import atomic_write_json
 from ..store.validity import finalize_rows
 from ..trust.downstream import cell_selected, frontier_cell_ids, wants_baseline
 
-BASELINE_FILE = "lm-eval-baseline.json"
+BASELINE_FILE = "lm-eval-baseline.json"  # = sweep.LM_EVAL_BASELINE_FILE
 BASELINE_KIND = "quantsweep.lm_eval_baseline"
 REBUILT_KL_RTOL = 1e-3  # the rebuilt model's KL against the row's (export/checkpoint.py's QUALITY_RTOL)
 
@@ -80,8 +80,24 @@ class PhasePlan:
 
 
 def model_identity(matrix: Matrix) -> dict[str, Any]:
-    """The model part of the baseline's settings: the matrix's model section (source, path, preset, dtype)."""
-    return matrix.model.model_dump(mode="json", include={"source", "path", "preset", "dtype", "seed"})
+    """The model part of the baseline's settings: the matrix's model section (source, path, preset, dtype) and
+    the weights' fingerprint without reading them (file sizes, modification times,
+    safetensors headers: inputs/model_fingerprint.py), so that weights replaced at the same path are evaluated again. Computed by the driver,
+    which loads no model with Ray (the embedded model is fingerprinted by the GGUF it is converted from)."""
+    from ..inputs.model_fingerprint import model_fingerprint
+
+    spec = matrix.model
+    out = spec.model_dump(mode="json", include={"source", "path", "preset", "dtype", "seed"})
+    try:
+        if spec.source == "embedded":
+            from ..engine.models import embedded_gguf_path
+
+            out["fingerprint"] = model_fingerprint(spec, str(embedded_gguf_path()))
+        else:
+            out["fingerprint"] = model_fingerprint(spec, spec.path)
+    except (OSError, InputError) as exc:  # checked before the run (preflight); a vanished file: no reuse
+        out["fingerprint"] = f"unavailable: {type(exc).__name__}"
+    return out
 
 
 def plan_phase(matrix: Matrix, plan: Plan, latest: dict[str, dict[str, Any]], sweep_dir: Path) -> PhasePlan:

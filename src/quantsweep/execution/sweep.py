@@ -50,10 +50,11 @@ ROWS_FILE = "rows.jsonl"
 SUMMARY_FILE = "sweep-summary.json"
 CANARY_FILE = "canary.json"
 LOCK_FILE = ".lock"
+LM_EVAL_BASELINE_FILE = "lm-eval-baseline.json"  # execution/lm_eval_phase.py (not imported here: see above)
 # What `run` writes atomically: a temporary of one of these names in the sweep folder is a killed run's (reports
 # and baselines writing into the sweep folder stage their files elsewhere, so theirs are never taken).
 RUN_WRITES = frozenset({SUMMARY_FILE, CANARY_FILE, RECIPE_FILE, MANIFEST, "layer-sensitivity-report.md",
-                        "layer-sensitivity-report.json", ".fs-probe"})  # .fs-probe: the Ray executor's
+                        "layer-sensitivity-report.json", ".fs-probe", LM_EVAL_BASELINE_FILE})  # .fs-probe: the Ray executor's
 __all__ = ["RECIPE_FILE", "Reporter", "RunOptions", "SweepOutcome", "run_sweep"]
 
 
@@ -185,7 +186,8 @@ def check_cell_folders(cells: list[Any]) -> list[tuple[Any, str]]:
 def _archive_previous(sweep_dir: Path, foreign_cells: list[Path]) -> Path | None:
     """--rerun: move the previous rows/summary/canary aside instead of deleting anything, with the cell folders
     of other cells that this run would write into (their archived rows keep pointing at real artifacts)."""
-    existing = [sweep_dir / n for n in (ROWS_FILE, SUMMARY_FILE, CANARY_FILE) if (sweep_dir / n).exists()]
+    existing = [sweep_dir / n for n in (ROWS_FILE, SUMMARY_FILE, CANARY_FILE, LM_EVAL_BASELINE_FILE)
+                if (sweep_dir / n).exists()]
     if not existing and not foreign_cells:
         return None
     dest = sweep_dir / "archive" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")

@@ -58,7 +58,8 @@ def kill_run_after_rows(args: list[str], cwd: Path, rows_file: Path, rows: int =
     )
     deadline = time.time() + 600
     while time.time() < deadline:
-        if rows_file.exists() and len(load_rows(rows_file)) >= rows:
+        # complete lines only: the run may be in the middle of appending one (a torn line is not JSON yet)
+        if rows_file.exists() and rows_file.read_bytes().count(b"\n") >= rows:
             break
         if proc.poll() is not None:
             pytest.fail("the run finished before it could be interrupted")

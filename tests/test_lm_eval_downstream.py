@@ -116,8 +116,9 @@ def test_lm_eval_errors_before_any_model(tmp_path, monkeypatch):
     from quantsweep.matrix_io import load_matrix
 
     frontier = _matrix(tmp_path / "f", {"tasks": ["qs_facts"], "cells": "frontier"})
-    with pytest.raises(InputError, match=r"evaluation.lm_eval.cells: 'frontier' is not supported yet"):
-        load_matrix(frontier)
+    assert load_matrix(frontier).evaluation.lm_eval.cells == "frontier"  # evaluated after the last cell
+    with pytest.raises(InputError, match=r"evaluation.lm_eval.cells: .*'all' or 'frontier'"):
+        load_matrix(_matrix(tmp_path / "g", {"tasks": ["qs_facts"], "cells": "frontiers"}))
     unknown = _matrix(tmp_path / "u", {"tasks": ["qs_facts"], "cells": ["wint8_afp16/default/zz"]})
     with pytest.raises(InputError, match=r"evaluation.lm_eval.cells: no cell 'wint8_afp16/default/zz' in the plan"):
         run_sweep(unknown, RunOptions(output_root=str(tmp_path / "o1")))

@@ -126,6 +126,11 @@ def run(
         float | None, typer.Option("--gpus-per-worker", min=0, help="GPUs per Ray worker (default 1, 0 without GPUs); 2 or more spread each worker's model over its GPUs")
     ] = None,
     max_cells: MaxCellsOpt = 10_000,
+    no_baseline_cache: Annotated[
+        bool,
+        typer.Option("--no-baseline-cache", help="compute the unquantized model's outputs on the held-out samples "
+                     "afresh, neither reading nor writing the cache of earlier sweeps (docs/running.md)"),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the canary gate, then AutoQuantize for every cell; resumes where a previous run stopped."""
@@ -157,6 +162,7 @@ def run(
         workers=workers,
         gpus_per_worker=gpus_per_worker,
         max_cells=max_cells,
+        baseline_cache=not no_baseline_cache,
     )
     try:
         with _library_prints_to_stderr():
@@ -177,6 +183,8 @@ def run(
                 "stability_kpis": summary["stability_kpis"],
                 "rows_written": outcome.rows_written,
                 "cells_skipped": outcome.cells_skipped,
+                # what the lm-eval post-phase evaluated in this run: {"baseline": bool, "cells": [keys]} or null
+                "lm_eval_phase": outcome.lm_eval_phase,
             }
         )
     else:

@@ -532,8 +532,8 @@ class LayerFidelitySpec(StrictModel):
 
 class LmEvalSpec(StrictModel):
     """Downstream accuracy with EleutherAI's lm-evaluation-harness (docs/trust.md): the selected cells' models, as
-    evaluated, and the baseline once per sweep process, through lm-eval's own Hugging Face wrapper. Needs the
-    optional extra `quantsweep[eval]`."""
+    evaluated (or, for `frontier`, rebuilt from their recipes after the last cell), and the baseline once per
+    sweep, through lm-eval's own Hugging Face wrapper. Needs the optional extra `quantsweep[eval]`."""
 
     tasks: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         min_length=1, description="lm-eval task names (built-in ones need their data, usually from the network)"
@@ -546,19 +546,11 @@ class LmEvalSpec(StrictModel):
     num_fewshot: int = Field(default=0, ge=0, le=64, description="few-shot examples per prompt")
     limit: PositiveInt | None = Field(default=None, description="at most this many documents per task; none: all")
     batch_size: PositiveInt = Field(default=8, le=1024, description="lm-eval's batch size")
-    cells: Literal["all"] | list[Annotated[str, Field(min_length=1)]] = Field(
-        default="all", description="'all' or a list of cell ids ('frontier' is not supported yet)"
+    cells: Literal["all", "frontier"] | list[Annotated[str, Field(min_length=1)]] = Field(
+        default="all",
+        description="'all', 'frontier' (after the last cell: the quality-vs-bits frontier's cells, each rebuilt "
+                    "from its recipe) or a list of cell ids",
     )
-
-    @field_validator("cells", mode="before")
-    @classmethod
-    def _no_frontier(cls, v: Any) -> Any:
-        if v == "frontier":
-            raise PydanticCustomError(
-                "lm_eval_frontier", "'frontier' is not supported yet: the frontier is known only after every cell "
-                "finished; use 'all' or a list of cell ids"
-            )
-        return v
 
 
 class ExecutionSpec(StrictModel):

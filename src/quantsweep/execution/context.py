@@ -46,7 +46,6 @@ class SweepContext:
     versions: dict[str, Any]
     engine: str = "naive"
     lengths: list[Any] = field(default_factory=list)  # engine/long_context.LengthSet per evaluation.seq_lens
-    lm_eval_baseline: dict[str, Any] | None = None  # the unquantized model through lm-eval, once per process
     _batch_cache: dict[tuple[int, bool], list[dict[str, torch.Tensor]]] = field(default_factory=dict)
 
     def batches(self, n_samples: int) -> list[dict[str, torch.Tensor]]:
@@ -81,7 +80,6 @@ class SweepContext:
                 "mean_nll": self.baseline.mean_nll,
                 "eval_tokens": self.baseline.tokens,
                 "kl_method": self.baseline.method,
-                **({"lm_eval": self.lm_eval_baseline} if self.lm_eval_baseline is not None else {}),
             },
         }
 
@@ -101,12 +99,14 @@ def import_modelopt() -> None:
 
 
 def prepare_context(
-    matrix: Matrix, plan: Plan, engine: str, message: Callable[[str], None] = lambda _t: None
+    matrix: Matrix, plan: Plan, engine: str, message: Callable[[str], None] = lambda _t: None,
+    baseline_cache: bool = True,
 ) -> tuple[SweepContext, dict[str, Any]]:
-    """Load the model, tokenise the data a plan needs and compute the baseline's outputs; (context, timings)."""
+    """Load the model, tokenise the data a plan needs and compute the baseline's outputs (or read them from the
+    cache of earlier sweeps, engine/baseline_cache.py, unless `baseline_cache` is off); (context, timings)."""
     from ..engine.data import build_samples
     from ..engine.models import load_model
-    from ..engine.quality import baseline_outputs
+    from ..engine.baseline_cache import cached_baseline_outputs
     from .telemetry import library_versions
 
     setup: dict[str, Any] = {}
@@ -125,8 +125,12 @@ def prepare_context(
     setup["data_s"] = round(time.perf_counter() - t, 3)
     eval_batches = make_batches(samples.eval_ids, matrix.autoquant.batch_size, loaded.device, labels=False)
     t = time.perf_counter()
-    message("computing baseline outputs on the held-out samples")
-    base = baseline_outputs(loaded.model, eval_batches)
+    message("baseline outputs on the held-out samples")
+    base, setup["baseline_cache"] = cached_baseline_outputs(
+        loaded.model, matrix.model, loaded.info, eval_batches, loaded.device, loaded.dtype, baseline_cache, message
+    )
+    if setup["baseline_cache"]["hit"]:
+        message(f"baseline outputs read from the cache ({setup['baseline_cache']['file']})")
     trim_host_memory()
     setup["baseline_s"] = round(time.perf_counter() - t, 3)
     lengths: list[Any] = []
@@ -140,15 +144,8 @@ def prepare_context(
                                   matrix.dataset.source, 1, loaded.device)
         trim_host_memory()
         setup["long_context_baseline_s"] = round(time.perf_counter() - t, 3)
-    lm_eval_baseline = None
-    spec = ev.lm_eval
-    if spec is not None and any(selected_for_lm_eval(spec, c) for c in plan.cells):
-        from ..engine.lm_eval_runner import evaluate_model
-
-        t = time.perf_counter()
-        message(f"baseline through lm-eval ({', '.join(spec.tasks)})")
-        lm_eval_baseline = evaluate_model(loaded.model, loaded.tokenizer, spec, "baseline")  # still unquantized
-        setup["lm_eval_baseline_s"] = round(time.perf_counter() - t, 3)
+    # the baseline through lm-eval is not evaluated here (once per process, i.e. per Ray worker) but once per
+    # sweep, after the cells: execution/lm_eval_phase.py
     if loaded.device.type == "cuda":  # first-use costs (CUDA extensions, kernels) are a GPU affair: time them apart
         from ..engine.warm_up import warm_up_formats
         from .cell_runner import formats_for
@@ -168,6 +165,5 @@ def prepare_context(
         baseline=base,
         versions=library_versions(),
         lengths=lengths,
-        lm_eval_baseline=lm_eval_baseline,
     )
     return ctx, setup

@@ -16,8 +16,10 @@ from .records import CellRecord, make_record
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, matrix: Matrix, plan: Plan, engine: str, threads: int | None, reporter: Reporter):
+    def __init__(self, matrix: Matrix, plan: Plan, engine: str, threads: int | None, reporter: Reporter,
+                 baseline_cache: bool = True):
         self.matrix, self.plan, self.engine, self.threads, self.reporter = matrix, plan, engine, threads, reporter
+        self.baseline_cache = baseline_cache
         self.ctx: Any = None
         self.timings: dict[str, float] = {}
 
@@ -30,7 +32,8 @@ class LocalExecutor:
             import torch
 
             torch.set_num_threads(self.threads)
-        self.ctx, setup = prepare_context(self.matrix, self.plan, self.engine, self.reporter.message)
+        self.ctx, setup = prepare_context(self.matrix, self.plan, self.engine, self.reporter.message,
+                                          self.baseline_cache)
         self.timings["start_s"] = round(time.perf_counter() - t0, 3)
         return {**self.ctx.describe(), "setup": setup}
 
@@ -50,6 +53,14 @@ class LocalExecutor:
         for cell, runs in execute_cells(self.ctx, cells, self.reporter):
             yield make_record(self.ctx.record, runs, attempt_of.get(cell.id, 0) + 1)
             self.timings["cells_s"] = round(time.perf_counter() - t0, 3)
+
+    def downstream(self, jobs: list[Any], baseline: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The lm-eval post-phase in this process (execution/downstream_runs.py)."""
+        from .downstream_runs import run_downstream
+
+        t0 = time.perf_counter()
+        yield from run_downstream(self.ctx, jobs, baseline, self.reporter.message)
+        self.timings["lm_eval_phase_s"] = round(time.perf_counter() - t0, 3)
 
     def describe(self) -> dict[str, Any]:
         return {"executor": "local", "engine": self.engine, "timings": dict(self.timings)}

@@ -89,8 +89,10 @@ class _Inflight:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, matrix: Matrix, plan: Plan, engine: str, threads: int | None, reporter: Reporter):
+    def __init__(self, matrix: Matrix, plan: Plan, engine: str, threads: int | None, reporter: Reporter,
+                 baseline_cache: bool = True):
         self.matrix, self.plan, self.engine, self.threads, self.reporter = matrix, plan, engine, threads, reporter
+        self.baseline_cache = baseline_cache
         self.ray = import_ray()
         self.spec = matrix.execution
         self.slots: list[_Slot] = []
@@ -196,6 +198,7 @@ class RayExecutor:
             self.threads or self.cpus_per_worker,
             str(self.base_dir),
             self.probe,
+            self.baseline_cache,
         )
         slot = _Slot(name=name, handle=handle, ready_ref=handle.prepare.remote())
         self.slots.append(slot)
@@ -444,6 +447,30 @@ class RayExecutor:
                 run.error_type = "WORKER_LOST"
                 self.lost_cells += 1
                 yield make_record(self.record_context, [run], attempt_of.get(cid, 0) + 1)
+
+    def downstream(self, jobs: list[Any], baseline: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The lm-eval post-phase on one worker (the first idle one), which already holds the model: the driver
+        loads none. A worker that fails here ends the phase with a message; what it streamed back is recorded, and
+        the next run does the rest."""
+        t0 = time.perf_counter()
+        slot = self._first_idle(time.monotonic() + self.spec.worker_start_timeout_s)
+        what = (["baseline"] if baseline else []) + [j.cell.key for j in jobs]
+        self.reporter.worker_status(slot.name, f"lm-eval: {', '.join(what)}")
+        slot.state, slot.busy_since = "busy", time.perf_counter()
+        try:
+            for ref in slot.handle.downstream.options(num_returns="streaming").remote(jobs, baseline):
+                yield self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            if isinstance(exc, self.ray.exceptions.RayActorError):
+                self._mark_dead(slot, exc)
+            self.reporter.message(f"the lm-eval post-phase stopped: worker {slot.name} failed ({_first_line(exc)}); "
+                                  "run the same command again to finish it")
+        finally:
+            if slot.state == "busy":
+                slot.busy_s += time.perf_counter() - slot.busy_since
+                slot.busy_since, slot.state = 0.0, "idle"
+                self.reporter.worker_status(slot.name, "idle")
+            self.timings["lm_eval_phase_s"] = round(time.perf_counter() - t0, 3)
 
     def describe(self) -> dict[str, Any]:
         return {

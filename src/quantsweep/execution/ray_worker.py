@@ -35,11 +35,13 @@ class SweepWorker:
         threads: int | None,
         base_dir: str,
         probe: tuple[str, str] | None,
+        baseline_cache: bool = True,
     ):
         self.name = name
         self.matrix, self.plan, self.engine, self.threads = matrix, plan, engine, threads
         self.base_dir = Path(base_dir)
         self.probe = probe
+        self.baseline_cache = baseline_cache
         self.ctx: Any = None
         self.setup: dict[str, Any] = {}
         self.shared_fs = False
@@ -56,7 +58,7 @@ class SweepWorker:
 
             torch.set_num_threads(self.threads)
         t = time.perf_counter()
-        self.ctx, self.setup = prepare_context(self.matrix, self.plan, self.engine)
+        self.ctx, self.setup = prepare_context(self.matrix, self.plan, self.engine, baseline_cache=self.baseline_cache)
         self.setup["prepare_s"] = round(time.perf_counter() - t, 3)
         self.shared_fs = self._sees_probe()
         return self.describe()
@@ -114,3 +116,10 @@ class SweepWorker:
                 write_artifacts(record, self.base_dir)
                 record.artifacts_written = True
             yield record
+
+    def downstream(self, jobs: list[Any], baseline: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The lm-eval post-phase on this worker (execution/downstream_runs.py): one result per item as it finishes
+        (a Ray streaming generator on the driver's side)."""
+        from .downstream_runs import run_downstream
+
+        yield from run_downstream(self.ctx, jobs, baseline)

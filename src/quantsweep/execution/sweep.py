@@ -50,10 +50,11 @@ ROWS_FILE = "rows.jsonl"
 SUMMARY_FILE = "sweep-summary.json"
 CANARY_FILE = "canary.json"
 LOCK_FILE = ".lock"
+LM_EVAL_BASELINE_FILE = "lm-eval-baseline.json"  # execution/lm_eval_phase.py (not imported here: see above)
 # What `run` writes atomically: a temporary of one of these names in the sweep folder is a killed run's (reports
 # and baselines writing into the sweep folder stage their files elsewhere, so theirs are never taken).
 RUN_WRITES = frozenset({SUMMARY_FILE, CANARY_FILE, RECIPE_FILE, MANIFEST, "layer-sensitivity-report.md",
-                        "layer-sensitivity-report.json", ".fs-probe"})  # .fs-probe: the Ray executor's
+                        "layer-sensitivity-report.json", ".fs-probe", LM_EVAL_BASELINE_FILE})  # .fs-probe: the Ray executor's
 __all__ = ["RECIPE_FILE", "Reporter", "RunOptions", "SweepOutcome", "run_sweep"]
 
 
@@ -73,6 +74,7 @@ class RunOptions:
     workers: int | None = None
     gpus_per_worker: float | None = None
     max_cells: int = DEFAULT_MAX_CELLS  # refuse a matrix expanding to more cells (a typo can mean 270,000)
+    baseline_cache: bool = True  # read/write the baseline's outputs in the user's cache (engine/baseline_cache.py)
 
 
 @dataclass
@@ -84,6 +86,7 @@ class SweepOutcome:
     cells_skipped: int = 0
     canary: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    lm_eval_phase: dict[str, Any] | None = None  # what the lm-eval post-phase evaluated in this run (None: nothing)
 
 
 def check_lm_eval(spec: Any, plan: Plan, source: str) -> None:
@@ -183,7 +186,8 @@ def check_cell_folders(cells: list[Any]) -> list[tuple[Any, str]]:
 def _archive_previous(sweep_dir: Path, foreign_cells: list[Path]) -> Path | None:
     """--rerun: move the previous rows/summary/canary aside instead of deleting anything, with the cell folders
     of other cells that this run would write into (their archived rows keep pointing at real artifacts)."""
-    existing = [sweep_dir / n for n in (ROWS_FILE, SUMMARY_FILE, CANARY_FILE) if (sweep_dir / n).exists()]
+    existing = [sweep_dir / n for n in (ROWS_FILE, SUMMARY_FILE, CANARY_FILE, LM_EVAL_BASELINE_FILE)
+                if (sweep_dir / n).exists()]
     if not existing and not foreign_cells:
         return None
     dest = sweep_dir / "archive" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -246,6 +250,7 @@ class Sweep:
         self.info: dict[str, Any] | None = None  # model, dataset, baseline, setup: known once the executor started
         self.canary: dict[str, Any] | None = None
         self._archive_pending: list[Path] | None = None  # --rerun: what to move aside once the executor started
+        self.lm_eval_phase: dict[str, Any] | None = None
 
     # -- summary -------------------------------------------------------------------------------------------
     def _rows_in_plan(self) -> list[dict[str, Any]]:
@@ -262,6 +267,13 @@ class Sweep:
         keys = ("model", "dataset", "setup", "baseline", "execution")
         known = self.info if self.info is not None else {k: (previous or {}).get(k) for k in keys}
         execution = self.executor.describe() if self.executor is not None else known.get("execution")
+        baseline = known.get("baseline")
+        spec = self.matrix.evaluation.lm_eval
+        if spec is not None and isinstance(baseline, dict):  # the sweep's one lm-eval baseline (lm_eval_phase.py)
+            from .lm_eval_phase import baseline_settings, model_identity, read_baseline
+
+            block = read_baseline(self.sweep_dir, baseline_settings(spec, model_identity(self.matrix)))
+            baseline = {k: v for k, v in baseline.items() if k != "lm_eval"} | ({"lm_eval": block} if block else {})
         doc = {
             "schema_version": SCHEMA_VERSION,
             "kind": "quantsweep.sweep_summary",
@@ -276,7 +288,7 @@ class Sweep:
             "model": known.get("model"),
             "dataset": known.get("dataset"),
             "setup": known.get("setup") or {},
-            "baseline": known.get("baseline"),
+            "baseline": baseline,
             "execution": execution or {"executor": "local"},
             "canary": self.canary,
             "plan": {
@@ -311,10 +323,12 @@ class Sweep:
         if ex.executor == "ray":
             from .ray_executor import RayExecutor
 
-            return RayExecutor(self.matrix, self.plan, self.options.engine, self.options.threads, self.reporter)
+            return RayExecutor(self.matrix, self.plan, self.options.engine, self.options.threads, self.reporter,
+                               self.options.baseline_cache)
         from .local_executor import LocalExecutor
 
-        return LocalExecutor(self.matrix, self.plan, self.options.engine, self.options.threads, self.reporter)
+        return LocalExecutor(self.matrix, self.plan, self.options.engine, self.options.threads, self.reporter,
+                             self.options.baseline_cache)
 
     # -- main ----------------------------------------------------------------------------------------------
     def run(self) -> SweepOutcome:
@@ -357,9 +371,21 @@ class Sweep:
             if previous_canary and previous_canary.get("cell_id") == getattr(self.plan.canary_cell, "id", None):
                 self.canary = previous_canary
             if not todo:
-                self.reporter.message(f"all {len(self.plan.cells)} cells already have rows; nothing to run")
-                summary = self.write_summary("complete")
-                return SweepOutcome(self.summary_path, summary, self._exit_code(summary), 0, skipped, self.canary)
+                if not self._phase_plan():
+                    self.reporter.message(f"all {len(self.plan.cells)} cells already have rows; nothing to run")
+                    summary = self.write_summary("complete")
+                    return SweepOutcome(self.summary_path, summary, self._exit_code(summary), 0, skipped, self.canary)
+                self.reporter.message(f"all {len(self.plan.cells)} cells already have rows; finishing the lm-eval "
+                                      "post-phase")
+                self.executor = self._make_executor()
+                try:
+                    self.info = self.executor.start()
+                    self._run_lm_eval_phase()
+                    summary = self.write_summary("complete")
+                    return SweepOutcome(self.summary_path, summary, self._exit_code(summary), 0, skipped,
+                                        self.canary, lm_eval_phase=self.lm_eval_phase)
+                finally:
+                    self.executor.close()
             self.executor = self._make_executor()
             try:
                 return self._run_todo(todo, latest, skipped, canary_path)
@@ -411,9 +437,62 @@ class Sweep:
                 self.reporter.message(f"--fail-fast: stopping after the failed cell {row['key']}")
                 summary = self.write_summary("stopped")
                 return SweepOutcome(self.summary_path, summary, ExitCode.CELLS_FAILED, written, skipped, self.canary)
+        self._run_lm_eval_phase()
         summary = self.write_summary("complete")
         self.reporter.finish(summary)
-        return SweepOutcome(self.summary_path, summary, self._exit_code(summary), written, skipped, self.canary)
+        return SweepOutcome(self.summary_path, summary, self._exit_code(summary), written, skipped, self.canary,
+                            lm_eval_phase=self.lm_eval_phase)
+
+    # -- the lm-eval post-phase (execution/lm_eval_phase.py) ---------------------------------------------------
+    def _phase_plan(self) -> Any:
+        from .lm_eval_phase import plan_phase
+
+        return plan_phase(self.matrix, self.plan, latest_by_cell(read_rows(self.rows_path)), self.sweep_dir)
+
+    def _run_lm_eval_phase(self) -> None:
+        """After the last cell: the baseline once and the frontier cells without lm-eval results; each result is
+        committed as it arrives (a cell's new row version, or the baseline file)."""
+        from .lm_eval_phase import (BASELINE_FILE, amended_row, baseline_settings, job_for, model_identity,
+                                    rebuilt_mismatch, record_in_manifest, write_baseline)
+
+        todo = self._phase_plan()
+        if not todo:
+            return
+        spec = self.matrix.evaluation.lm_eval
+        assert spec is not None
+        jobs, rows = [], {}
+        for cell, row in todo.cells:
+            try:
+                jobs.append(job_for(cell))
+                rows[cell.id] = row
+            except InputError as exc:  # a damaged cell folder: recorded on the row, never evaluated blindly
+                self._commit_amended(cell, amended_row(row, {
+                    "computable": False, "reason": f"cannot rebuild the cell: {exc}"[:500],
+                    "num_fewshot": spec.num_fewshot, "limit": spec.limit, "model": "rebuilt"}), record_in_manifest)
+        what = (["the baseline"] if todo.baseline else []) + ([f"{len(jobs)} frontier cell(s)"] if jobs else [])
+        if not what:
+            return
+        self.reporter.message(f"lm-eval post-phase: {' and '.join(what)}")
+        done: dict[str, Any] = {"baseline": False, "cells": []}
+        self.lm_eval_phase = done
+        for label, block in self.executor.downstream(jobs, todo.baseline):
+            if label == "baseline":
+                write_baseline(self.sweep_dir, baseline_settings(spec, model_identity(self.matrix)), block)
+                done["baseline"] = True
+                self.reporter.message(f"lm-eval baseline recorded in {self.sweep_dir / BASELINE_FILE}")
+            else:
+                row = amended_row(rows[label], block)
+                warning = rebuilt_mismatch(row, block)
+                if warning:
+                    self.reporter.message(warning)
+                self._commit_amended(next(c for c, _ in todo.cells if c.id == label), row, record_in_manifest)
+                done["cells"].append(row["key"])
+            self.write_summary("running")
+
+    def _commit_amended(self, cell: Any, row: dict[str, Any], record_in_manifest: Any) -> None:
+        """The manifest first, then the new row version (the commit point)."""
+        record_in_manifest(cell, row["trust"]["lm_eval"])
+        RowLog(self.rows_path).append(row)
 
     @staticmethod
     def _exit_code(summary: dict[str, Any]) -> ExitCode:

@@ -69,6 +69,7 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
     inputs = locate(cell_dir)
     check_cell_exportable(inputs)  # the plan's exportability rules (export_support.py): refused before loading
 
+    from ..engine.cell_model import apply_recipe, cell_calibration
     from ..engine.data import build_samples, make_batches
     from ..engine.models import load_model
     from ..engine.quality import baseline_outputs, compare_to_baseline
@@ -80,19 +81,15 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
 
     t0 = time.perf_counter()
     import_modelopt()
-    import modelopt.torch.quantization as mtq
 
     matrix = parse_matrix(inputs.summary["matrix"], str(inputs.summary_path))
     if device is not None:
         matrix = matrix.model_copy(update={"model": matrix.model.model_copy(update={"device": device})})
     man = inputs.manifest
-    calib_samples = int(man["dataset"]["calib_samples"])
-    batch = int(man["autoquant"]["batch_size"])
-    steps = int(man["autoquant"]["calib_steps"])
-    algorithm = (man.get("quantization") or {}).get("effective_config", {}).get("algorithm") or "max"
+    calibration = cell_calibration(man)  # the rules the lm-eval post-phase rebuilds a cell with (engine/cell_model.py)
+    calib_samples, batch, steps, algorithm = (calibration.samples, calibration.batch_size, calibration.steps,
+                                              calibration.algorithm)
     _check_algorithm(algorithm, inputs.cell_dir)
-    if "awq" in json.dumps(algorithm):
-        steps = max(1, steps // 4)  # what AutoQuantize calibrates AWQ formats with
     if matrix.model.trust_remote_code:
         message(f"warning: model.trust_remote_code is true in {inputs.summary_path}: the model folder's own Python "
                 "code will run in this process")
@@ -109,11 +106,9 @@ def export_cell(cell_dir: str | Path, out_dir: str | Path, device: str | None = 
     base_check = baseline_outputs(base_model, evals[:LOGITS_BATCHES])  # for the reload check's samples
     del base_model
     model = loaded.take_model()
-    config = load_recipe(inputs.recipe_path)
-    config["algorithm"] = algorithm
+    config = {**load_recipe(inputs.recipe_path), "algorithm": algorithm}
     message(f"quantizing with the cell's recipe ({steps} calibration batches, algorithm {json.dumps(algorithm)})")
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = mtq.quantize(model, config, lambda m: [m(input_ids=b["input_ids"]) for b in calib])
+    model = apply_recipe(model, config, calibration, calib)
     quality = compare_to_baseline(model, evals, base)
     expected = inputs.row.get("quality") or {}
     reproduced = _check_quality(expected, quality, inputs)

@@ -47,6 +47,7 @@ _NUM = {
     "total_score": ANY,  # NaN/inf: a diverged search, recorded as NONFINITE_SCORE
     "samples": COUNT, "layer_count": COUNT, "quantized_layer_count": COUNT,
     "attempt": Num(lo=1, hi=COUNT.hi, integer=True),
+    "revision": Num(lo=1, hi=COUNT.hi, integer=True),  # a row appended again with a later result (lm_eval_phase.py)
 }
 _BOOL = ("satisfied", "scores_finite", "valid", "from_canary",
          "exportable")  # absent in summaries written before plan-time exportability: read as unknown

@@ -55,7 +55,7 @@ def check_trust(f: Fields, where: str, trust: Any) -> None:
     check_lm_eval(f, f"{where}.lm_eval", t.get("lm_eval"))
 
 
-_LM_EVAL_NUM = {"num_fewshot": COUNT, "limit": COUNT, "wall_s": Num(lo=0)}
+_LM_EVAL_NUM = {"num_fewshot": COUNT, "limit": COUNT, "wall_s": Num(lo=0), "rebuilt_kl_mean": Num(lo=0)}
 
 
 def check_lm_eval(f: Fields, where: str, block: Any) -> None:
@@ -67,6 +67,9 @@ def check_lm_eval(f: Fields, where: str, block: Any) -> None:
     _common(f, where, b)
     f.numeric_fields(where, b, _LM_EVAL_NUM)
     f.string(f"{where}.lm_eval_version", b.get("lm_eval_version"))
+    # "rebuilt": a cell rebuilt from its recipe after the last cell (execution/lm_eval_phase.py)
+    f.one_of(f"{where}.model", b.get("model"), ("rebuilt",))
+    f.obj(f"{where}.evaluated_by", b.get("evaluated_by"))
     samples = f.obj(f"{where}.samples", b.get("samples"))
     for task, n in samples.items():
         f.number(f"{where}.samples.{task}", n, COUNT, required=True)

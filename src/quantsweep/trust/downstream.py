@@ -18,14 +18,32 @@ from typing import Any
 
 
 def cell_selected(cells: str | list[str], key: str, cell_id: str) -> bool:
-    """`evaluation.lm_eval.cells`: 'all', or a list naming cells by key (`wint8_afp16/default/a@8`, as the
-    reports print them) or by id."""
-    return cells == "all" or key in cells or cell_id in cells
+    """Whether a cell is evaluated *when it finishes*: `evaluation.lm_eval.cells` 'all', or a list naming cells
+    by key (`wint8_afp16/default/a@8`, as the reports print them) or by id. 'frontier' selects no cell here: the
+    frontier is known only after the last cell (execution/lm_eval_phase.py evaluates it then)."""
+    if isinstance(cells, str):
+        return cells == "all"
+    return key in cells or cell_id in cells
+
+
+def wants_baseline(cells: str | list[str], n_selected: int) -> bool:
+    """Whether the sweep evaluates the baseline through lm-eval: for 'frontier' always (every sweep has a
+    frontier once a cell succeeds), else when some planned cell is selected."""
+    return cells == "frontier" or n_selected > 0
+
+
+def frontier_cell_ids(rows: list[dict[str, Any]], metric: str, limit: float) -> list[str]:
+    """The cell ids on the quality-vs-bits frontier of their group, exactly as the report draws it
+    (reports/frontier.py over the valid rows), in row order. `rows` are finalized rows (store/validity.py)."""
+    from ..reports.frontier import build_frontier
+
+    view = build_frontier(rows, metric, limit, include_invalid=False)
+    return [p["cell_id"] for p in view["points"] if p["on_frontier"] and p["cell_id"]]
 
 
 def unknown_cells(cells: str | list[str], plan: list[tuple[str, str]]) -> list[str]:
     """The entries of an explicit list that match no (key, id) of the plan (refused before the run starts)."""
-    if cells == "all":
+    if isinstance(cells, str):
         return []
     known = {x for pair in plan for x in pair}
     return [c for c in cells if c not in known]

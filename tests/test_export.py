@@ -157,6 +157,34 @@ def test_export_errors_leave_nothing_behind(sweep):
         locate(folder)
 
 
+def test_a_bf16_fp8_checkpoint_rounded_by_the_exporter_is_recognised_and_judged_by_its_own_quality(tmp_path):
+    """In bf16 ModelOpt's exporter rounds W / scale to bf16 before FP8 (export/checkpoint.py::_exporter_fp8_levels),
+    so about 2 % of the stored codes are a level from the evaluated model's. Such layers are named, counted and the
+    checkpoint is judged by its own KL to the unquantized model; on the CPU as on the GPU."""
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = "exp-bf16"
+    data["canary"]["enabled"] = False
+    data["model"]["dtype"] = "bfloat16"
+    data["autoquant"]["effective_bits"] = 15.9
+    data["autoquant"]["disabled_layers"] = ["*lm_head*"]
+    data["axes"] = {"quant_pairs": ["wfp8_afp8"], "granularities": ["default"], "dataset_sizes": ["a"]}
+    path = write_matrix(tmp_path, data)
+    (row,) = run_sweep(path, RunOptions(output_root=str(tmp_path / "runs"), engine="shared")).summary["rows"]
+    assert row["status"] == "ok", row.get("error")
+    res = cli("export", "--cell", row["path"], "--out", str(tmp_path / "out"), "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    checks = json.loads(res.stdout)["checks"]
+    rounded = checks["rounded_in_weight_dtype_layers"]
+    assert rounded and set(rounded) <= {m for g in json.loads((Path(row["path"]) / "manifest.json").read_text())["layers"]
+                                          if g["chosen"] != "none" for m in g["module_names"]}
+    assert checks["weights_differing_by_weight_dtype_rounding"] > 0
+    assert checks["largest_weight_difference_levels"] <= 1
+    logits = checks["logits"]
+    assert logits["kl_limit"] is None  # not held to the evaluated model's outputs: another rounding of its recipe
+    assert logits["checkpoint_kl_to_unquantized"] <= logits["checkpoint_kl_limit"]
+    assert "rounds FP8 weights in their bfloat16 dtype before FP8" in res.stderr
+
+
 @pytest.mark.gpu
 def test_nvfp4_and_fp8_cells_of_the_embedded_model_export_on_cuda(tmp_path):
     """On the GPU (ModelOpt's own kernels): NVFP4 (W4A4), NVFP4 weight-only, FP8 and an NVFP4 + FP8 menu cell of

@@ -16,7 +16,8 @@ full log-probs exceed 1 GiB stores top-256 (3 KB per token).
 **The key** is everything that changes those tensors:
 - the model: for a folder, every weight file's name, size and modification time plus the SHA-256 of each
   safetensors header (tensor names, dtypes, shapes, offsets) and of `config.json`; for a GGUF file, its path,
-  size and modification time (as the converted-GGUF cache is keyed); for a synthetic model, its preset and seed.
+  size and modification time (as the converted-GGUF cache is keyed); for a synthetic model, its preset, seed and
+  the builder's source.
   Why not a hash of the weights: reading 16 GB per run to skip a forward pass would cost more than it saves. A
   file rewritten in place changes its modification time (a miss, never a stale hit); a header hash catches a
   same-size, same-time replacement with other shapes.

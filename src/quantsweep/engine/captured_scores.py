@@ -262,18 +262,15 @@ def release_calibration_statistics(modules: list[nn.Module]) -> int:
     reads it after `load_calib_amax`). Returns how many were released."""
     from modelopt.torch.quantization.calib import MaxCalibrator
 
+    hparams = {id(hp): hp for module in modules for hp, *_rest in module._qs_score_plan}.values()
     released = 0
-    seen: set[int] = set()
-    for module in modules:
-        for hparam, *_rest in module._qs_score_plan:
-            for per_module in hparam._all_quantizer_choices.values():
-                for quantizers in per_module.values():
-                    for q in quantizers.values():
-                        cal = getattr(q, "_calibrator", None)
-                        if type(cal) is MaxCalibrator and id(cal) not in seen and cal._calib_amax is not None:
-                            seen.add(id(cal))
-                            cal.reset()
-                            released += 1
+    for hparam in hparams:
+        for recipe in hparam._all_quantizer_choices:
+            for q in recipe_quantizers(hparam, recipe):
+                cal = getattr(q, "_calibrator", None)
+                if type(cal) is MaxCalibrator and cal._calib_amax is not None:
+                    cal.reset()
+                    released += 1
     return released
 
 

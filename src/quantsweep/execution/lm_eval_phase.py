@@ -100,9 +100,11 @@ def model_identity(matrix: Matrix) -> dict[str, Any]:
     return out
 
 
-def plan_phase(matrix: Matrix, plan: Plan, latest: dict[str, dict[str, Any]], sweep_dir: Path) -> PhasePlan:
-    """The baseline when no valid stored one exists and some cell needs it, and (for `cells: frontier`, once every
-    planned cell has a row) the frontier cells whose latest row has no `trust.lm_eval`."""
+def plan_phase(matrix: Matrix, plan: Plan, latest: dict[str, dict[str, Any]], sweep_dir: Path,
+               settings: dict[str, Any]) -> PhasePlan:
+    """The baseline when no valid stored one exists under `settings` (`baseline_settings`) and some cell needs it,
+    and (for `cells: frontier`, once every planned cell has a row) the frontier cells whose latest row has no
+    `trust.lm_eval`."""
     spec = matrix.evaluation.lm_eval
     if spec is None:
         return PhasePlan()
@@ -115,7 +117,7 @@ def plan_phase(matrix: Matrix, plan: Plan, latest: dict[str, dict[str, Any]], sw
         needed = bool(on_front)
     else:
         needed = wants_baseline(spec.cells, sum(1 for c in plan.cells if cell_selected(spec.cells, c.key, c.id)))
-    if needed and read_baseline(sweep_dir, baseline_settings(spec, model_identity(matrix))) is None:
+    if needed and read_baseline(sweep_dir, settings) is None:
         out.baseline = True
     return out
 

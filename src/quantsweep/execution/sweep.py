@@ -251,6 +251,7 @@ class Sweep:
         self.canary: dict[str, Any] | None = None
         self._archive_pending: list[Path] | None = None  # --rerun: what to move aside once the executor started
         self.lm_eval_phase: dict[str, Any] | None = None
+        self._baseline_settings: dict[str, Any] | None = None  # _lm_eval_baseline_settings
 
     # -- summary -------------------------------------------------------------------------------------------
     def _rows_in_plan(self) -> list[dict[str, Any]]:
@@ -268,11 +269,10 @@ class Sweep:
         known = self.info if self.info is not None else {k: (previous or {}).get(k) for k in keys}
         execution = self.executor.describe() if self.executor is not None else known.get("execution")
         baseline = known.get("baseline")
-        spec = self.matrix.evaluation.lm_eval
-        if spec is not None and isinstance(baseline, dict):  # the sweep's one lm-eval baseline (lm_eval_phase.py)
-            from .lm_eval_phase import baseline_settings, model_identity, read_baseline
+        if self.matrix.evaluation.lm_eval is not None and isinstance(baseline, dict):
+            from .lm_eval_phase import read_baseline  # the sweep's one lm-eval baseline
 
-            block = read_baseline(self.sweep_dir, baseline_settings(spec, model_identity(self.matrix)))
+            block = read_baseline(self.sweep_dir, self._lm_eval_baseline_settings())
             baseline = {k: v for k, v in baseline.items() if k != "lm_eval"} | ({"lm_eval": block} if block else {})
         doc = {
             "schema_version": SCHEMA_VERSION,
@@ -444,16 +444,29 @@ class Sweep:
                             lm_eval_phase=self.lm_eval_phase)
 
     # -- the lm-eval post-phase (execution/lm_eval_phase.py) ---------------------------------------------------
-    def _phase_plan(self) -> Any:
-        from .lm_eval_phase import plan_phase
+    def _lm_eval_baseline_settings(self) -> dict[str, Any]:
+        """What the lm-eval baseline file must have been computed under (lm_eval_phase.baseline_settings). Once per
+        run: it fingerprints the weights (file stats and safetensors headers), and the summary is written after
+        every cell."""
+        if self._baseline_settings is None:
+            from .lm_eval_phase import baseline_settings, model_identity
 
-        return plan_phase(self.matrix, self.plan, latest_by_cell(read_rows(self.rows_path)), self.sweep_dir)
+            assert self.matrix.evaluation.lm_eval is not None
+            self._baseline_settings = baseline_settings(self.matrix.evaluation.lm_eval, model_identity(self.matrix))
+        return self._baseline_settings
+
+    def _phase_plan(self) -> Any:
+        from .lm_eval_phase import PhasePlan, plan_phase
+
+        if self.matrix.evaluation.lm_eval is None:
+            return PhasePlan()
+        return plan_phase(self.matrix, self.plan, latest_by_cell(read_rows(self.rows_path)), self.sweep_dir,
+                          self._lm_eval_baseline_settings())
 
     def _run_lm_eval_phase(self) -> None:
         """After the last cell: the baseline once and the frontier cells without lm-eval results; each result is
         committed as it arrives (a cell's new row version, or the baseline file)."""
-        from .lm_eval_phase import (BASELINE_FILE, amended_row, baseline_settings, job_for, model_identity,
-                                    rebuilt_mismatch, record_in_manifest, write_baseline)
+        from .lm_eval_phase import BASELINE_FILE, amended_row, job_for, rebuilt_mismatch, write_baseline
 
         todo = self._phase_plan()
         if not todo:
@@ -468,7 +481,7 @@ class Sweep:
             except InputError as exc:  # a damaged cell folder: recorded on the row, never evaluated blindly
                 self._commit_amended(cell, amended_row(row, {
                     "computable": False, "reason": f"cannot rebuild the cell: {exc}"[:500],
-                    "num_fewshot": spec.num_fewshot, "limit": spec.limit, "model": "rebuilt"}), record_in_manifest)
+                    "num_fewshot": spec.num_fewshot, "limit": spec.limit, "model": "rebuilt"}))
         what = (["the baseline"] if todo.baseline else []) + ([f"{len(jobs)} frontier cell(s)"] if jobs else [])
         if not what:
             return
@@ -477,7 +490,7 @@ class Sweep:
         self.lm_eval_phase = done
         for label, block in self.executor.downstream(jobs, todo.baseline):
             if label == "baseline":
-                write_baseline(self.sweep_dir, baseline_settings(spec, model_identity(self.matrix)), block)
+                write_baseline(self.sweep_dir, self._lm_eval_baseline_settings(), block)
                 done["baseline"] = True
                 self.reporter.message(f"lm-eval baseline recorded in {self.sweep_dir / BASELINE_FILE}")
             else:
@@ -485,12 +498,14 @@ class Sweep:
                 warning = rebuilt_mismatch(row, block)
                 if warning:
                     self.reporter.message(warning)
-                self._commit_amended(next(c for c, _ in todo.cells if c.id == label), row, record_in_manifest)
+                self._commit_amended(next(c for c, _ in todo.cells if c.id == label), row)
                 done["cells"].append(row["key"])
             self.write_summary("running")
 
-    def _commit_amended(self, cell: Any, row: dict[str, Any], record_in_manifest: Any) -> None:
+    def _commit_amended(self, cell: Any, row: dict[str, Any]) -> None:
         """The manifest first, then the new row version (the commit point)."""
+        from .lm_eval_phase import record_in_manifest
+
         record_in_manifest(cell, row["trust"]["lm_eval"])
         RowLog(self.rows_path).append(row)
 

@@ -4,7 +4,7 @@ baseline cache (engine/baseline_cache.py) and the lm-eval baseline file (executi
 For a folder: every weight file's name, size and modification time, the SHA-256 of each safetensors header
 (tensor names, dtypes, shapes, offsets) and of the JSON files (`config.json`, shard indexes); for a single file
 (a GGUF): its resolved path, size and modification time (as engine/models.py keys the converted GGUF); for a
-synthetic model: its preset and seed. Why not a hash of the weights: reading 16 GB per run to skip one forward
+synthetic model: its preset (name and shape), seed and the builder's source. Why not a hash of the weights: reading 16 GB per run to skip one forward
 pass costs more than it saves; a file rewritten in place changes its modification time (a miss, never a stale
 hit), and a header hash catches a same-size, same-time replacement with other shapes.
 """
@@ -33,7 +33,13 @@ def _safetensors_header(path: Path) -> str:
 def model_fingerprint(spec: Any, path: str | None) -> dict[str, Any]:
     """What identifies the model's weights (see the module doc); `path` is the folder or file loaded."""
     if spec.source == "synthetic":
-        return {"synthetic": spec.preset, "seed": spec.seed}
+        # the weights are the builder's output: its preset's shape and the code that initialises them, so a change
+        # of either is a miss, never a stale hit
+        from ..presets import SYNTHETIC_PRESETS
+
+        builder = Path(__file__).resolve().parents[1] / "engine" / "synthetic.py"
+        return {"synthetic": spec.preset, "seed": spec.seed, "config": SYNTHETIC_PRESETS.get(spec.preset or ""),
+                "builder_sha256": _sha(builder.read_bytes())}
     p = Path(path or "")
     if p.is_file():
         st = p.stat()

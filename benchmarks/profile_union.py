@@ -4,7 +4,12 @@ Builds the reference matrix of `shared_vs_naive.py`, takes its largest union cal
 weight-only formats, all score batches) and runs it once under cProfile, printing the top functions by total
 and cumulative time, plus the same call's phase times.
 
+With `--split`, the call is first run unprofiled with all its formats and then with the first half of them (what
+one half of a Ray split runs, execution/work_units.py), so that the part of a call that does not depend on its
+formats can be read off: fixed = 2 x half - whole. The profile is then of the half call.
+
     python3 benchmarks/profile_union.py --variant h100 --out profile.txt
+    python3 benchmarks/profile_union.py --variant llama3-8b --split --out profile-8b.txt
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="cpu")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--split", action="store_true", help="time the whole call and its first half of formats first")
     args = ap.parse_args()
     import warnings
 
@@ -51,13 +57,30 @@ def main() -> None:
         call, members = max(calls, key=lambda cm: len(cm[0].formats) * cm[0].score_steps)
         n = max(max(c.calib_samples, c.score_samples) for c, *_ in members)
         batches = ctx.batches(n)
+        timed: list[str] = []
+        if args.split:
+            import copy
+
+            half = copy.copy(call)
+            half.formats = call.formats[: max(1, len(call.formats) // 2)]
+            for c, tag in ((call, "whole"), (half, "half")):
+                t0 = time.perf_counter()
+                u = run_union(ctx.loaded.take_model(), c, batches, "gradient", [])
+                _sync()
+                timed.append(f"{tag}: {len(c.formats)} formats, wall {time.perf_counter() - t0:.2f} s, "
+                             f"phases { {k: round(v, 3) for k, v in u.phases.items()} }")
+                del u
+            call = half
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         prof.enable()
         union = run_union(ctx.loaded.take_model(), call, batches, "gradient", [])
+        _sync()
         prof.disable()
         wall = time.perf_counter() - t0
     buf = io.StringIO()
+    for line in timed:
+        buf.write(line + "\n")
     buf.write(f"union {call.key}: {len(call.formats)} formats, {call.calib_steps} calib + {call.score_steps} score "
               f"batches; wall {wall:.1f} s; phases {union.phases}\n")
     for key in ("tottime", "cumulative"):
@@ -67,6 +90,13 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(text)
     print(text[:12000])
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

@@ -85,6 +85,27 @@ def warm_up_int() -> None:
     torch.cuda.synchronize()
 
 
+def phase_sums(rows: list[dict]) -> dict[str, float]:
+    """Seconds per phase (calibrate, score, search, evaluate, ...) summed over the rows: where the busy time went."""
+    out: dict[str, float] = {}
+    for r in rows:
+        for k, v in ((r.get("telemetry") or {}).get("phases") or {}).items():
+            out[k] = round(out.get(k, 0.0) + v, 3)
+    return out
+
+
+def run_local(matrix_path: Path, root: Path) -> dict:
+    """The same matrix with the local executor in this process (one GPU): what one Ray worker is compared with."""
+    from quantsweep.execution.sweep import Reporter, RunOptions, Sweep
+
+    t0 = time.perf_counter()
+    outcome = Sweep(matrix_path, RunOptions(output_root=str(root), executor="local"), Reporter()).run()
+    rows = outcome.summary["rows"]
+    return {"executor": "local", "wall_s": round(time.perf_counter() - t0, 3),
+            "timings": outcome.summary["execution"]["timings"], "phases_s": phase_sums(rows),
+            "errors": [r["error"] for r in rows if r["status"] != "ok"], "rows": rows}
+
+
 def run_once(matrix_path: Path, root: Path, workers: int, address: str | None, gpus: int) -> dict:
     from quantsweep.execution.sweep import Reporter, RunOptions, Sweep
 
@@ -109,6 +130,7 @@ def run_once(matrix_path: Path, root: Path, workers: int, address: str | None, g
             | {"setup": w.get("setup")}
             for w in ex["workers"]
         ],
+        "phases_s": phase_sums(rows),
         "errors": [r["error"] for r in rows if r["status"] != "ok"],
         "rows": rows,
     }
@@ -168,6 +190,8 @@ def main() -> None:
     ap.add_argument("--matrix", default="reference", choices=["reference", "llama3-8b", "llama3-8b-study"])
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--two-node", action="store_true", help="also run over two Ray nodes joined by address")
+    ap.add_argument("--local", action="store_true",
+                    help="first run the matrix with the local executor in this process, on the same machine")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cpu", action="store_true", help="check the script on a CPU (tiny reference model, no GPU)")
     args = ap.parse_args()
@@ -185,6 +209,13 @@ def main() -> None:
         mpath.write_text(yaml.safe_dump(matrix_for(args.matrix, args.cpu), sort_keys=False))
         roots = {}
         cwd = Path.cwd()
+        if args.local:
+            results["local"] = run_local(mpath, tmp / "local")
+            import torch
+
+            torch.cuda.empty_cache()  # the driver's local run leaves nothing reserved on GPU 0 for the workers
+            print(f"{args.matrix}: local executor: wall {results['local']['wall_s']:.1f} s, "
+                  f"cells {results['local']['timings'].get('cells_s')} s", flush=True)
         for n in counts:
             roots[n] = tmp / f"w{n}"
             results["runs"].append(run_once(mpath, roots[n], n, None, gpus))
@@ -201,6 +232,10 @@ def main() -> None:
             run["efficiency_busy"] = round(b1 / (n / base["workers"] * bn), 3)
             run["efficiency_wall"] = round(base["wall_s"] / (n / base["workers"] * run["wall_s"]), 3)
             run["agreement_with_first"] = agreement(base, run, cwd, cwd)
+        if "local" in results:
+            results["local"]["agreement_with_first"] = agreement(base, results["local"], cwd, cwd)
+            results["ray_1_worker_over_local_cells"] = round(
+                base["timings"]["cells_s"] / results["local"]["timings"]["cells_s"], 3)
         if args.two_node:
             address = two_node_cluster(6391, gpus)
             try:
@@ -211,13 +246,15 @@ def main() -> None:
             run["nodes"] = sorted({w["node_id"] for w in run["per_worker"] if w.get("node_id")})
             results["two_node"] = run
             print(f"two nodes: wall {run['wall_s']:.1f} s, nodes {len(run['nodes'])}", flush=True)
-    for run in results["runs"] + ([results["two_node"]] if "two_node" in results else []):
+    extra = [results[k] for k in ("two_node", "local") if k in results]
+    for run in results["runs"] + extra:
         run["rows"] = [{k: r.get(k) for k in ("cell_id", "key", "status", "achieved_bits", "total_score", "quality")}
                        | {"telemetry": {k: r["telemetry"].get(k) for k in ("wall_s", "phases", "shared",
                                                                              "peak_device_mb")}}
                        for r in run["rows"]]
-    print(json.dumps({k: v for k, v in results.items() if k != "runs"} | {
-        "runs": [{k: v for k, v in r.items() if k != "rows"} for r in results["runs"]]}, indent=1, default=str))
+    print(json.dumps({k: v for k, v in results.items() if k not in ("runs", "local")} | {
+        "runs": [{k: v for k, v in r.items() if k != "rows"} for r in results["runs"]],
+        "local": {k: v for k, v in results.get("local", {}).items() if k != "rows"}}, indent=1, default=str))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1, default=str))

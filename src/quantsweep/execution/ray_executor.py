@@ -114,6 +114,7 @@ class RayExecutor:
         # start of `start`); canary_s; cells_s: from the start of `run` to its last record
         self.timings: dict[str, float] = {}
         self._t0: float | None = None
+        self._t0_epoch: float | None = None
         self._generation = 0
 
     # -- cluster and workers ---------------------------------------------------------------------------------
@@ -238,6 +239,11 @@ class RayExecutor:
             self._mark_dead(slot, exc)
             return
         slot.info, slot.state = info, "idle"
+        started = (info.get("setup") or {}).pop("started_at", None)
+        if started and self._t0_epoch is not None:  # epoch stamps -> seconds after the driver's `start`
+            info["setup"]["started_after_s"] = {
+                k: (round(v - self._t0_epoch, 3) if v is not None else None) for k, v in started.items()
+            }
         if self._t0 is not None and not any(s.state == "starting" for s in self.slots):
             self.timings.setdefault("all_ready_s", round(time.perf_counter() - self._t0, 3))
         if self.record_context is None:
@@ -272,6 +278,7 @@ class RayExecutor:
     # -- the executor interface --------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
         t0 = self._t0 = time.perf_counter()
+        self._t0_epoch = time.time()
         self._connect()
         workers = self._size_workers()
         self.replacements_left = workers

@@ -25,6 +25,15 @@ from .progress import Reporter
 from .records import CellRecord, make_record, write_artifacts
 
 
+def _process_start_time() -> float | None:
+    try:
+        import psutil  # a dependency of ray
+
+        return float(psutil.Process().create_time())
+    except Exception:
+        return None
+
+
 class SweepWorker:
     def __init__(
         self,
@@ -37,6 +46,9 @@ class SweepWorker:
         probe: tuple[str, str] | None,
         baseline_cache: bool = True,
     ):
+        # when this worker's process started and when Ray constructed the actor (epoch seconds): the driver turns them
+        # into offsets from its own start, to tell a late process start from a slow load (docs/distributed.md)
+        self.started_at = {"process": _process_start_time(), "actor": time.time()}
         self.name = name
         self.matrix, self.plan, self.engine, self.threads = matrix, plan, engine, threads
         self.base_dir = Path(base_dir)
@@ -58,8 +70,10 @@ class SweepWorker:
 
             torch.set_num_threads(self.threads)
         t = time.perf_counter()
+        prepare_at = time.time()
         self.ctx, self.setup = prepare_context(self.matrix, self.plan, self.engine, baseline_cache=self.baseline_cache)
         self.setup["prepare_s"] = round(time.perf_counter() - t, 3)
+        self.setup["started_at"] = {**self.started_at, "prepare": prepare_at, "ready": time.time()}
         self.shared_fs = self._sees_probe()
         return self.describe()
 

@@ -94,6 +94,21 @@ def phase_sums(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def union_calls(rows: list[dict]) -> list[dict]:
+    """Each shared-engine union call once (as its rows record it), with the seconds its cells spent after it
+    (solve, evaluation, trust checks): what a unit's cost is made of."""
+    calls: dict[str, dict] = {}
+    for r in rows:
+        shared = (r.get("telemetry") or {}).get("shared")
+        if not shared:
+            continue
+        call = calls.setdefault(json.dumps(shared, sort_keys=True), {**shared, "cells_phases_s": {}})
+        for k, v in ((r["telemetry"].get("phases") or {}).items()):
+            if k in ("search", "evaluate", "trust"):
+                call["cells_phases_s"][k] = round(call["cells_phases_s"].get(k, 0.0) + v, 3)
+    return list(calls.values())
+
+
 def run_local(matrix_path: Path, root: Path) -> dict:
     """The same matrix with the local executor in this process (one GPU): what one Ray worker is compared with."""
     from quantsweep.execution.sweep import Reporter, RunOptions, Sweep
@@ -103,6 +118,7 @@ def run_local(matrix_path: Path, root: Path) -> dict:
     rows = outcome.summary["rows"]
     return {"executor": "local", "wall_s": round(time.perf_counter() - t0, 3),
             "timings": outcome.summary["execution"]["timings"], "phases_s": phase_sums(rows),
+            "union_calls": union_calls(rows),
             "errors": [r["error"] for r in rows if r["status"] != "ok"], "rows": rows}
 
 
@@ -131,6 +147,7 @@ def run_once(matrix_path: Path, root: Path, workers: int, address: str | None, g
             for w in ex["workers"]
         ],
         "phases_s": phase_sums(rows),
+        "union_calls": union_calls(rows),
         "errors": [r["error"] for r in rows if r["status"] != "ok"],
         "rows": rows,
     }
@@ -190,6 +207,9 @@ def main() -> None:
     ap.add_argument("--matrix", default="reference", choices=["reference", "llama3-8b", "llama3-8b-study"])
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--two-node", action="store_true", help="also run over two Ray nodes joined by address")
+    ap.add_argument("--canary", action="store_true",
+                    help="keep the canary (as users run): it runs on the first worker ready while the others load; "
+                         "the cells phase starts after it")
     ap.add_argument("--local", action="store_true",
                     help="first run the matrix with the local executor in this process, on the same machine")
     ap.add_argument("--out", type=Path, default=None)
@@ -206,7 +226,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mpath = tmp / "m.yaml"
-        mpath.write_text(yaml.safe_dump(matrix_for(args.matrix, args.cpu), sort_keys=False))
+        matrix = matrix_for(args.matrix, args.cpu)
+        if args.canary:
+            # synthetic weights: the baseline's perplexity is ~ the vocabulary's size, far above the gate's default
+            matrix["canary"] = {"enabled": True, "max_baseline_perplexity": 1e7}
+        results["canary"] = args.canary
+        mpath.write_text(yaml.safe_dump(matrix, sort_keys=False))
         roots = {}
         cwd = Path.cwd()
         if args.local:
@@ -222,6 +247,9 @@ def main() -> None:
             print(f"{args.matrix}: {n} worker(s): wall {results['runs'][-1]['wall_s']:.1f} s, "
                   f"cells {results['runs'][-1]['timings'].get('cells_s')} s", flush=True)
         base = results["runs"][0]
+        for run in results["runs"]:
+            if "cells_s" not in run["timings"]:
+                raise SystemExit(f"the {run['workers']}-worker run ran no cells: {run['errors'] or run['timings']}")
         for run in results["runs"][1:]:
             n = run["workers"]
             t1, tn = base["timings"]["cells_s"], run["timings"]["cells_s"]

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
-from quantsweep.execution.work_units import UnitMember, WorkUnit, balance
+from quantsweep.execution.work_units import (
+    CALL_SETUP,
+    CELL,
+    FORMAT_SETUP,
+    FWD_BWD,
+    REPLAY,
+    UnitMember,
+    WorkUnit,
+    balance,
+    makespan,
+)
 
 
-def _union(label: str, formats: list[str], sizes: list[int], calib: int = 1) -> WorkUnit:
-    members = [UnitMember(f"{f}-{s}", f, calib, s) for f in formats for s in sizes]
+def _union(label: str, formats: list[str], sizes: list[int], calib: int = 1, budgets: int = 1,
+           by_prefix: bool = False) -> WorkUnit:
+    members = [UnitMember(f"{label}-{f}-{s}-{b}", f, calib, s, calib_size=s if by_prefix else 0)
+               for f in formats for s in sizes for b in range(budgets)]
     return WorkUnit(label, members, eval_steps=2)
 
 
-def test_cost_counts_formats_batches_and_evaluations():
+def test_cost_counts_the_call_its_formats_their_replays_and_the_cells():
     u = _union("u", ["int8", "int4"], [1, 2], calib=1)
-    # 2 formats x 1 calib step + 2 score steps x (3 + 2 formats) + 4 cells x 2 eval steps
-    assert u.cost == 2 * 1 + 2 * (3 + 2) + 4 * 2
+    # one call (set-up + 2 score batches' forward+backward), 2 formats (set-up + 1 calib step + 1 replay per score
+    # batch), 4 cells (2 evaluation batches + solve)
+    assert u.cost == CALL_SETUP + 2 * FWD_BWD + 2 * (FORMAT_SETUP + 1) + 2 * 2 * REPLAY + 4 * (2 + CELL)
     assert WorkUnit("r", u.members, repeats=3, eval_steps=2).cost == 3 * u.cost
+    # one calibration pass for two sizes: each format is replayed at both sizes' amax
+    p = _union("p", ["fp8"], [1, 2], calib=2, by_prefix=True)
+    assert p.cost == CALL_SETUP + 2 * FWD_BWD + (FORMAT_SETUP + 2) + 2 * 2 * REPLAY + 2 * (2 + CELL)
 
 
 def test_split_by_formats_keeps_every_cell_once_and_each_format_whole():
@@ -45,13 +61,28 @@ def test_balance_splits_the_largest_until_every_worker_has_a_unit_and_orders_lar
     assert [u.cost for u in units] == sorted((u.cost for u in units), reverse=True)
     # nothing to split: fewer units than workers is fine
     assert len(balance([calib], workers=8)) == 1
-    # enough units: nothing is split
-    assert [u.label for u in balance([big, calib], workers=2)] == ["data-free", "calib-4"]
+    # as many equal units as workers: nothing is split (a split would only repeat a call's set-up)
+    twin = _union("twin", ["e", "f", "g", "h"], [1, 2])
+    assert [u.label for u in balance([big, twin], workers=2)] == ["data-free", "twin"]
+
+
+def test_an_unequal_pair_of_calls_is_split_unevenly_when_that_shortens_the_schedule():
+    # a data-free call (4 formats, 16 cells) beside a calibrated one (1 format, 4 cells), on two workers
+    free = _union("data-free", ["int4", "int4g", "int8", "int8g"], [2, 4], budgets=2)
+    calib = _union("calib-max", ["fp8"], [2, 4], calib=4, budgets=2, by_prefix=True)
+    units = balance([free, calib], workers=2)
+    assert sorted(c for u in units for c in u.cell_ids) == sorted(free.cell_ids + calib.cell_ids)
+    assert makespan(units, 2) < 0.95 * makespan([free, calib], 2)
+    parts = [u for u in units if u.label.startswith("data-free")]
+    assert len(parts) == 2 and sorted(len(u.formats) for u in parts) == [1, 3]  # uneven: 3 + 1 formats
+    # largest first: the 3-format part alone on one worker, the calibrated call and the 1-format part on the other
+    assert [(u.label.split(" [")[0], len(u.formats)) for u in units] == [("data-free", 3), ("calib-max", 1),
+                                                                         ("data-free", 1)]
 
 
 def test_without_drops_finished_cells_and_keeps_the_failure_history():
     u = _union("u", ["a", "b"], [1])
     u.attempts, u.failed_on = 1, {"w0"}
-    rest = u.without({"a-1"})
-    assert rest.cell_ids == ["b-1"] and rest.attempts == 1 and rest.failed_on == {"w0"}
-    assert u.cell_ids == ["a-1", "b-1"]  # the original is untouched
+    rest = u.without({"u-a-1-0"})
+    assert rest.cell_ids == ["u-b-1-0"] and rest.attempts == 1 and rest.failed_on == {"w0"}
+    assert u.cell_ids == ["u-a-1-0", "u-b-1-0"]  # the original is untouched

@@ -145,7 +145,8 @@ def work_units(matrix: Matrix, device_type: str, engine: str, cells: list[Cell])
             WorkUnit(
                 f"union {call.key}",
                 [UnitMember(c.id, "+".join(label for label, _cfg in fmts), call.calib_steps, c.score_steps,
-                            tuple(label for label, _cfg in fmts) if len(fmts) > 1 else ())
+                            tuple(label for label, _cfg in fmts) if len(fmts) > 1 else (),
+                            c.calib_steps if call.prefix_calibration else 0)
                  for c, fmts, _b in members],
                 1,
                 eval_steps,

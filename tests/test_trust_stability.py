@@ -75,3 +75,25 @@ def test_groups_from_manifest_layers():
     (g,) = groups_from_layers(layers)
     assert (g.name, g.chosen, g.batch_scores[0]) == ("a", "w4", [1.0, 2.0])
     assert groups_from_layers([{**layers[0], "batch_scores": None}]) is None
+
+
+def test_threaded_resamples_leave_the_warnings_filters_alone(monkeypatch):
+    """scipy's dense LinearConstraint swaps the process-wide warnings filters; run from several threads at once it
+    left "error" installed, and ModelOpt's next warning failed every cell of a worker's next union call (seen on an
+    H200 host). The solves on the pool must not touch the filters at all."""
+    import threading
+    import warnings
+
+    touched: list[str] = []
+    real = warnings.simplefilter
+
+    def spy(*args, **kwargs):
+        touched.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(warnings, "simplefilter", spy)
+    before = list(warnings.filters)
+    res = bootstrap_stability(_groups([1.0] * 12, noise=0.3), 10.0, resamples=40, seed=3, threads=4)
+    assert res["computable"] and res["solved"] == 40
+    assert [name for name in touched if name.startswith("qs-stability")] == []
+    assert warnings.filters == before

@@ -63,52 +63,85 @@ class SolverRecord:
         }
 
 
+class KnapsackProblem:
+    """One cell's constraints (one choice per group, the weight budget), built once and solved for any number of
+    score vectors (the stability bootstrap re-solves the same problem with resampled scores, trust/stability.py).
+
+    The constraint matrices are sparse: scipy's `LinearConstraint` converts a dense matrix under
+    `warnings.catch_warnings()` + `simplefilter("error")`, which swaps the process-wide warnings filters and, run
+    from several threads at once, can leave "error" in place for the whole process (ModelOpt's next warning then
+    fails a cell). Built in the caller's thread and sparse, nothing here touches the filters; `solve` may run on
+    several threads at once (HiGHS releases the GIL)."""
+
+    def __init__(self, costs: list[list[float]], max_cost: float) -> None:
+        from scipy.optimize import Bounds, LinearConstraint
+        from scipy.sparse import csr_array
+
+        self.sizes = [len(c) for c in costs]
+        self.costs = costs
+        self.max_cost = max_cost
+        flat_c = np.array([x for c in costs for x in c], dtype=np.float64)
+        self.problem = None
+        if not self.sizes or any(n == 0 for n in self.sizes):
+            self.problem = "empty or inconsistent problem"
+            return
+        if not (np.all(np.isfinite(flat_c)) and math.isfinite(max_cost)):
+            self.problem = "non-finite scores or costs"
+            return
+        n = flat_c.size
+        c_scale = float(max(abs(max_cost), flat_c.max(), 1e-300))
+        rows = np.repeat(np.arange(len(self.sizes)), self.sizes)
+        one_hot = csr_array((np.ones(n), (rows, np.arange(n))), shape=(len(self.sizes), n))
+        self.constraints = [
+            LinearConstraint(one_hot, lb=1.0, ub=1.0),
+            LinearConstraint(csr_array((flat_c / c_scale)[None, :]), lb=-np.inf, ub=max_cost / c_scale),
+        ]
+        self.bounds = Bounds(0, 1)
+        self.integrality = np.ones(n)
+
+    def solve(self, scores: list[list[float]]) -> tuple[list[int] | None, str]:
+        """Minimise sum_g scores[g][i_g] under the constraints: (the chosen index per group, HiGHS's status text);
+        (None, status) when infeasible or not solved."""
+        from scipy.optimize import milp
+
+        if self.problem is not None:
+            return None, self.problem
+        if [len(s) for s in scores] != self.sizes:
+            return None, "empty or inconsistent problem"
+        flat_s = np.array([x for s in scores for x in s], dtype=np.float64)
+        if not np.all(np.isfinite(flat_s)):
+            return None, "non-finite scores or costs"
+        # shift each group by its minimum (the same constant in every solution) and scale to order one
+        offsets = np.repeat([min(s) for s in scores], self.sizes)
+        shifted = flat_s - offsets
+        scale = float(shifted.max()) if shifted.size and shifted.max() > 0 else 1.0
+        res = milp(
+            c=shifted / scale,
+            constraints=self.constraints,
+            integrality=self.integrality,
+            bounds=self.bounds,
+            options={"mip_rel_gap": 0.0, "presolve": True, "time_limit": 60.0},
+        )
+        if res.x is None or res.status not in (0,):
+            return None, str(res.message)
+        choice = []
+        start = 0
+        for k in self.sizes:
+            choice.append(int(np.argmax(res.x[start : start + k])))
+            start += k
+        total_cost = sum(self.costs[g][i] for g, i in enumerate(choice))
+        if total_cost > self.max_cost * (1 + 1e-12) + 1e-300:  # HiGHS's feasibility tolerance let it through
+            return None, f"solution exceeds the budget by {total_cost / self.max_cost - 1:.2e} (rounding)"
+        return choice, str(res.message)
+
+
 def solve_exact(scores: list[list[float]], costs: list[list[float]], max_cost: float) -> tuple[list[int] | None, str]:
     """Minimise sum_g scores[g][i_g] subject to sum_g costs[g][i_g] <= max_cost, one choice per group.
 
     Returns (the chosen index per group, HiGHS's status text); (None, status) when infeasible or not solved."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
-    sizes = [len(s) for s in scores]
-    if not sizes or any(n == 0 for n in sizes) or any(len(c) != n for c, n in zip(costs, sizes, strict=True)):
+    if len(scores) != len(costs):
         return None, "empty or inconsistent problem"
-    flat_s = np.array([x for s in scores for x in s], dtype=np.float64)
-    flat_c = np.array([x for c in costs for x in c], dtype=np.float64)
-    if not (np.all(np.isfinite(flat_s)) and np.all(np.isfinite(flat_c)) and math.isfinite(max_cost)):
-        return None, "non-finite scores or costs"
-    # shift each group by its minimum (the same constant in every solution) and scale to order one
-    offsets = np.repeat([min(s) for s in scores], sizes)
-    shifted = flat_s - offsets
-    scale = float(shifted.max()) if shifted.size and shifted.max() > 0 else 1.0
-    c_scale = float(max(abs(max_cost), flat_c.max(), 1e-300))
-    n = flat_s.size
-    one_hot = np.zeros((len(sizes), n))
-    start = 0
-    for g, k in enumerate(sizes):
-        one_hot[g, start : start + k] = 1.0
-        start += k
-    constraints = [
-        LinearConstraint(one_hot, lb=1.0, ub=1.0),
-        LinearConstraint((flat_c / c_scale)[None, :], lb=-np.inf, ub=max_cost / c_scale),
-    ]
-    res = milp(
-        c=shifted / scale,
-        constraints=constraints,
-        integrality=np.ones(n),
-        bounds=Bounds(0, 1),
-        options={"mip_rel_gap": 0.0, "presolve": True, "time_limit": 60.0},
-    )
-    if res.x is None or res.status not in (0,):
-        return None, str(res.message)
-    choice = []
-    start = 0
-    for k in sizes:
-        choice.append(int(np.argmax(res.x[start : start + k])))
-        start += k
-    total_cost = sum(costs[g][i] for g, i in enumerate(choice))
-    if total_cost > max_cost * (1 + 1e-12) + 1e-300:  # HiGHS's feasibility tolerance let it through: not ours
-        return None, f"solution exceeds the budget by {total_cost / max_cost - 1:.2e} (rounding)"
-    return choice, str(res.message)
+    return KnapsackProblem(costs, max_cost).solve(scores)
 
 
 def exact_or_modelopt(

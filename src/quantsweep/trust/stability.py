@@ -5,7 +5,7 @@ a few batches can hang on which batches they were (mlx-lm users saw the same see
 bootstrap asks exactly that: draw the score batches again with replacement (as many as were scored, seeded),
 rebuild each group's scores from the per-batch contributions, apply ModelOpt's clamp (a format's score is at most
 the score of the format before it, `min(score, prev_score)`), re-solve the cell's knapsack with the same exact
-solver and the same weight budget (engine/exact_solver.py `solve_exact`), and compare with the cell's recipe:
+solver and the same weight budget (engine/exact_solver.py `KnapsackProblem`, built once per cell), and compare with the cell's recipe:
 
   * `flip_share`: the share of decision groups whose choice differs from the cell's, averaged over resamples;
   * `jaccard_mean` / `jaccard_min`: overlap |A ∩ B| / |A ∪ B| of the quantized sets (groups not left at "none";
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.exact_solver import solve_exact
+from ..engine.exact_solver import KnapsackProblem
 
 DEFAULT_RESAMPLES = 50
 DEFAULT_MAX_FLIP_SHARE = 0.05
@@ -108,7 +108,7 @@ def bootstrap_stability(
     for _ in range(resamples):
         counts = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
         problems.append([clamp((a @ counts).tolist()) for a in per_batch])
-    full_choice, *solutions = _solve_all([full, *problems], costs, max_cost, threads)
+    full_choice, *solutions = _solve_all([full, *problems], KnapsackProblem(costs, max_cost), threads)
     full_solve_flips = None if full_choice is None else sum(c != r for c, r in zip(full_choice, ref, strict=True))
     flips = np.zeros(len(groups))
     flip_shares, jaccards, objectives = [], [], []
@@ -156,14 +156,15 @@ def default_threads() -> int:
 
 
 def _solve_all(
-    problems: list[list[list[float]]], costs: list[list[float]], max_cost: float, threads: int | None
+    problems: list[list[list[float]]], knapsack: KnapsackProblem, threads: int | None
 ) -> list[list[int] | None]:
-    """`solve_exact` on every problem, in order; several at once on a thread pool when threads > 1."""
+    """The knapsack solved for every score vector, in order; several at once on a thread pool when threads > 1
+    (its constraints were built in this thread: see engine/exact_solver.py on scipy and the warnings filters)."""
     threads = min(threads or default_threads(), len(problems))
     if threads <= 1:
-        return [solve_exact(p, costs, max_cost)[0] for p in problems]
+        return [knapsack.solve(p)[0] for p in problems]
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qs-stability") as pool:
-        return [choice for choice, _status in pool.map(lambda p: solve_exact(p, costs, max_cost), problems)]
+        return [choice for choice, _status in pool.map(knapsack.solve, problems)]
 
 
 def groups_from_layers(layers: list[dict[str, Any]]) -> list[GroupScores] | None:

@@ -129,6 +129,11 @@ def test_shared_engine_groups_cells_and_amortises_telemetry(both_engines):
     assert unions["calib-max"]["calibration_sizes"] == [1, 2]
     # one calibration forward per batch of the largest size (2 batches of 4 x 32 tokens), not 1 + 2 as in two calls
     assert unions["calib-max"]["tokens"]["calibrate"] == 2 * 4 * 32
+    # weight-only formats are calibrated on their weights alone (ModelOpt's max_calibrate does that before any
+    # forward): no calibration forward, and the rows still equal the naive engine's (the test above)
+    assert unions["data-free"]["tokens"]["calibrate"] == 0
+    free_row = next(r for r in shared.summary["rows"] if r["telemetry"]["shared"]["union"] == "data-free")
+    assert free_row["telemetry"]["forward_calls"]["calibrate_skipped"] == 3  # 3 formats x 1 calibration batch
     # every scored module replayed from the captured pass, none the slow way
     assert unions["data-free"]["replayed_modules"] > 0 and unions["data-free"]["modelopt_replayed_modules"] == 0
     # once calibration is over, ModelOpt's max calibrators' copies of the amax are dropped: one per calibrated

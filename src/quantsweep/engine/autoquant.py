@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import QuantsweepError
 from ..overlay import to_jsonable
+from ..quant_summary import calibration_method
 from .host_memory import trim_host_memory
 from .captured_scores import CapturedScores
 from .prefix_calibration import PrefixCalibration
@@ -133,17 +134,42 @@ def instrument_search() -> Iterator[dict[str, Any]]:
             setattr(cls, name, original)
 
 
+def _calibration_needs_data() -> Callable[[nn.Module], bool] | None:
+    """ModelOpt's own test of whether a max calibration needs its forward pass (any enabled activation-side
+    quantizer collecting statistics), or None on a ModelOpt without it."""
+    try:
+        from modelopt.torch.quantization.model_calib import _needs_activation_forward_for_max_calib
+    except ImportError:
+        return None
+    return _needs_activation_forward_for_max_calib
+
+
 def counting_forward_step(
     state: dict[str, Any],
     method: str,
     on_step: StepCallback | None,
     after_calibration_forward: Callable[[nn.Module], None] | None = None,
+    skip_weight_only_calibration: bool = False,
 ) -> Callable[..., Any]:
     """The `forward_step` handed to AutoQuantize: the model's output (logits for kl_div), while counting calls
-    and tokens per phase (from `instrument_search`'s state) and reporting each step for progress bars."""
+    and tokens per phase (from `instrument_search`'s state) and reporting each step for progress bars.
+
+    `skip_weight_only_calibration` (the shared engine): a calibration step for a format none of whose enabled
+    activation-side quantizers collects statistics (a weight-only format) runs no forward. ModelOpt's
+    `max_calibrate` calibrates every weight quantizer on its weight (`weight_only_quantize`) before the forward
+    loop, and the forward's weight quantizers would only collect the max of the same weights again, so the
+    calibrated state is the same (ModelOpt's own `skip_forward_without_activation_calib` option, decided by its
+    `_needs_activation_forward_for_max_calib`). Only for calls whose formats are all max-calibrated. Skipped
+    steps are counted as `calibrate_skipped`, not as tokens."""
+    needs_data = _calibration_needs_data() if skip_weight_only_calibration else None
 
     def forward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         phase = state["phase"]
+        if phase == "calibrate" and needs_data is not None and not needs_data(m):
+            state["calls"]["calibrate_skipped"] = state["calls"].get("calibrate_skipped", 0) + 1
+            if on_step is not None:
+                on_step(phase)
+            return None
         state["calls"][phase] = state["calls"].get(phase, 0) + 1
         state["tokens"][phase] = state["tokens"].get(phase, 0) + int(batch["input_ids"].numel())
         if on_step is not None:
@@ -197,7 +223,10 @@ formats of the call are calibrated once for several dataset sizes (engine/prefix
 
     with instrument_search() as state:
         forward_step = counting_forward_step(
-            state, method, on_step, prefixes.after_calibration_batch if prefixes is not None else None
+            state, method, on_step, prefixes.after_calibration_batch if prefixes is not None else None,
+            # only where every format is max-calibrated: AWQ and SmoothQuant read the activations through hooks of
+            # their own even when no quantizer collects them
+            skip_weight_only_calibration=captured and all(calibration_method(c) in ("max", None) for c in configs),
         )
         kwargs: dict[str, Any] = {}
         # engine/captured_scores.py, engine/score_memory.py

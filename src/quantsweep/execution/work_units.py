@@ -6,7 +6,7 @@ format dwarfs a one-format calibration call), so units are scheduled largest fir
 units than workers the largest splittable one is split — by formats (the shared engine's formats are calibrated
 and scored independently of each other, see docs/shared-engine.md) or, for a single format, by dataset sizes
 (scores are prefix sums over batches) — so that no worker idles while one call runs. With enough units but
-unequal ones (a 4-format data-free call beside a 2-format calibrated one on two GPUs), a unit is split further —
+unequal ones (a 4-format data-free call beside a 1-format calibrated one on two GPUs), a unit is split further —
 unevenly if that fits best — while that shortens the schedule that largest-first placement would give, counting
 the set-up a split repeats. A split never changes a result, only where it is computed.
 

@@ -97,3 +97,16 @@ def test_threaded_resamples_leave_the_warnings_filters_alone(monkeypatch):
     assert res["computable"] and res["solved"] == 40
     assert [name for name in touched if name.startswith("qs-stability")] == []
     assert warnings.filters == before
+
+
+def test_repeated_resamples_are_solved_once(monkeypatch):
+    """With 2 score batches only 3 resamples exist ({1,1}, {1,2}, {2,2}): 50 draws need 3 solves (+ the full-data
+    self-check), and every draw still counts in the statistics."""
+    from quantsweep.engine.exact_solver import KnapsackProblem
+
+    solves = []
+    real = KnapsackProblem.solve
+    monkeypatch.setattr(KnapsackProblem, "solve", lambda self, scores: solves.append(1) or real(self, scores))
+    res = bootstrap_stability(_groups([1.0] * 12, noise=0.5, batches=2), 10.0, resamples=50, seed=0, threads=1)
+    assert res["distinct_resamples"] == 3 and len(solves) == 3 + 1
+    assert res["solved"] == 50 and res["batches"] == 2

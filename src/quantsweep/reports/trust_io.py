@@ -15,7 +15,7 @@ from .fields import ANY, COUNT, Fields, Num
 SHARE = Num(lo=0, hi=1)
 RHO = Num(lo=-1, hi=1)
 _STABILITY_NUM = {
-    "resamples": COUNT, "seed": COUNT, "batches": COUNT, "solved": COUNT, "groups": COUNT,
+    "resamples": COUNT, "seed": COUNT, "batches": COUNT, "distinct_resamples": COUNT, "solved": COUNT, "groups": COUNT,
     "groups_ever_flipped": COUNT, "full_solve_flips": COUNT, "max_flip_share": SHARE, "flip_share": SHARE,
     "jaccard_mean": SHARE, "jaccard_min": SHARE, "total_score": ANY, "ci_level": Num(lo=0, hi=1, lo_open=True),
 }

@@ -103,12 +103,20 @@ def bootstrap_stability(
     # The resamples are drawn in order from one generator (so the same seed gives the same resamples whatever the
     # number of threads), then solved concurrently: HiGHS releases the GIL, and the solves are ~all of the time
     # (~20 ms each; 50 of them were ~1 s per cell on a GPU host, as long as an 8B cell's union share)
+    # A resample is a multiset of batches: with n batches only C(2n-1, n) exist (3 for 2 batches, 35 for 4), so
+    # many of the draws repeat; each distinct one is solved once (the same problem gives the same solution).
     rng = np.random.default_rng(seed)
-    problems = []
-    for _ in range(resamples):
-        counts = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
-        problems.append([clamp((a @ counts).tolist()) for a in per_batch])
-    full_choice, *solutions = _solve_all([full, *problems], KnapsackProblem(costs, max_cost), threads)
+    draws = [np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(resamples)]
+    distinct: dict[bytes, int] = {}
+    for counts in draws:
+        distinct.setdefault(counts.tobytes(), len(distinct))
+    unique = [np.frombuffer(key, dtype=draws[0].dtype).astype(np.float64) for key in distinct]
+    unique_problems = [[clamp((a @ counts).tolist()) for a in per_batch] for counts in unique]
+    full_choice, *unique_solutions = _solve_all([full, *unique_problems], KnapsackProblem(costs, max_cost), threads)
+    which = [distinct[counts.tobytes()] for counts in draws]
+    problems = [unique_problems[i] for i in which]
+    solutions = [unique_solutions[i] for i in which]
+    settings["distinct_resamples"] = len(unique)
     full_solve_flips = None if full_choice is None else sum(c != r for c, r in zip(full_choice, ref, strict=True))
     flips = np.zeros(len(groups))
     flip_shares, jaccards, objectives = [], [], []

@@ -247,9 +247,10 @@ def main() -> None:
             print(f"{args.matrix}: {n} worker(s): wall {results['runs'][-1]['wall_s']:.1f} s, "
                   f"cells {results['runs'][-1]['timings'].get('cells_s')} s", flush=True)
         base = results["runs"][0]
-        for run in results["runs"]:
+        for run in results["runs"] + ([results["local"]] if "local" in results else []):
             if "cells_s" not in run["timings"]:
-                raise SystemExit(f"the {run['workers']}-worker run ran no cells: {run['errors'] or run['timings']}")
+                what = run["errors"] or run["timings"]
+                raise SystemExit(f"the {run.get('workers', 'local')} run ran no cells: {what}")
         for run in results["runs"][1:]:
             n = run["workers"]
             t1, tn = base["timings"]["cells_s"], run["timings"]["cells_s"]
@@ -262,7 +263,7 @@ def main() -> None:
             run["agreement_with_first"] = agreement(base, run, cwd, cwd)
         if "local" in results:
             results["local"]["agreement_with_first"] = agreement(base, results["local"], cwd, cwd)
-            results["ray_1_worker_over_local_cells"] = round(
+            results[f"ray_{base['workers']}_worker_over_local_cells"] = round(
                 base["timings"]["cells_s"] / results["local"]["timings"]["cells_s"], 3)
         if args.two_node:
             address = two_node_cluster(6391, gpus)

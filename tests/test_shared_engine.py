@@ -236,3 +236,29 @@ def test_formats_that_rescale_weights_get_calls_of_their_own_and_equal_naive(tmp
             assert g["chosen"] == n_layers[g["name"]]["chosen"]
         for metric in ("kl_mean", "ppl_quant", "top1_agreement"):
             assert s["quality"][metric] == pytest.approx(n["quality"][metric], rel=1e-4, abs=1e-7), (n["key"], metric)
+
+
+def test_weight_only_calibration_skips_the_forward_only_for_plain_max():
+    """A weight-only format under plain max needs no calibration forward (ModelOpt calibrates weights on the
+    weights); under `layerwise` max the forward is what feeds each layer its inputs, so it must run (skipping it
+    made ModelOpt fail with 'collected no inputs')."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from quantsweep.catalogue import QUANT_PAIRS
+    from quantsweep.engine.autoquant import call_auto_quantize
+
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    batches = [{"input_ids": ids, "labels": ids} for _ in range(2)]
+    plain = QUANT_PAIRS["wint8_afp16"].config()
+    layerwise = {**plain, "algorithm": {"method": "max", "layerwise": {"enable": True}}}
+    calls = {}
+    for name, config in (("plain", plain), ("layerwise", layerwise)):
+        torch.manual_seed(0)
+        out = call_auto_quantize(LlamaForCausalLM(cfg).eval(), configs=[config], budget=16.0, batches=batches,
+                                 calib_steps=2, score_steps=1, method="gradient", disabled_layers=None, captured=True)
+        calls[name] = out.calls
+    assert calls["plain"].get("calibrate_skipped") == 2 and calls["plain"]["calibrate"] == 0
+    assert "calibrate_skipped" not in calls["layerwise"] and calls["layerwise"]["calibrate"] >= 2

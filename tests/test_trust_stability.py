@@ -57,7 +57,7 @@ def test_bootstrap_is_deterministic_under_a_seed_whatever_the_threads():
     b = bootstrap_stability(groups, 10.0, resamples=30, seed=7, threads=4)  # solved concurrently, same order
     c = bootstrap_stability(groups, 10.0, resamples=30, seed=8)
     assert a == b
-    # resamples that differ (some flip groups): a solution matched to another resample would change the CI
+    # resamples that differ (some flip groups), so the thread count had something to get wrong
     assert 0 < a["flip_share"] < 1 and a["score_ci"][0] < a["score_ci"][1]
     assert (a["score_ci"], a["flip_share"]) != (c["score_ci"], c["flip_share"])
 
@@ -110,3 +110,26 @@ def test_repeated_resamples_are_solved_once(monkeypatch):
     res = bootstrap_stability(_groups([1.0] * 12, noise=0.5, batches=2), 10.0, resamples=50, seed=0, threads=1)
     assert res["distinct_resamples"] == 3 and len(solves) == 3 + 1
     assert res["solved"] == 50 and res["batches"] == 2
+
+
+def test_bootstrap_equals_one_solve_per_draw():
+    """The de-duplicated, threaded bootstrap gives what solving every draw in turn gives (the definition)."""
+    from quantsweep.engine.exact_solver import solve_exact
+    from quantsweep.trust.stability import budget_cost
+
+    groups = _groups([1.0, 1.1, 0.9, 1.3, 0.7, 1.0, 1.2, 0.8], noise=0.6, batches=3, seed=5)
+    res = bootstrap_stability(groups, 10.0, resamples=40, seed=11, threads=3)
+    per_batch = [np.asarray(g.batch_scores) for g in groups]
+    costs, budget = [g.costs for g in groups], budget_cost(groups, 10.0)
+    ref = [g.formats.index(g.chosen) for g in groups]
+    rng = np.random.default_rng(11)
+    shares, objectives = [], []
+    for _ in range(40):
+        counts = np.bincount(rng.integers(0, 3, size=3), minlength=3).astype(np.float64)
+        scores = [clamp((a @ counts).tolist()) for a in per_batch]
+        choice, _ = solve_exact(scores, costs, budget)
+        shares.append(np.mean([c != r for c, r in zip(choice, ref, strict=True)]))
+        objectives.append(sum(scores[i][c] for i, c in enumerate(choice)))
+    assert res["distinct_resamples"] < 40  # some draws repeat, so the de-duplication was exercised
+    assert res["flip_share"] == round(float(np.mean(shares)), 6) and 0 < res["flip_share"] < 1
+    assert res["score_ci"] == [float(x) for x in np.percentile(objectives, [2.5, 97.5])]

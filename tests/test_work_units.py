@@ -86,3 +86,14 @@ def test_without_drops_finished_cells_and_keeps_the_failure_history():
     rest = u.without({"u-a-1-0"})
     assert rest.cell_ids == ["u-b-1-0"] and rest.attempts == 1 and rest.failed_on == {"w0"}
     assert u.cell_ids == ["u-a-1-0", "u-b-1-0"]  # the original is untouched
+
+
+def test_the_unit_of_refused_cells_costs_nothing_and_is_never_split():
+    # ModelOpt refuses these cells before any work: their unit only writes error rows
+    refused = WorkUnit("refused by ModelOpt", [UnitMember(f"r{i}", f"key{i}", 0, 0) for i in range(4)], 1, 0)
+    real = _union("calib-max", ["fp8"], [2, 4], calib=4, budgets=2, by_prefix=True)
+    assert refused.cost == 0 and not refused.splittable()
+    units = balance([refused, real], workers=2)
+    assert [u.label for u in units if u.label.startswith("refused")] == ["refused by ModelOpt"]
+    # the real call is split by sizes as it would be alone, so the refused unit does not keep a GPU idle
+    assert makespan(units, 2) == makespan(balance([real], workers=2), 2) < real.cost

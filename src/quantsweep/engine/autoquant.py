@@ -25,10 +25,9 @@ from torch import nn
 
 from ..errors import QuantsweepError
 from ..overlay import to_jsonable
-from ..quant_summary import calibration_method
 from .host_memory import trim_host_memory
 from .captured_scores import CapturedScores
-from .prefix_calibration import PrefixCalibration
+from .prefix_calibration import PrefixCalibration, shares_calibration_across_sizes
 from .score_memory import ScoreMemory
 
 NONE_LABEL = "none"
@@ -159,7 +158,7 @@ def counting_forward_step(
     `max_calibrate` calibrates every weight quantizer on its weight (`weight_only_quantize`) before the forward
     loop, and the forward's weight quantizers would only collect the max of the same weights again, so the
     calibrated state is the same (ModelOpt's own `skip_forward_without_activation_calib` option, decided by its
-    `_needs_activation_forward_for_max_calib`). Only for calls whose formats are all max-calibrated. Skipped
+    `_needs_activation_forward_for_max_calib`). Only for calls whose formats all use plain max calibration. Skipped
     steps are counted as `calibrate_skipped`, not as tokens."""
     needs_data = _calibration_needs_data() if skip_weight_only_calibration else None
 
@@ -224,9 +223,10 @@ formats of the call are calibrated once for several dataset sizes (engine/prefix
     with instrument_search() as state:
         forward_step = counting_forward_step(
             state, method, on_step, prefixes.after_calibration_batch if prefixes is not None else None,
-            # only where every format is max-calibrated: AWQ and SmoothQuant read the activations through hooks of
-            # their own even when no quantizer collects them
-            skip_weight_only_calibration=captured and all(calibration_method(c) in ("max", None) for c in configs),
+            # only where every format is plain max: AWQ and SmoothQuant read the activations through hooks of their
+            # own, and `layerwise` max captures each layer's inputs from the forward loop, even when no quantizer
+            # collects statistics
+            skip_weight_only_calibration=captured and all(shares_calibration_across_sizes(c) for c in configs),
         )
         kwargs: dict[str, Any] = {}
         # engine/captured_scores.py, engine/score_memory.py

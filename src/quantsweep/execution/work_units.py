@@ -74,13 +74,23 @@ class WorkUnit:
         """Relative cost in forward-pass equivalents (see the constants above): the call's set-up and one
         forward+backward per score batch, whatever its formats; per format its set-up, its calibration batches and
         one replay per score batch and calibration size; per cell its evaluation batches and its solve."""
+        if self.writes_only_errors:
+            return 0.0
         calib = max(m.calib_steps for m in self.members)
         score = max(m.score_steps for m in self.members)
         replays = sum(len({m.calib_size for m in self.members if f in m.format_labels}) for f in self.formats)
         per_call = CALL_SETUP + score * FWD_BWD + len(self.formats) * (FORMAT_SETUP + calib) + replays * score * REPLAY
         return self.repeats * (per_call + len(self.members) * (self.eval_steps + CELL))
 
+    @property
+    def writes_only_errors(self) -> bool:
+        """The cells ModelOpt refuses (shared_runner.work_units): no calibration, scoring or evaluation, only
+        their error rows: no cost, and nothing to gain from a split."""
+        return self.eval_steps == 0 and all(m.calib_steps == 0 and m.score_steps == 0 for m in self.members)
+
     def splittable(self) -> bool:
+        if self.writes_only_errors:
+            return False
         return len(self._split_keys) > 1 or len({m.score_steps for m in self.members}) > 1
 
     def split(self) -> tuple[WorkUnit, WorkUnit]:

@@ -5,7 +5,8 @@ a few batches can hang on which batches they were (mlx-lm users saw the same see
 bootstrap asks exactly that: draw the score batches again with replacement (as many as were scored, seeded),
 rebuild each group's scores from the per-batch contributions, apply ModelOpt's clamp (a format's score is at most
 the score of the format before it, `min(score, prev_score)`), re-solve the cell's knapsack with the same exact
-solver and the same weight budget (engine/exact_solver.py `KnapsackProblem`, built once per cell), and compare with the cell's recipe:
+solver and the same weight budget (engine/exact_solver.py `KnapsackProblem`, built once per cell), and compare
+with the cell's recipe:
 
   * `flip_share`: the share of decision groups whose choice differs from the cell's, averaged over resamples;
   * `jaccard_mean` / `jaccard_min`: overlap |A ∩ B| / |A ∪ B| of the quantized sets (groups not left at "none";
@@ -78,7 +79,7 @@ def bootstrap_stability(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """The stability block of one cell (see the module docstring). Deterministic for a given `seed`, whatever
-    `threads` (how many resamples are solved at once; None: one per CPU this process may use, at most 16)."""
+    `threads` (how many resamples are solved at once; None or 0: one per CPU this process may use, at most 16)."""
     settings = {"resamples": resamples, "seed": seed, "max_flip_share": max_flip_share}
     if not groups:
         return _not_computable("no decision groups", **settings)

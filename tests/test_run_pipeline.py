@@ -130,7 +130,16 @@ def test_summary_has_provenance_canary_and_kpis(tiny_sweep):
     assert len(canary_rows) == 1 and canary_rows[0]["cell_id"] == s["canary"]["cell_id"]
     tel = s["rows"][0]["telemetry"]
     assert set(tel["phases"]) >= {"model", "calibrate", "score", "search", "evaluate"}
-    assert tel["tokens"]["calibration"] > 0 and tel["tokens_processed"] == sum(tel["tokens"].values())
+    for row in s["rows"]:
+        tel = row["telemetry"]
+        assert tel["tokens_processed"] == sum(tel["tokens"].values()) and tel["tokens"]["scoring"] > 0
+        if (tel.get("shared") or {}).get("union") == "data-free":
+            # weight-only formats are calibrated on the weights, with no calibration forward (docs/shared-engine.md)
+            assert tel["tokens"]["calibration"] == 0 and tel["forward_calls"]["calibrate_skipped"] > 0
+        else:  # the canary's naive call, and calibrated unions, run their calibration batches
+            assert tel["tokens"]["calibration"] > 0
+    assert any(r["from_canary"] for r in s["rows"]) and any(
+        (r["telemetry"].get("shared") or {}).get("union") == "data-free" for r in s["rows"])
 
 
 def test_rerun_of_finished_sweep_runs_nothing_and_changes_no_row(tiny_sweep):

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import yaml  # noqa: E402
-from shared_vs_naive import VARIANTS, reference_matrix, warm_up  # noqa: E402
+from shared_vs_naive import VARIANTS, phase_sums, reference_matrix, union_calls, warm_up  # noqa: E402
 
 
 def llama3_8b_matrix() -> dict:
@@ -83,30 +83,6 @@ def warm_up_int() -> None:
     mtq.quantize(m, mtq.INT8_DEFAULT_CFG, lambda mm: mm(x))
     m(x)
     torch.cuda.synchronize()
-
-
-def phase_sums(rows: list[dict]) -> dict[str, float]:
-    """Seconds per phase (calibrate, score, search, evaluate, ...) summed over the rows: where the busy time went."""
-    out: dict[str, float] = {}
-    for r in rows:
-        for k, v in ((r.get("telemetry") or {}).get("phases") or {}).items():
-            out[k] = round(out.get(k, 0.0) + v, 3)
-    return out
-
-
-def union_calls(rows: list[dict]) -> list[dict]:
-    """Each shared-engine union call once (as its rows record it), with the seconds its cells spent after it
-    (solve, evaluation, trust checks): what a unit's cost is made of."""
-    calls: dict[str, dict] = {}
-    for r in rows:
-        shared = (r.get("telemetry") or {}).get("shared")
-        if not shared:
-            continue
-        call = calls.setdefault(json.dumps(shared, sort_keys=True), {**shared, "cells_phases_s": {}})
-        for k, v in ((r["telemetry"].get("phases") or {}).items()):
-            if k in ("search", "evaluate", "trust"):
-                call["cells_phases_s"][k] = round(call["cells_phases_s"].get(k, 0.0) + v, 3)
-    return list(calls.values())
 
 
 def run_local(matrix_path: Path, root: Path) -> dict:

@@ -121,6 +121,32 @@ def floor_estimate(matrix_path: Path) -> dict:
     }
 
 
+def phase_sums(rows: list[dict]) -> dict[str, float]:
+    """Seconds per phase (calibrate, score, search, evaluate, ...) summed over the rows (the shared engine's
+    union-call phases are amortised over its cells): where the time went."""
+    out: dict[str, float] = {}
+    for r in rows:
+        for k, v in ((r.get("telemetry") or {}).get("phases") or {}).items():
+            out[k] = out.get(k, 0.0) + v
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def union_calls(rows: list[dict]) -> list[dict]:
+    """Each shared-engine union call once (as its rows record it), with the seconds its cells spent after it
+    (solve, evaluation, trust checks): what a call's cost is made of."""
+    calls: dict[str, dict] = {}
+    for r in rows:
+        shared = (r.get("telemetry") or {}).get("shared")
+        if not shared:
+            continue
+        call = calls.setdefault(json.dumps(shared, sort_keys=True), {**shared, "cells_phases_s": {}})
+        for k, v in (r["telemetry"].get("phases") or {}).items():
+            if k in ("search", "evaluate", "trust"):
+                call["cells_phases_s"][k] = round(call["cells_phases_s"].get(k, 0.0) + v, 3)
+    return sorted(calls.values(), key=lambda c: json.dumps({k: v for k, v in c.items() if k != "cells_phases_s"},
+                                                             sort_keys=True))
+
+
 def run_mode(matrix_path: Path, root: Path, engine: str) -> dict:
     from quantsweep.execution.sweep import RunOptions, Sweep, Reporter
 
@@ -131,13 +157,9 @@ def run_mode(matrix_path: Path, root: Path, engine: str) -> dict:
     setup = sum(v for k, v in ((sweep.info or {}).get("setup") or {}).items() if k.endswith("_s"))
     rows = outcome.summary["rows"]
     peaks = [r["telemetry"].get("peak_device_mb") for r in rows if r["telemetry"].get("peak_device_mb") is not None]
-    phases: dict[str, float] = {}
-    for r in rows:  # per-cell phases (the shared engine's union-call phases are amortised over its cells)
-        for k, v in (r["telemetry"].get("phases") or {}).items():
-            phases[k] = phases.get(k, 0.0) + v
     return {
         "engine": engine,
-        "phases_s": {k: round(v, 3) for k, v in phases.items()},
+        "phases_s": phase_sums(rows),
         "total_s": total,
         "setup_s": setup,
         "cells_s": total - setup,
@@ -215,8 +237,7 @@ def main() -> None:
         shared = run_mode(mpath, root, "shared")
         floor = floor_estimate(mpath)
         agree = agreement(naive["rows"], shared["rows"])
-        unions = sorted({json.dumps(r["telemetry"]["shared"], sort_keys=True) for r in shared["rows"]
-                         if "shared" in r["telemetry"]})
+        unions = union_calls(shared["rows"])
     result = {
         "variant": args.variant,
         "device": torch.cuda.get_device_name(0) if v["device"] == "cuda" else "cpu",
@@ -234,7 +255,7 @@ def main() -> None:
         "errors": {"naive": naive["errors"], "shared": shared["errors"]},
         "agreement": agree,
         "dtype": v["dtype"],
-        "shared_union_calls": [json.loads(u) for u in unions],
+        "shared_union_calls": unions,
     }
     text = json.dumps(result, indent=2)
     if args.out:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from quantsweep.execution.stability_pipeline import THREAD_PREFIX, StabilityPipeline, stability_threads
 from quantsweep.trust.stability import GroupScores, bootstrap_stability, budget_cost, clamp, groups_from_layers
 
 
@@ -95,8 +96,55 @@ def test_threaded_resamples_leave_the_warnings_filters_alone(monkeypatch):
     before = list(warnings.filters)
     res = bootstrap_stability(_groups([1.0] * 12, noise=0.3), 10.0, resamples=40, seed=3, threads=4)
     assert res["computable"] and res["solved"] == 40
-    assert [name for name in touched if name.startswith("qs-stability")] == []
+    # the shared engine runs the whole bootstrap, the knapsack's construction included, on a background thread
+    # while the main thread runs ModelOpt (execution/stability_pipeline.py)
+    with StabilityPipeline() as pipeline:
+        pipeline.submit(_Run(), lambda: bootstrap_stability(_groups([1.0] * 12, noise=0.3), 10.0, 40, 3, threads=4))
+        (run,) = pipeline.drain()
+    assert run.trust["stability"] == res
+    assert [name for name in touched if name.startswith(THREAD_PREFIX)] == []
     assert warnings.filters == before
+
+
+class _Run:
+    """The parts of a CellRun the pipeline fills in."""
+
+    def __init__(self, name: str = "c", trust_s: float = 0.25) -> None:
+        self.name = name
+        self.trust = {"stability": None, "layer_fidelity": None}
+        self.telemetry = {"phases": {"evaluate": 1.0, "trust": trust_s}, "wall_s": 1.0 + trust_s}
+
+
+def test_pipeline_releases_rows_in_order_and_charges_the_wait():
+    """A row leaves the pipeline only when its stability is in and every row before it has left, so the rows are
+    recorded in the cells' order; a row with nothing to wait for (an error row) keeps its place."""
+    import threading
+    import time
+
+    gate = threading.Event()
+    with StabilityPipeline() as pipeline:
+        pipeline.submit(_Run("a"), lambda: gate.wait(5) and {"stable": True})
+        pipeline.hold(_Run("err"))
+        pipeline.submit(_Run("b"), lambda: {"stable": False})
+        assert list(pipeline.ready()) == []  # "a" still solving: nothing may overtake it
+        gate.set()
+        runs = list(pipeline.drain())
+    assert [r.name for r in runs] == ["a", "err", "b"]
+    a, err, b = runs
+    assert a.trust["stability"] == {"stable": True} and b.trust["stability"] == {"stable": False}
+    assert err.trust["stability"] is None and "stability_s" not in err.telemetry
+    assert len(pipeline) == 0
+    # the time a row still waited for its bootstrap is on the critical path: it goes to the trust phase
+    with StabilityPipeline() as pipeline:
+        pipeline.submit(_Run("slow"), lambda: time.sleep(0.3) or {"stable": True})
+        (slow,) = pipeline.drain()
+    phases = slow.telemetry["phases"]
+    assert phases["trust"] >= 0.25 + 0.2 and slow.telemetry["wall_s"] == round(phases["evaluate"] + phases["trust"], 3)
+    assert slow.telemetry["stability_s"] >= 0.3
+
+
+def test_stability_threads_leave_half_the_cpus_to_the_gpu_work():
+    assert [stability_threads(n) for n in (1, 2, 16, 32, 64)] == [1, 1, 8, 16, 16]
 
 
 def test_repeated_resamples_are_solved_once(monkeypatch):

@@ -6,6 +6,7 @@ tokens divided by the number of cells); the full figures of the union call are k
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +33,8 @@ from ..schema import Matrix
 from .cell_runner import CellRun, _now, describe_failure, evaluate_long_context, formats_for
 from .context import SweepContext
 from .telemetry import PeakMemory, by_device_mb, hardware_telemetry
-from .trust_checks import trust_checks
+from .stability_pipeline import StabilityPipeline, stability_threads
+from .trust_checks import stability_for, trust_checks
 from .work_units import UnitMember, WorkUnit
 
 
@@ -188,6 +190,20 @@ def execute_shared(
         yield _error_run(cell, CellError(unsolvable_message(cell)), _now())
     cells = [c for c in cells if c not in invalid and c not in unsolvable]
     queue = plan_union_calls(m, ctx.loaded.device.type, cells)
+    with StabilityPipeline() as pipeline:
+        yield from _union_calls(ctx, queue, pipeline, on_step, on_union)
+
+
+def _union_calls(
+    ctx: SweepContext,
+    queue: list[tuple[UnionCall, list[Member]]],
+    pipeline: StabilityPipeline,
+    on_step: Callable[[str], None] | None,
+    on_union: Callable[[UnionCall, int], None] | None,
+) -> Iterator[CellRun]:
+    """execute_shared's union calls, in queue order; each cell's stability is solved on the pipeline's thread."""
+    m = ctx.matrix
+    threads = stability_threads(torch.get_num_threads())
     while queue:
         call, members = queue.pop(0)
         if on_union is not None:
@@ -262,7 +278,7 @@ def execute_shared(
                     t = time.perf_counter()
                     run.trust = trust_checks(
                         ctx, cell, result, union.model, formats[0] if len(formats) == 1 else None,
-                        _prepare_for(union, cell.calib_steps),
+                        _prepare_for(union, cell.calib_steps), stability=False,
                     )
                     phases["trust"] = time.perf_counter() - t
                     trim_host_memory()
@@ -303,7 +319,12 @@ def execute_shared(
             }
             if len(mem.peak_by_device) > 1:
                 run.telemetry["peak_device_mb_by_device"] = by_device_mb([mem, cell_mem])
-            yield run
+            if run.status == "ok" and m.evaluation.stability.resamples > 0:
+                pipeline.submit(run, functools.partial(stability_for, m, cell, run.result, threads))
+            else:
+                pipeline.hold(run)
+            yield from pipeline.ready()
+        yield from pipeline.drain()  # nothing outlives the call (a Ray unit is one call)
         del union, model
         release_memory(ctx.loaded.device)
 

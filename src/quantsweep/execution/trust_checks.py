@@ -17,8 +17,11 @@ from ..schema import Matrix
 from ..trust.stability import GroupScores, bootstrap_stability
 
 
-def stability_for(matrix: Matrix, cell: Cell, result: SearchResult) -> dict[str, Any] | None:
-    """The cell's recipe stability, or None when `evaluation.stability.resamples` is 0."""
+def stability_for(
+    matrix: Matrix, cell: Cell, result: SearchResult, threads: int | None = None
+) -> dict[str, Any] | None:
+    """The cell's recipe stability, or None when `evaluation.stability.resamples` is 0; `threads`: how many
+    resamples are solved at once (None: trust/stability.py's default)."""
     spec = matrix.evaluation.stability
     if spec.resamples == 0:
         return None
@@ -28,7 +31,7 @@ def stability_for(matrix: Matrix, cell: Cell, result: SearchResult) -> dict[str,
                                                "batches)", "stable": None, **settings}
     groups = [GroupScores(g.name, g.formats, g.costs, g.chosen, g.batch_scores or []) for g in result.groups]
     try:
-        return bootstrap_stability(groups, cell.budget, spec.resamples, spec.seed, spec.max_flip_share)
+        return bootstrap_stability(groups, cell.budget, spec.resamples, spec.seed, spec.max_flip_share, threads)
     except Exception as exc:  # a check that fails is recorded, the cell stands
         return {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None, **settings}
 
@@ -40,12 +43,17 @@ def trust_checks(
     model: Any = None,
     fmt: tuple[str, dict[str, Any]] | None = None,
     prepare: Any = None,
+    stability: bool = True,
 ) -> dict[str, Any]:
     """`{"stability": ..., "layer_fidelity": ...}` for a cell whose model (with the recipe active) is `model` and
     whose format is `fmt` = (label, config as handed to ModelOpt; None for a format menu); `prepare`: see engine/layer_fidelity.py.
     With `evaluation.lm_eval` naming the cell, also `"lm_eval"`: the model through lm-eval (engine/lm_eval_runner.py),
-    after layer fidelity has put the cell's recipe back."""
-    out: dict[str, Any] = {"stability": stability_for(ctx.matrix, cell, result), "layer_fidelity": None}
+    after layer fidelity has put the cell's recipe back. With `stability` off the block is left None, for the caller
+    to fill in (the shared engine solves it beside the next cells: execution/stability_pipeline.py)."""
+    out: dict[str, Any] = {
+        "stability": stability_for(ctx.matrix, cell, result) if stability else None,
+        "layer_fidelity": None,
+    }
     spec = ctx.matrix.evaluation.layer_fidelity
     if spec.k > 0 and fmt is None and cell.is_menu:
         out["layer_fidelity"] = {"computable": False, "reason": "a format menu: layer fidelity switches one quantized "

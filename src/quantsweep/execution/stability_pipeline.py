@@ -1,0 +1,100 @@
+"""Recipe stability solved beside the GPU work of the next cells (shared engine), rows released in order.
+
+Why: the stability bootstrap (trust/stability.py) is CPU-only — up to 50 exact knapsack solves per cell, ~0.28 s per
+cell of the 27-cell reference matrix on a GPU host even on 16 threads — and the device idles while it runs. Run in
+the cell's turn it sat on the critical path of every union call: 7.5 s of that matrix's 49 s on an H200
+(benchmarks/results/ray-h200x2.json, 2026-11-30b). Here a cell's bootstrap is handed to a background thread once
+the cell is evaluated, and the next cells' solve and evaluation run meanwhile.
+
+What does not change: the block itself (the same function on the same inputs, `execution/trust_checks.py`), the
+order of the rows (a row is released only when its stability is in and every row before it has been released),
+and what a crash can lose (the rows of the union call in progress, as before: the call waits for its last
+bootstraps before it ends, so no work outlives the call, and a Ray unit is one call). The time a row still waited
+for its bootstrap is added to its `trust` phase (the critical path); the bootstrap's own seconds are recorded as
+`telemetry.stability_s`.
+
+Threads: the bootstrap's solves use half of this process's torch threads (at least one), leaving the other half to
+the main thread's kernel launches and, with several Ray workers on one host, to the other workers (each is given
+its share of the host's CPUs, execution/ray_executor.py). A pool as large as the host per worker is the suspected
+reason why two workers slowed each other's union calls by 15–25 % in that run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+THREAD_PREFIX = "qs-stability"  # the pool threads' names: tests check that none of them touches the warnings filters
+
+
+def stability_threads(torch_threads: int) -> int:
+    """How many resamples one bootstrap solves at once beside the GPU work (see the module docstring)."""
+    return max(1, min(16, torch_threads // 2))
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+class StabilityPipeline:
+    """Holds finished cells (`CellRun`s) until their stability block is in; hands them back in submission order.
+
+    `submit(run, compute)` runs `compute()` (the cell's stability block) on the background thread; `hold(run)`
+    queues a run with nothing to wait for (an error row), so that it keeps its place. `ready()` yields the runs that
+    can be released now without waiting, `drain()` all of them, waiting. Use as a context manager: leaving it
+    (also by an exception or a closed generator) drops what was not drained and stops the thread."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_PREFIX)
+        self._pending: deque[tuple[Any, Future[tuple[Any, float]] | None]] = deque()
+
+    def __enter__(self) -> StabilityPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, run: Any, compute: Callable[[], dict[str, Any] | None]) -> None:
+        self._pending.append((run, self._pool.submit(_timed, compute)))
+
+    def hold(self, run: Any) -> None:
+        self._pending.append((run, None))
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def ready(self) -> Iterator[Any]:
+        while self._pending and (self._pending[0][1] is None or self._pending[0][1].done()):
+            yield self._release()
+
+    def drain(self) -> Iterator[Any]:
+        while self._pending:
+            yield self._release()
+
+    def _release(self) -> Any:
+        run, future = self._pending.popleft()
+        if future is None:
+            return run
+        t = time.perf_counter()
+        try:
+            block, solve_s = future.result()
+        except Exception as exc:  # noqa: BLE001 - stability_for records its own failures; this is a last resort
+            block, solve_s = {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None}, 0.0
+        waited = time.perf_counter() - t
+        if run.trust is not None:
+            run.trust["stability"] = block
+        tel = run.telemetry
+        if tel is not None:
+            phases = tel["phases"]
+            phases["trust"] = round(phases.get("trust", 0.0) + waited, 3)
+            tel["wall_s"] = round(sum(phases.values()), 3)
+            tel["stability_s"] = round(solve_s, 3)
+        return run
+
+
+__all__ = ["StabilityPipeline", "stability_threads", "THREAD_PREFIX"]

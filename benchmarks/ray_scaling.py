@@ -254,7 +254,7 @@ def main() -> None:
     extra = [results[k] for k in ("two_node", "local") if k in results]
     for run in results["runs"] + extra:
         run["rows"] = [{k: r.get(k) for k in ("cell_id", "key", "status", "achieved_bits", "total_score", "quality")}
-                       | {"telemetry": {k: r["telemetry"].get(k) for k in ("wall_s", "phases", "shared",
+                       | {"telemetry": {k: r["telemetry"].get(k) for k in ("wall_s", "phases", "shared", "stability_s",
                                                                              "peak_device_mb")}}
                        for r in run["rows"]]
     print(json.dumps({k: v for k, v in results.items() if k not in ("runs", "local")} | {

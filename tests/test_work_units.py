@@ -97,3 +97,16 @@ def test_the_unit_of_refused_cells_costs_nothing_and_is_never_split():
     assert [u.label for u in units if u.label.startswith("refused")] == ["refused by ModelOpt"]
     # the real call is split by sizes as it would be alone, so the refused unit does not keep a GPU idle
     assert makespan(units, 2) == makespan(balance([real], workers=2), 2) < real.cost
+
+
+def test_gpu_workers_get_disjoint_cpu_slices_without_cpu_0():
+    """execution/cpu_binding.py: each GPU worker of a node keeps to CPUs of its own, CPU 0 left to the system."""
+    from quantsweep.execution.cpu_binding import worker_cpus
+
+    cpus = list(range(32))
+    a, b = worker_cpus(cpus, 0, 2, 1), worker_cpus(cpus, 1, 2, 1)
+    assert a == list(range(1, 16)) and b == list(range(16, 31))
+    assert worker_cpus(cpus, 0, 1, 1) == list(range(1, 32))  # one worker on the node: all but CPU 0
+    assert worker_cpus(cpus, 2, 4, 2) == list(range(16, 31))  # 2 GPUs per worker: GPUs 2-3 are the second worker
+    assert worker_cpus([0, 1, 2], 0, 2, 1) is None  # too few CPUs to give each worker two
+    assert worker_cpus(cpus, 1, 1, 1) is None  # a GPU index the node does not have (a node started with one GPU)

@@ -67,7 +67,8 @@ class _Slot:
     error: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        keep = ("pid", "host", "node_id", "gpu_ids", "device", "device_name", "torch_threads", "shared_fs", "setup")
+        keep = ("pid", "host", "node_id", "gpu_ids", "device", "device_name", "torch_threads", "cpus", "shared_fs",
+                "setup")
         return {
             "name": self.name,
             "state": self.state,

@@ -34,6 +34,33 @@ def _process_start_time() -> float | None:
         return None
 
 
+def _bind_to_own_cpus() -> list[int] | None:
+    """Bind this GPU worker's process (every thread) to its slice of the node's CPUs (execution/cpu_binding.py);
+    the CPUs, or None when it is not bound (no GPU, not under Ray, nothing to slice)."""
+    from .cpu_binding import worker_cpus
+
+    try:
+        import ray
+
+        gpu_ids = [int(g) for g in ray.get_gpu_ids()]
+        if not gpu_ids:
+            return None
+        node = ray.get_runtime_context().get_node_id()
+        node_gpus = next(int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["NodeID"] == node)
+        cpus = worker_cpus(sorted(os.sched_getaffinity(0)), min(gpu_ids), node_gpus, len(gpu_ids))
+        if cpus is None:
+            return None
+        for tid in os.listdir("/proc/self/task"):  # threads started before this one keep their mask otherwise
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                pass
+        os.sched_setaffinity(0, cpus)
+        return cpus
+    except Exception:  # noqa: BLE001 - binding is an optimisation: never a reason for a worker to fail
+        return None
+
+
 class SweepWorker:
     def __init__(
         self,
@@ -53,6 +80,9 @@ class SweepWorker:
         self.matrix, self.plan, self.engine, self.threads = matrix, plan, engine, threads
         self.base_dir = Path(base_dir)
         self.probe = probe
+        self.cpus = _bind_to_own_cpus()
+        if self.cpus is not None and self.threads:
+            self.threads = min(self.threads, len(self.cpus))
         self.baseline_cache = baseline_cache
         self.ctx: Any = None
         self.setup: dict[str, Any] = {}
@@ -108,6 +138,7 @@ class SweepWorker:
             "device_type": device.type,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
             "torch_threads": torch.get_num_threads(),
+            "cpus": self.cpus,
             "shared_fs": self.shared_fs,
             "setup": self.setup,
             "sweep": self.ctx.describe(),

@@ -118,7 +118,8 @@ def run_once(matrix_path: Path, root: Path, workers: int, address: str | None, g
         "work_units": ex["work_units"],
         "units_split": ex["units_split"],
         "per_worker": [
-            {k: w.get(k) for k in ("name", "host", "node_id", "gpu_ids", "device_name", "units", "cells", "busy_s")}
+            {k: w.get(k) for k in ("name", "host", "node_id", "gpu_ids", "device_name", "cpus", "torch_threads",
+                                     "units", "cells", "busy_s")}
             | {"setup": w.get("setup")}
             for w in ex["workers"]
         ],

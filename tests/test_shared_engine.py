@@ -79,6 +79,7 @@ def both_engines(tmp_path_factory):
     path = write_matrix(folder, data)
     naive = run_sweep(path, RunOptions(output_root=str(folder / "naive"), engine="naive"))
     shared = run_sweep(path, RunOptions(output_root=str(folder / "shared"), engine="shared"))
+    shared.matrix_file = path  # for the row-order check
     return naive, shared
 
 
@@ -111,6 +112,12 @@ def test_shared_engine_equals_naive(both_engines):
         for metric in ("kl_mean", "ppl_quant", "top1_agreement"):
             assert s["quality"][metric] == pytest.approx(n["quality"][metric], rel=1e-4, abs=1e-7), (n["key"], metric)
         assert s["result_fingerprint"] == n["result_fingerprint"]
+        # recipe stability: the shared engine solves it on a background thread beside the next cells
+        # (execution/stability_pipeline.py), the naive engine in the cell's turn; each row gets its own block
+        st_s, st_n = s["trust"]["stability"], n["trust"]["stability"]
+        assert st_s["computable"] == st_n["computable"] and st_s.get("batches") == st_n.get("batches"), n["key"]
+        for key in ("flip_share", "groups_ever_flipped", "full_solve_flips", "distinct_resamples", "stable"):
+            assert st_s.get(key) == st_n.get(key), (n["key"], key)
         # the recipe as a ModelOpt config: derived per union format (engine/recipe_configs.py) = ModelOpt's own
         recipe_file = "recipe.json"
         assert json.loads((Path(s["path"]) / recipe_file).read_text()) == json.loads(
@@ -142,6 +149,21 @@ def test_shared_engine_groups_cells_and_amortises_telemetry(both_engines):
     assert unions["data-free"]["released_calibrators"] == 3 * modules
     assert unions["calib-max"]["released_calibrators"] == 2 * modules
     assert all(r["valid"] for r in shared.summary["rows"])
+    # rows are recorded in the union calls' cell order although each waits for its bootstrap on another thread,
+    # and the bootstrap's own seconds are recorded beside the (critical-path) phases
+    from quantsweep.execution.shared_runner import plan_union_calls
+    from quantsweep.matrix_io import load_matrix
+    from quantsweep.planning import expand
+
+    matrix = load_matrix(shared.matrix_file)
+    expected = [c.id for _call, members in plan_union_calls(matrix, "cpu", expand(matrix).cells) for c, *_ in members]
+    rows_file = shared.summary_path.parent / "rows.jsonl"
+    assert [json.loads(line)["cell_id"] for line in rows_file.read_text().splitlines()] == expected
+    computable = [r for r in shared.summary["rows"] if r["trust"]["stability"]["computable"]]
+    assert len(computable) == 8  # the 2-batch size's cells (one score batch has nothing to resample)
+    for r in computable:
+        tel = r["telemetry"]
+        assert tel["stability_s"] > 0 and tel["wall_s"] == pytest.approx(sum(tel["phases"].values()), abs=0.01)
 
 
 def test_a_cell_modelopt_refuses_is_an_error_row_without_sinking_its_union_call(tmp_path):

@@ -104,9 +104,14 @@ def test_gpu_workers_get_disjoint_cpu_slices_without_cpu_0():
     from quantsweep.execution.cpu_binding import worker_cpus
 
     cpus = list(range(32))
-    a, b = worker_cpus(cpus, 0, 2, 1), worker_cpus(cpus, 1, 2, 1)
+    a, b = worker_cpus(cpus, [0], 2, 1, 2), worker_cpus(cpus, [1], 2, 1, 2)
     assert a == list(range(1, 16)) and b == list(range(16, 31))
-    assert worker_cpus(cpus, 0, 1, 1) == list(range(1, 32))  # one worker on the node: all but CPU 0
-    assert worker_cpus(cpus, 2, 4, 2) == list(range(16, 31))  # 2 GPUs per worker: GPUs 2-3 are the second worker
-    assert worker_cpus([0, 1, 2], 0, 2, 1) is None  # too few CPUs to give each worker two
-    assert worker_cpus(cpus, 1, 1, 1) is None  # a GPU index the node does not have (a node started with one GPU)
+    assert worker_cpus(cpus, [1], 2, 1, 1) == list(range(1, 32))  # a sweep's only worker: all but CPU 0
+    # 2 of a node's 8 GPUs in use: slices by the node's GPUs, whichever GPUs Ray hands out (never overlapping)
+    slices = [worker_cpus(list(range(128)), [g], 8, 1, 2) for g in range(8)]
+    assert all(len(s) == 15 for s in slices) and len({c for s in slices for c in s}) == 8 * 15
+    assert worker_cpus(cpus, [2, 3], 4, 2, 2) == list(range(16, 31))  # GPUs 2-3: the second block of two
+    assert worker_cpus(cpus, [0, 3], 4, 2, 2) is None  # not an aligned block: its slice could be another's
+    assert worker_cpus(cpus, [0], 2, 0.5, 4) is None  # workers sharing a GPU would share a slice
+    assert worker_cpus([0, 1, 2], [0], 2, 1, 2) is None  # too few CPUs to give each worker two
+    assert worker_cpus(cpus, [1], 1, 1, 2) is None  # an index the node does not have (one `ray start` per GPU)

@@ -102,6 +102,7 @@ class RayExecutor:
         self.resources: dict[str, float] = {}
         self.gpus_per_worker = 0.0
         self.cpus_per_worker = 1
+        self.workers_wanted = 1
         self.replacements_left = 0
         self.retries = 0
         self.lost_cells = 0
@@ -161,7 +162,7 @@ class RayExecutor:
                 f"execution.workers: {workers} workers x {cpw} CPUs need {workers * cpw} CPUs; "
                 f"the Ray cluster has {cpus}"
             )
-        self.gpus_per_worker, self.cpus_per_worker = gpw, cpw
+        self.gpus_per_worker, self.cpus_per_worker, self.workers_wanted = gpw, cpw, workers
         return workers
 
     def _spread_over_worker_gpus(self) -> None:
@@ -201,6 +202,7 @@ class RayExecutor:
             str(self.base_dir),
             self.probe,
             self.baseline_cache,
+            (self.gpus_per_worker, self.workers_wanted),
         )
         slot = _Slot(name=name, handle=handle, ready_ref=handle.prepare.remote())
         self.slots.append(slot)

@@ -34,7 +34,7 @@ def _process_start_time() -> float | None:
         return None
 
 
-def _bind_to_own_cpus() -> list[int] | None:
+def _bind_to_own_cpus(gpus_per_worker: float, workers: int) -> list[int] | None:
     """Bind this GPU worker's process (every thread) to its slice of the node's CPUs (execution/cpu_binding.py);
     the CPUs, or None when it is not bound (no GPU, not under Ray, nothing to slice)."""
     from .cpu_binding import worker_cpus
@@ -47,7 +47,7 @@ def _bind_to_own_cpus() -> list[int] | None:
             return None
         node = ray.get_runtime_context().get_node_id()
         node_gpus = next(int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["NodeID"] == node)
-        cpus = worker_cpus(sorted(os.sched_getaffinity(0)), min(gpu_ids), node_gpus, len(gpu_ids))
+        cpus = worker_cpus(sorted(os.sched_getaffinity(0)), gpu_ids, node_gpus, gpus_per_worker, workers)
         if cpus is None:
             return None
         for tid in os.listdir("/proc/self/task"):  # threads started before this one keep their mask otherwise
@@ -72,6 +72,7 @@ class SweepWorker:
         base_dir: str,
         probe: tuple[str, str] | None,
         baseline_cache: bool = True,
+        binding: tuple[float, int] | None = None,
     ):
         # when this worker's process started and when Ray constructed the actor (epoch seconds): the driver turns them
         # into offsets from its own start, to tell a late process start from a slow load (docs/distributed.md)
@@ -80,7 +81,8 @@ class SweepWorker:
         self.matrix, self.plan, self.engine, self.threads = matrix, plan, engine, threads
         self.base_dir = Path(base_dir)
         self.probe = probe
-        self.cpus = _bind_to_own_cpus()
+        # (GPUs per worker, workers of the sweep): bind to a CPU slice of its own (execution/cpu_binding.py)
+        self.cpus = _bind_to_own_cpus(*binding) if binding is not None else None
         if self.cpus is not None and self.threads:
             self.threads = min(self.threads, len(self.cpus))
         self.baseline_cache = baseline_cache

@@ -191,7 +191,11 @@ def execute_shared(
     cells = [c for c in cells if c not in invalid and c not in unsolvable]
     queue = plan_union_calls(m, ctx.loaded.device.type, cells)
     with StabilityPipeline() as pipeline:
-        yield from _union_calls(ctx, queue, pipeline, on_step, on_union)
+        try:
+            yield from _union_calls(ctx, queue, pipeline, on_step, on_union)
+        except KeyboardInterrupt:
+            yield from pipeline.drain()  # the cells already finished are recorded before the run stops
+            raise
 
 
 def _union_calls(

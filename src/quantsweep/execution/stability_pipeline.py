@@ -6,10 +6,12 @@ the cell's turn it sat on the critical path of every union call: 7.5 s of that m
 (benchmarks/results/ray-h200x2.json, 2026-11-30b). Here a cell's bootstrap is handed to a background thread once
 the cell is evaluated, and the next cells' solve and evaluation run meanwhile.
 
-What does not change: the block itself (the same function on the same inputs, `execution/trust_checks.py`), the
-order of the rows (a row is released only when its stability is in and every row before it has been released),
-and what a crash can lose (the rows of the union call in progress, as before: the call waits for its last
-bootstraps before it ends, so no work outlives the call, and a Ray unit is one call). The time a row still waited
+What does not change: the block itself (the same function on the same inputs, `execution/trust_checks.py`) and the
+order of the rows (a row is released only when its stability is in and every row before it has been released). What
+does: a finished row is released one cell later than before (its bootstrap is rarely done when the next cell
+starts), so a worker killed mid-call loses its last finished row too, which is then run again like the rest of its
+unit (nothing is recorded twice); on Ctrl-C the runner releases the rows it holds before stopping. The union call
+waits for its last bootstraps before it ends, so no work outlives the call (a Ray unit is one call). The time a row still waited
 for its bootstrap is added to its `trust` phase (the critical path); the bootstrap's own seconds are recorded as
 `telemetry.stability_s`.
 
@@ -27,7 +29,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-THREAD_PREFIX = "qs-stability"  # the pool threads' names: tests check that none of them touches the warnings filters
+from ..trust.stability import THREAD_PREFIX  # the background thread is named like the solver pool's
+
 
 
 def stability_threads(torch_threads: int) -> int:

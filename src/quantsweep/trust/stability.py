@@ -30,6 +30,7 @@ import numpy as np
 
 from ..engine.exact_solver import KnapsackProblem
 
+THREAD_PREFIX = "qs-stability"  # the solver threads' names (tests check none of them touches the warnings filters)
 DEFAULT_RESAMPLES = 50
 DEFAULT_MAX_FLIP_SHARE = 0.05
 CI_LEVEL = 0.95
@@ -172,7 +173,7 @@ def _solve_all(
     threads = min(threads or default_threads(), len(problems))
     if threads <= 1:
         return [knapsack.solve(p)[0] for p in problems]
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qs-stability") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=THREAD_PREFIX) as pool:
         return [choice for choice, _status in pool.map(knapsack.solve, problems)]
 
 

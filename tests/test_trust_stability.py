@@ -143,6 +143,27 @@ def test_pipeline_releases_rows_in_order_and_charges_the_wait():
     assert slow.telemetry["stability_s"] >= 0.3
 
 
+def test_an_interrupt_while_waiting_keeps_the_row_queued():
+    """Ctrl-C while the runner waits for a bootstrap must not drop that row: the runner drains the queue before it
+    stops (execution/shared_runner.py), and the row is still at its head."""
+    import threading
+
+    gate = threading.Event()
+    with StabilityPipeline() as pipeline:
+        pipeline.submit(_Run("a"), lambda: gate.wait(5) and {"stable": True})
+        real = pipeline._pending[0][1].result
+        pipeline._pending[0][1].result = lambda: (_ for _ in ()).throw(KeyboardInterrupt)
+        try:
+            next(pipeline.drain())
+        except KeyboardInterrupt:
+            pass
+        assert len(pipeline) == 1  # still queued
+        pipeline._pending[0][1].result = real
+        gate.set()
+        (a,) = pipeline.drain()
+    assert a.name == "a" and a.trust["stability"] == {"stable": True}
+
+
 def test_stability_threads_leave_half_the_cpus_to_the_gpu_work():
     assert [stability_threads(n) for n in (1, 2, 16, 32, 64)] == [1, 1, 8, 16, 16]
 

@@ -3,14 +3,14 @@
 Why: a worker's main thread is what paces a union call on a GPU host: it launches one small kernel after another
 (0.6 to 1 s of CPU per second of a union call on one core, on an `nvidia-h200-x2` host whose other cores idled), so
 the call runs at the speed of the core that thread lands on. On that virtual machine the cores are not equal: of two
-busy Python loops pinned to CPU 0 and to CPU 1, 16 or 31, one ran at 62-71 % of the other's speed in each pair (CPU
-0 is the one they share), and two unpinned loops differed by up to 10 % (benchmarks/cpu_pair.py; `cpu_pair` under
-`2026-11-30c` in benchmarks/results/ray-h200x2.json); CPU 0 is also where Linux usually runs much of its interrupt
-and housekeeping work. Binding each GPU worker to a disjoint slice of the node's CPUs without CPU 0 (as MPI
-launchers bind ranks to cores, for the same reason) keeps the workers, their solver threads and the interrupts off
-each other's cores. The slices are contiguous CPU numbers: the SMT and NUMA topology is not read. Its effect on a
-sweep was not isolated from the run-to-run spread of those machines (docs/performance.md). Workers without a GPU
-(CPU sweeps, the tests) are not bound: their cores are their compute.
+busy Python loops pinned to CPU 0 and to CPU 1, 16 or 31, one ran at 61-71 % of the other's speed in each pair (CPU
+0 is the one they share, though the run did not record which loop was which), and unpinned loops differed by up to
+20 % (benchmarks/cpu_pair.py; `cpu_pair` under `2026-11-30c` in benchmarks/results/ray-h200x2.json); CPU 0 is also
+where Linux usually runs much of its interrupt and housekeeping work. Binding each GPU worker to a disjoint slice of
+the node's CPUs without CPU 0 (as MPI launchers bind ranks to cores, for the same reason) keeps the workers, their
+solver threads and the interrupts off each other's cores. The slices are contiguous CPU numbers: the SMT and NUMA
+topology is not read. Its effect on a sweep was not isolated from the run-to-run spread of those machines
+(docs/performance.md). Workers without a GPU (CPU sweeps, the tests) are not bound: their cores are their compute.
 
 Pure: the caller (execution/ray_worker.py) reads the CPUs, its GPUs' indices on the node and the node's GPU count.
 """

@@ -10,15 +10,15 @@ What does not change: the block itself (the same function on the same inputs, `e
 order of the rows (a row is released only when its stability is in and every row before it has been released). What
 does: a finished row is released one cell later than before (its bootstrap is rarely done when the next cell
 starts), so a worker killed mid-call loses its last finished row too, which is then run again like the rest of its
-unit (nothing is recorded twice); on Ctrl-C the runner releases the rows it holds before stopping. The union call
-waits for its last bootstraps before it ends, so no work outlives the call (a Ray unit is one call). The time a row still waited
-for its bootstrap is added to its `trust` phase (the critical path); the bootstrap's own seconds are recorded as
-`telemetry.stability_s`.
+unit (nothing is recorded twice); a Ctrl-C that lands in the runner (it almost always does: the runner is where the
+time goes) releases the rows it holds before the run stops, one that lands while the driver records a row drops
+them, and they are run again on resume. The union call waits for its last bootstraps before it ends, so no work
+outlives the call (a Ray unit is one call). The time a row still waited for its bootstrap is added to its `trust`
+phase (the critical path); the bootstrap's own seconds are recorded as `telemetry.stability_s`.
 
 Threads: the bootstrap's solves use half of this process's torch threads (at least one), leaving the other half to
 the main thread's kernel launches and, with several Ray workers on one host, to the other workers (each is given
-its share of the host's CPUs, execution/ray_executor.py). A pool as large as the host per worker is the suspected
-reason why two workers slowed each other's union calls by 15–25 % in that run.
+its share of the host's CPUs, execution/ray_executor.py, and binds to it, execution/cpu_binding.py).
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ class StabilityPipeline:
             yield self._release()
 
     def _release(self) -> Any:
-        run, future = self._pending.popleft()
+        run, future = self._pending[0]  # taken off only once its block is in: a Ctrl-C while waiting keeps it queued
         if future is None:
+            self._pending.popleft()
             return run
         t = time.perf_counter()
         try:
@@ -89,6 +90,7 @@ class StabilityPipeline:
         except Exception as exc:  # noqa: BLE001 - stability_for records its own failures; this is a last resort
             block, solve_s = {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None}, 0.0
         waited = time.perf_counter() - t
+        self._pending.popleft()
         if run.trust is not None:
             run.trust["stability"] = block
         tel = run.telemetry

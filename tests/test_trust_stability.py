@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantsweep.execution.stability_pipeline import THREAD_PREFIX, StabilityPipeline, stability_threads
-from quantsweep.trust.stability import GroupScores, bootstrap_stability, budget_cost, clamp, groups_from_layers
+from quantsweep.execution.stability_pipeline import StabilityPipeline, stability_threads
+from quantsweep.trust.stability import THREAD_PREFIX, GroupScores, bootstrap_stability, budget_cost, clamp, groups_from_layers
 
 
 def _groups(means: list[float], noise: float, batches: int = 8, seed: int = 1) -> list[GroupScores]:

@@ -29,13 +29,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..trust.stability import THREAD_PREFIX  # the background thread is named like the solver pool's
-
+from ..trust.stability import MAX_THREADS, THREAD_PREFIX  # the background thread is named like the solver pool's
 
 
 def stability_threads(torch_threads: int) -> int:
     """How many resamples one bootstrap solves at once beside the GPU work (see the module docstring)."""
-    return max(1, min(16, torch_threads // 2))
+    return max(1, min(MAX_THREADS, torch_threads // 2))
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -91,15 +90,13 @@ class StabilityPipeline:
             block, solve_s = {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None}, 0.0
         waited = time.perf_counter() - t
         self._pending.popleft()
-        if run.trust is not None:
-            run.trust["stability"] = block
+        run.trust["stability"] = block  # a submitted run is a finished cell: its trust and telemetry are there
         tel = run.telemetry
-        if tel is not None:
-            phases = tel["phases"]
-            phases["trust"] = round(phases.get("trust", 0.0) + waited, 3)
-            tel["wall_s"] = round(sum(phases.values()), 3)
-            tel["stability_s"] = round(solve_s, 3)
+        phases = tel["phases"]
+        phases["trust"] = round(phases.get("trust", 0.0) + waited, 3)
+        tel["wall_s"] = round(sum(phases.values()), 3)
+        tel["stability_s"] = round(solve_s, 3)
         return run
 
 
-__all__ = ["StabilityPipeline", "stability_threads", "THREAD_PREFIX"]
+__all__ = ["StabilityPipeline", "stability_threads"]

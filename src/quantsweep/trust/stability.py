@@ -31,6 +31,7 @@ import numpy as np
 from ..engine.exact_solver import KnapsackProblem
 
 THREAD_PREFIX = "qs-stability"  # the solver threads' names (tests check none of them touches the warnings filters)
+MAX_THREADS = 16  # resamples solved at once, at most (one cell's pool need not take a whole large host)
 DEFAULT_RESAMPLES = 50
 DEFAULT_MAX_FLIP_SHARE = 0.05
 CI_LEVEL = 0.95
@@ -162,7 +163,7 @@ def default_threads() -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(16, cpus))
+    return max(1, min(MAX_THREADS, cpus))
 
 
 def _solve_all(

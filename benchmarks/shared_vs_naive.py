@@ -40,6 +40,9 @@ VARIANTS = {
              "sizes": [8, 16, 32], "eval": 8},
     "cpu": {"preset": "qwen3-tiny", "dtype": "float32", "device": "cpu", "seq_len": 32, "batch": 4,
             "sizes": [4, 8, 16], "eval": 4},
+    # the h100 matrix's depth at the cpu variant's widths: the per-module host overhead of a GPU run, on a CPU
+    "cpu-deep": {"preset": "qwen3-tiny-deep", "dtype": "float32", "device": "cpu", "seq_len": 32, "batch": 4,
+                 "sizes": [4, 8, 16], "eval": 4},
     # the second matrix: 8 weight-only cells on a Llama-3-8B shape
     "llama3-8b": {"preset": "llama3-8b", "dtype": "bfloat16", "device": "cuda", "seq_len": 512, "batch": 4,
                   "sizes": [8, 16], "eval": 8, "pairs": ["wint4_afp16", "wint8_afp16"],
@@ -147,13 +150,22 @@ def union_calls(rows: list[dict]) -> list[dict]:
                                                              sort_keys=True))
 
 
-def run_mode(matrix_path: Path, root: Path, engine: str) -> dict:
+def run_mode(matrix_path: Path, root: Path, engine: str, profile: str | None = None) -> dict:
     from quantsweep.execution.sweep import RunOptions, Sweep, Reporter
 
     sweep = Sweep(matrix_path, RunOptions(output_root=str(root / engine), engine=engine), Reporter())
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
     t0 = time.perf_counter()
     outcome = sweep.run()
     total = time.perf_counter() - t0
+    if prof is not None:
+        prof.disable()
+        write_profile(prof, profile)
     setup = sum(v for k, v in ((sweep.info or {}).get("setup") or {}).items() if k.endswith("_s"))
     rows = outcome.summary["rows"]
     peaks = [r["telemetry"].get("peak_device_mb") for r in rows if r["telemetry"].get("peak_device_mb") is not None]
@@ -168,6 +180,26 @@ def run_mode(matrix_path: Path, root: Path, engine: str) -> dict:
         "peak_device_mb": max(peaks) if peaks else None,
         "sweep": sweep,
     }
+
+
+def write_profile(prof, path: str) -> None:
+    import io
+    import pstats
+
+    out = io.StringIO()
+    for key in ("tottime", "cumulative"):
+        out.write(f"--- top 60 by {key} ---\n")
+        pstats.Stats(prof, stream=out).sort_stats(key).print_stats(60)
+    Path(path).write_text(out.getvalue())
+
+
+def print_shared_only(variant: str, shared: dict, floor: dict) -> None:
+    print(f"variant {variant}: shared {shared['cells_s']:.1f} s ({shared['cells_s'] / floor['floor_s']:.1f}x floor "
+          f"{floor['floor_s']:.2f} s); peak {shared['peak_device_mb']} MB")
+    print(f"  phases (s, summed over cells): {shared['phases_s']}")
+    print(f"  union calls: {union_calls(shared['rows'])}")
+    if shared["errors"]:
+        print(f"  errors: {shared['errors']}")
 
 
 def agreement(naive_rows: list[dict], shared_rows: list[dict]) -> dict:
@@ -220,6 +252,10 @@ def main() -> None:
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="cpu")
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--shared-only", action="store_true",
+                    help="skip the naive engine (no speed-up or agreement): for profiling the shared engine")
+    ap.add_argument("--profile", default=None, metavar="FILE",
+                    help="cProfile the shared sweep and write its top functions to FILE (slows Python-bound code)")
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     if args.threads:
@@ -233,9 +269,12 @@ def main() -> None:
         root = Path(tmp)
         mpath = root / "reference.yaml"
         mpath.write_text(yaml.safe_dump(reference_matrix(v), sort_keys=False))
-        naive = run_mode(mpath, root, "naive")
-        shared = run_mode(mpath, root, "shared")
+        naive = None if args.shared_only else run_mode(mpath, root, "naive")
+        shared = run_mode(mpath, root, "shared", profile=args.profile)
         floor = floor_estimate(mpath)
+        if naive is None:
+            print_shared_only(args.variant, shared, floor)
+            return
         agree = agreement(naive["rows"], shared["rows"])
         unions = union_calls(shared["rows"])
     result = {

@@ -34,6 +34,20 @@ SYNTHETIC_PRESETS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 2048,
         "tie_word_embeddings": True,
     },
+    # Qwen3-0.6B's depth (28 layers, 197 quantized linears) at qwen3-tiny's widths: per-module host overhead,
+    # which dominates the shared engine on a GPU, measured on a CPU (benchmarks/shared_vs_naive.py --variant cpu-deep)
+    "qwen3-tiny-deep": {
+        "model_type": "qwen3",
+        "hidden_size": 64,
+        "intermediate_size": 192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 49152,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
+    },
     "qwen3-0.6b": {
         "model_type": "qwen3",
         "hidden_size": 1024,

@@ -18,6 +18,7 @@ from ..engine.autoquant import CellError
 from ..engine.host_memory import release_memory, trim_host_memory
 from ..engine.kv_cache import kv_cache_applied
 from ..engine.quality import compare_to_baseline
+from ..engine.modelopt_bookkeeping import fast_modelopt_bookkeeping
 from ..engine.shared import (
     PrefixCalibrationMismatch,
     UnionCall,
@@ -190,7 +191,7 @@ def execute_shared(
         yield _error_run(cell, CellError(unsolvable_message(cell)), _now())
     cells = [c for c in cells if c not in invalid and c not in unsolvable]
     queue = plan_union_calls(m, ctx.loaded.device.type, cells)
-    with StabilityPipeline() as pipeline:
+    with fast_modelopt_bookkeeping(), StabilityPipeline() as pipeline:
         try:
             yield from _union_calls(ctx, queue, pipeline, on_step, on_union)
         except KeyboardInterrupt:

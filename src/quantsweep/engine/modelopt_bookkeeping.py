@@ -1,0 +1,133 @@
+"""Host-side shortcuts through ModelOpt's AutoQuantize bookkeeping that leave every result unchanged.
+
+Two costs of ModelOpt 0.47 grow with modules x formats and do no arithmetic at all:
+
+* `QuantRecipe.checkpoint_signature` is `getattr(self, "_config_signature", self.config.model_dump_json())`. Python
+  evaluates the default on every call, so every hash, comparison and dict lookup of a recipe serialises its whole
+  config with pydantic (~14 us), although the signature was stored when the recipe was made. A 27-cell sweep of a
+  Qwen3-0.6B shape makes ~230,000 such calls (the score hooks, `hparam.active = recipe`, which compares the recipe
+  with every choice, the snapshots and the solves). The shortcut returns the stored signature, the same string.
+* `QuantRecipeHparam.__init__` gives every (format, module) pair fresh quantizers and configures them with
+  `set_quantizer_by_cfg`: pydantic validation of every matching config entry and fnmatch over all of them, ~0.7 ms
+  per pair (1,379 pairs in the reference matrix's data-free call). What it produces depends only on the config, the
+  module's class and the names of its quantizers, so the first module of each kind is configured by ModelOpt and
+  the others get deep copies of its quantizers, taken before calibration touched them. Only plain quantized modules
+  (their only children are their quantizers) are copied; anything else goes through ModelOpt as before.
+
+`fast_modelopt_bookkeeping()` installs both for the shared engine's work only: the naive engine stays plain ModelOpt,
+the reference it is measured and checked against (tests/test_modelopt_bookkeeping.py compares the quantizers,
+tests/test_shared_engine.py the scores, recipes and quality of both engines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+_lock = threading.Lock()
+_depth = 0
+_saved: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def fast_modelopt_bookkeeping() -> Iterator[QuantizerTemplates]:
+    """Install the shortcuts (re-entrant); the templates live as long as the outermost context."""
+    global _depth
+    from modelopt.torch.quantization import algorithms
+
+    with _lock:
+        _depth += 1
+        if _depth == 1:
+            templates = QuantizerTemplates(algorithms._make_fresh_quantizer_for_attr, algorithms.set_quantizer_by_cfg)
+            _saved.update(
+                signature=algorithms.QuantRecipe.__dict__["checkpoint_signature"],
+                fresh=algorithms._make_fresh_quantizer_for_attr,
+                configure=algorithms.set_quantizer_by_cfg,
+                templates=templates,
+            )
+            algorithms.QuantRecipe.checkpoint_signature = property(_stored_signature)
+            algorithms._make_fresh_quantizer_for_attr = templates.fresh
+            algorithms.set_quantizer_by_cfg = templates.configure
+        templates = _saved["templates"]
+    try:
+        yield templates
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                algorithms.QuantRecipe.checkpoint_signature = _saved.pop("signature")
+                algorithms._make_fresh_quantizer_for_attr = _saved.pop("fresh")
+                algorithms.set_quantizer_by_cfg = _saved.pop("configure")
+                _saved.pop("templates").clear()
+
+
+def _stored_signature(recipe: Any) -> str:
+    signature = recipe.__dict__.get("_config_signature")
+    return signature if signature is not None else recipe.config.model_dump_json()
+
+
+class QuantizerTemplates:
+    """ModelOpt's `_make_fresh_quantizer_for_attr` + `set_quantizer_by_cfg` pair, as `QuantRecipeHparam.__init__`
+    calls it (fresh quantizers on every attribute, then the recipe's config), answered from a template per
+    (config, module class, quantizer names) after the first module of each kind."""
+
+    def __init__(self, fresh: Any, configure: Any) -> None:
+        self._fresh = fresh
+        self._configure = configure
+        self._templates: dict[tuple, dict[str, Any]] = {}
+        self._pinned: list[Any] = []  # keeps every config keyed by id() alive, so an id is never reused
+        self._placeholder: Any = None
+        self.configured = 0
+        self.copied = 0
+
+    def clear(self) -> None:
+        self._templates.clear()
+        self._pinned.clear()
+
+    def fresh(self, module: Any, attr_name: str) -> Any:
+        if not _plain(module):
+            return self._fresh(module, attr_name)
+        if self._placeholder is None:
+            from modelopt.torch.quantization.nn import TensorQuantizer
+
+            self._placeholder = TensorQuantizer()  # never configured, never kept: configure() replaces it
+        return self._placeholder
+
+    def configure(self, module: Any, quant_cfg: Any) -> None:
+        attrs = _quantizer_attrs(module)
+        if self._placeholder is None or not any(module._modules.get(a) is self._placeholder for a in attrs):
+            self._configure(module, quant_cfg)
+            return
+        key = (id(quant_cfg), type(module), attrs)
+        template = self._templates.get(key)
+        if template is not None:
+            for attr in attrs:
+                setattr(module, attr, copy.deepcopy(template[attr]))
+            self.copied += 1
+            return
+        for attr in attrs:  # the first of its kind: what ModelOpt would have done
+            setattr(module, attr, self._fresh(module, attr))
+        self._configure(module, quant_cfg)
+        self._pinned.append(quant_cfg)
+        self._templates[key] = {attr: copy.deepcopy(getattr(module, attr)) for attr in attrs}
+        self.configured += 1
+
+
+def _quantizer_attrs(module: Any) -> tuple[str, ...]:
+    from modelopt.torch.quantization.algorithms import _get_quantizer_attrs
+
+    return tuple(_get_quantizer_attrs(module))
+
+
+def _plain(module: Any) -> bool:
+    """A quantized module whose only children are its single (not per-expert) quantizers."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    attrs = _quantizer_attrs(module)
+    children = module._modules
+    return set(children) == set(attrs) and all(
+        isinstance(children[a], TensorQuantizer) or children[a] is None for a in attrs
+    )

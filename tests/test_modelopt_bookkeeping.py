@@ -1,0 +1,111 @@
+"""The shared engine's shortcuts through ModelOpt's bookkeeping (engine/modelopt_bookkeeping.py) change nothing that
+ModelOpt produces: the same recipe signatures, and quantizers configured exactly as `QuantRecipeHparam` configures
+them, for plain, block-wise, activation-quantized and sequential (W4A8) formats."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+mtq = pytest.importorskip("modelopt.torch.quantization")
+
+from modelopt.torch.quantization import algorithms  # noqa: E402
+from modelopt.torch.quantization.algorithms import QuantRecipe, QuantRecipeHparam  # noqa: E402
+
+from quantsweep.engine.modelopt_bookkeeping import fast_modelopt_bookkeeping  # noqa: E402
+
+CONFIGS = {
+    "int4_block": mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG,
+    "int8_weight": mtq.INT8_WEIGHT_ONLY_CFG,
+    "fp8": mtq.FP8_DEFAULT_CFG,
+    "w4a8": mtq.W4A8_AWQ_BETA_CFG,
+}
+
+
+class _Block(torch.nn.Module):
+    """Two linears of different shapes and a nested one: modules of one class under different parents."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(64, 128)
+        self.down = torch.nn.Linear(128, 64, bias=False)
+        self.inner = torch.nn.Sequential(torch.nn.Linear(64, 64))
+
+    def forward(self, x: Any) -> Any:
+        return self.inner(self.down(torch.relu(self.up(x))))
+
+
+def _quant_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_Block(), _Block())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mtq.quantize(model, mtq.INT8_DEFAULT_CFG, lambda m: m(torch.randn(2, 64)))
+    return model
+
+
+def _describe(value: Any, depth: int = 0) -> Any:
+    """Everything a quantizer holds, addresses left out: classes, attributes, tensors by value."""
+    if depth > 6:
+        return repr(value)
+    if isinstance(value, torch.Tensor):
+        return ("tensor", str(value.dtype), tuple(value.shape), value.detach().flatten().tolist())
+    if isinstance(value, Mapping):
+        return {str(k): _describe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_describe(v, depth + 1) for v in value]
+    if hasattr(value, "__dict__") and not callable(value) or isinstance(value, torch.nn.Module):
+        return (type(value).__name__, {k: _describe(v, depth + 1) for k, v in sorted(vars(value).items())})
+    return repr(value)
+
+
+def _hparam_quantizers(model: torch.nn.Module, recipes: list[Any]) -> tuple[list[Any], list[str]]:
+    """One QuantRecipeHparam per block's linears, as AutoQuantize makes them; every recipe's quantizers, described."""
+    described, signatures = [], []
+    for block in model:
+        modules = [block.up, block.down, block.inner[0]]
+        hp = QuantRecipeHparam(recipes, quant_modules=modules, quant_module_names=["up", "down", "inner.0"])
+        for recipe in sorted(hp._all_quantizer_choices):
+            signatures.append(recipe.checkpoint_signature)
+            for module in modules:
+                quantizers = hp._all_quantizer_choices[recipe][module]
+                described.append({attr: _describe(q) for attr, q in quantizers.items()})
+    return described, signatures
+
+
+def test_shortcuts_give_modelopts_quantizers_and_signatures():
+    recipes = [QuantRecipe(cfg, name=name) for name, cfg in CONFIGS.items()]
+    plain, plain_sigs = _hparam_quantizers(_quant_model(), recipes)
+    with fast_modelopt_bookkeeping() as templates:
+        assert algorithms.QuantRecipe.__dict__["checkpoint_signature"].fget.__name__ == "_stored_signature"
+        fast, fast_sigs = _hparam_quantizers(_quant_model(), recipes)
+        # 2 blocks x 3 modules x 5 recipes (4 + 16 bits): one module configured by ModelOpt per (recipe, class)
+        assert templates.configured + templates.copied == 30
+        assert templates.copied >= 20
+    assert fast_sigs == plain_sigs
+    assert len(fast) == len(plain) == 30
+    for got, want in zip(fast, plain, strict=True):
+        assert got == want
+    # w4a8's weight quantizer is ModelOpt's SequentialQuantizer (int4 then fp8), copied as such
+    assert any(d["weight_quantizer"][0] == "SequentialQuantizer" for d in fast)
+    # restored on exit: ModelOpt's own functions and property
+    assert algorithms.QuantRecipe.__dict__["checkpoint_signature"].fget.__name__ == "checkpoint_signature"
+    assert algorithms.set_quantizer_by_cfg.__module__ == "modelopt.torch.quantization.conversion"
+
+
+def test_copies_are_independent_of_each_other():
+    """Calibrating one module's copied quantizer leaves its template and its siblings untouched."""
+    recipes = [QuantRecipe(mtq.INT8_WEIGHT_ONLY_CFG, name="int8")]
+    model = _quant_model()
+    with fast_modelopt_bookkeeping():
+        hp = QuantRecipeHparam(recipes, quant_modules=[model[0].up, model[1].up], quant_module_names=["a", "b"])
+    recipe = next(r for r in hp._all_quantizer_choices if r.checkpoint_signature == recipes[0].checkpoint_signature)
+    a = hp._all_quantizer_choices[recipe][model[0].up]["weight_quantizer"]
+    b = hp._all_quantizer_choices[recipe][model[1].up]["weight_quantizer"]
+    assert a is not b and a._calibrator is not b._calibrator
+    a.amax = torch.tensor(3.0)
+    assert getattr(b, "_amax", None) is None

@@ -41,6 +41,7 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
+    from quantsweep.engine.modelopt_bookkeeping import fast_modelopt_bookkeeping
     from quantsweep.engine.shared import run_union
     from quantsweep.execution.context import prepare_context
     from quantsweep.execution.shared_runner import plan_union_calls
@@ -48,7 +49,7 @@ def main() -> None:
 
     v = VARIANTS[args.variant]
     warm_up(v["device"])
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, fast_modelopt_bookkeeping():  # as the shared runner does
         mpath = Path(tmp) / "m.yaml"
         mpath.write_text(yaml.safe_dump(reference_matrix(v), sort_keys=False))
         sweep = Sweep(mpath, RunOptions(output_root=tmp), Reporter())

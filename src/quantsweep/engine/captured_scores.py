@@ -28,13 +28,14 @@ call's raw scores against the naive engine's (ModelOpt's own scoring) to 1e-6.
 from __future__ import annotations
 
 import contextlib
-import functools
 import types
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .quant_linear import QUANTIZERS, plain_quantized_linear, quantize
 
 
 def _none_recipe() -> Any:
@@ -105,22 +106,13 @@ class CapturedScores:
 
 
 def _fast_replay_ok(module: nn.Module, hparam: Any, recipes: list[Any]) -> bool:
-    """A plain quantized linear that is itself one of the hparam's quantized modules, with the three usual
-    quantizers in every recipe: its quantized output is out_q(F.linear(in_q(X), w_q(W), b))."""
-    from modelopt.torch.quantization.nn.modules.quant_module import QuantLinearConvBase
-
-    from modelopt.torch.quantization.nn.modules.quant_module import QuantInputBase
-
-    if not isinstance(module, QuantLinearConvBase) or not isinstance(module, nn.Linear):
-        return False
-    allowed = (QuantLinearConvBase.forward, QuantInputBase.forward, nn.Linear.forward, nn.Module.forward)
-    if any(c.__dict__["forward"] not in allowed for c in type(module).__mro__ if "forward" in c.__dict__):
+    """A plain quantized linear (engine/quant_linear.py) that is itself one of the hparam's quantized modules, with
+    the three usual quantizers in every recipe: its quantized output is out_q(F.linear(in_q(X), w_q(W), b))."""
+    if not plain_quantized_linear(module):
         return False  # a class with its own forward (Falcon's x @ W.T + b, real-quant GEMMs, LoRA): ModelOpt's way
-    if hasattr(module, "_forward_pre_dm"):
-        return False
     for recipe in recipes:
         quantizers = hparam._all_quantizer_choices.get(recipe, {}).get(module)
-        if quantizers is None or set(quantizers) != {"input_quantizer", "weight_quantizer", "output_quantizer"}:
+        if quantizers is None or set(quantizers) != QUANTIZERS:
             return False
     return True
 
@@ -177,8 +169,8 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
                         if fast:
                             q = hparam._all_quantizer_choices[recipe][module]
                             if wq is None:
-                                wq = _quantize(q["weight_quantizer"], weight)
-                            diff = _quantize(q["output_quantizer"], F.linear(_quantize(q["input_quantizer"], x), wq, bias))
+                                wq = quantize(q["weight_quantizer"], weight)
+                            diff = quantize(q["output_quantizer"], F.linear(quantize(q["input_quantizer"], x), wq, bias))
                             if k == last:
                                 wq = None  # not held while the score's float temporaries are (the peak, at lm_head)
                         else:
@@ -191,29 +183,6 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
                     else:
                         current += score
                     del diff
-
-
-def _quantize(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`quantizer(x)`, without the call when TensorQuantizer's forward would return `x` untouched (disabled, no
-    pre-quant scale, no rotation): most replays have two such quantizers (the output's, and the input's of a
-    weight-only format), and each call costs tens of microseconds of Python."""
-    if (
-        getattr(quantizer, "_disabled", False)
-        and type(quantizer).__name__ == "TensorQuantizer"
-        and getattr(quantizer, "pre_quant_scale", None) is None
-        and not getattr(quantizer, "rotate_is_enabled", True)
-        and not getattr(quantizer, "rotate_back_is_enabled", True)
-        and not isinstance(x, _wrapped_types())
-    ):
-        return x
-    return quantizer(x)
-
-
-@functools.cache
-def _wrapped_types() -> tuple[type, ...]:
-    from modelopt.torch.quantization.qtensor import BaseQuantizedTensor, QTensorWrapper
-
-    return (BaseQuantizedTensor, QTensorWrapper)
 
 
 def _score(grad: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:

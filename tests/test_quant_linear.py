@@ -1,0 +1,49 @@
+"""engine/quant_linear.py: the lean forward of a plain quantized linear gives ModelOpt's output bit for bit, for
+weight-only, W8A8 (an enabled input quantizer) and W4A8 (a sequential weight quantizer) formats; other modules keep
+ModelOpt's forward, and every forward is restored on exit."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+mtq = pytest.importorskip("modelopt.torch.quantization")
+
+from quantsweep.engine.quant_linear import lean_linear_forwards  # noqa: E402
+
+
+class _Scaled(torch.nn.Linear):
+    """A linear with a forward of its own: not plain, must keep ModelOpt's forward."""
+
+    def forward(self, x):  # noqa: D102
+        return super().forward(x) * 2
+
+
+def _model(cfg):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 32), _Scaled(32, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mtq.quantize(model, cfg, lambda m: m(torch.randn(8, 64)))
+    return model
+
+
+@pytest.mark.parametrize("cfg", ["INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "FP8_DEFAULT_CFG", "W4A8_AWQ_BETA_CFG"])
+def test_lean_forward_equals_modelopts(cfg):
+    model = _model(getattr(mtq, cfg))
+    x = torch.randn(4, 7, 64)
+    with torch.no_grad():
+        want = model(x)
+        before = {id(m): m.__dict__.get("forward") for m in model.modules()}
+        with lean_linear_forwards(model) as switched:
+            got = model(x)
+            first = model[0](x)
+            assert model[3].__dict__.get("forward") is before[id(model[3])]  # its own forward: left alone
+        after = {id(m): m.__dict__.get("forward") for m in model.modules()}
+    assert switched == 2
+    assert torch.equal(got, want)
+    assert after == before
+    # the lean path does quantize: the first layer's output is not the unquantized product
+    assert not torch.equal(first, torch.nn.functional.linear(x, model[0].weight, model[0].bias))

@@ -6,6 +6,7 @@ tokens divided by the number of cells); the full figures of the union call are k
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from .cell_runner import CellRun, _now, describe_failure, evaluate_long_context,
 from .context import SweepContext
 from .telemetry import PeakMemory, by_device_mb, hardware_telemetry
 from .stability_pipeline import StabilityPipeline, stability_threads
-from .trust_checks import stability_job, trust_checks
+from .trust_checks import stability_for, trust_checks
 from .work_units import UnitMember, WorkUnit
 
 
@@ -326,7 +327,7 @@ def _union_calls(
             if len(mem.peak_by_device) > 1:
                 run.telemetry["peak_device_mb_by_device"] = by_device_mb([mem, cell_mem])
             if run.status == "ok" and m.evaluation.stability.resamples > 0:
-                pipeline.submit(run, stability_job(m, cell, run.result, threads))
+                pipeline.submit(run, functools.partial(stability_for, m, cell, run.result, threads))
             else:
                 pipeline.hold(run)
             yield from pipeline.ready()

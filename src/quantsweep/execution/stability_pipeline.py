@@ -81,9 +81,8 @@ def helper_process() -> HelperProcess | None:
             _helper_starts = MAX_HELPER_STARTS
             return None
         atexit.register(_helper.close)
-        # its imports (numpy, then scipy at the first solve) overlap the union call that produces the first cell (an
-        # H200 run where the helper started at the first submission and imported torch: the first row waited 3.5 s)
-        _helper.submit(importlib.import_module, "quantsweep.trust.stability")
+        # its imports (torch, scipy: seconds) overlap the union call that produces the first cell
+        _helper.submit(importlib.import_module, "quantsweep.execution.trust_checks")
         return _helper
 
 
@@ -101,8 +100,6 @@ class StabilityPipeline:
         self._processes = processes
         self._threads: ThreadPoolExecutor | None = None
         self._pending: deque[tuple[Any, Future[tuple[Any, float]] | None, Callable[[], Any] | None]] = deque()
-        if processes:
-            helper_process()  # started now, its imports overlap the union call before the first submission
 
     def __enter__(self) -> StabilityPipeline:
         return self

@@ -9,14 +9,12 @@ with its reason.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 from ..engine.autoquant import SearchResult
 from ..planning import Cell
 from ..schema import Matrix
-from ..trust.stability import GroupScores, constant, recorded_bootstrap
+from ..trust.stability import GroupScores, bootstrap_stability
 
 
 def stability_for(
@@ -24,26 +22,18 @@ def stability_for(
 ) -> dict[str, Any] | None:
     """The cell's recipe stability, or None when `evaluation.stability.resamples` is 0; `threads`: how many
     resamples are solved at once (None: trust/stability.py's default)."""
-    return stability_job(matrix, cell, result, threads)()
-
-
-def stability_job(
-    matrix: Matrix, cell: Cell, result: SearchResult, threads: int | None = None
-) -> Callable[[], dict[str, Any] | None]:
-    """`stability_for` as a call that pickles and needs only trust/stability.py (numpy, scipy): what the shared
-    engine hands to its helper process (execution/stability_pipeline.py), which then never imports torch."""
     spec = matrix.evaluation.stability
     if spec.resamples == 0:
-        return functools.partial(constant, None)
+        return None
     settings = {"resamples": spec.resamples, "seed": spec.seed, "max_flip_share": spec.max_flip_share}
     if matrix.autoquant.method != "gradient" or any(g.batch_scores is None for g in result.groups):
-        return functools.partial(constant, {
-            "computable": False, "reason": "no per-batch scores (the kl_div method's scores are not sums over "
-                                           "batches)", "stable": None, **settings})
+        return {"computable": False, "reason": "no per-batch scores (the kl_div method's scores are not sums over "
+                                               "batches)", "stable": None, **settings}
     groups = [GroupScores(g.name, g.formats, g.costs, g.chosen, g.batch_scores or []) for g in result.groups]
-    return functools.partial(
-        recorded_bootstrap, groups, cell.budget, spec.resamples, spec.seed, spec.max_flip_share, threads
-    )
+    try:
+        return bootstrap_stability(groups, cell.budget, spec.resamples, spec.seed, spec.max_flip_share, threads)
+    except Exception as exc:  # a check that fails is recorded, the cell stands
+        return {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None, **settings}
 
 
 def trust_checks(

@@ -158,27 +158,6 @@ def bootstrap_stability(
     }
 
 
-def recorded_bootstrap(
-    groups: list[GroupScores],
-    effective_bits: float,
-    resamples: int,
-    seed: int,
-    max_flip_share: float,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """`bootstrap_stability`, a failure recorded as a block that is not computable (a check never fails its cell)."""
-    try:
-        return bootstrap_stability(groups, effective_bits, resamples, seed, max_flip_share, threads)
-    except Exception as exc:  # noqa: BLE001 - recorded with its reason
-        settings = {"resamples": resamples, "seed": seed, "max_flip_share": max_flip_share}
-        return _not_computable(f"{type(exc).__name__}: {exc}", **settings)
-
-
-def constant(value: Any) -> Any:
-    """A stability "computation" whose answer is known before any solve (picklable, for the helper process)."""
-    return value
-
-
 def default_threads() -> int:
     try:
         cpus = len(os.sched_getaffinity(0))

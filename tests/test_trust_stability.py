@@ -96,9 +96,9 @@ def test_threaded_resamples_leave_the_warnings_filters_alone(monkeypatch):
     before = list(warnings.filters)
     res = bootstrap_stability(_groups([1.0] * 12, noise=0.3), 10.0, resamples=40, seed=3, threads=4)
     assert res["computable"] and res["solved"] == 40
-    # without its helper process, the shared engine runs the whole bootstrap, the knapsack's construction included,
-    # on a background thread while the main thread runs ModelOpt (execution/stability_pipeline.py)
-    with StabilityPipeline(processes=False) as pipeline:
+    # the shared engine runs the whole bootstrap, the knapsack's construction included, on a background thread
+    # while the main thread runs ModelOpt (execution/stability_pipeline.py)
+    with StabilityPipeline() as pipeline:
         pipeline.submit(_Run(), lambda: bootstrap_stability(_groups([1.0] * 12, noise=0.3), 10.0, 40, 3, threads=4))
         (run,) = pipeline.drain()
     assert run.trust["stability"] == res
@@ -122,7 +122,7 @@ def test_pipeline_releases_rows_in_order_and_charges_the_wait():
     import time
 
     gate = threading.Event()
-    with StabilityPipeline(processes=False) as pipeline:
+    with StabilityPipeline() as pipeline:
         pipeline.submit(_Run("a"), lambda: gate.wait(5) and {"stable": True})
         pipeline.hold(_Run("err"))
         pipeline.submit(_Run("b"), lambda: {"stable": False})
@@ -135,7 +135,7 @@ def test_pipeline_releases_rows_in_order_and_charges_the_wait():
     assert err.trust["stability"] is None and "stability_s" not in err.telemetry
     assert len(pipeline) == 0
     # the time a row still waited for its bootstrap is on the critical path: it goes to the trust phase
-    with StabilityPipeline(processes=False) as pipeline:
+    with StabilityPipeline() as pipeline:
         pipeline.submit(_Run("slow"), lambda: time.sleep(0.3) or {"stable": True})
         (slow,) = pipeline.drain()
     phases = slow.telemetry["phases"]
@@ -149,7 +149,7 @@ def test_an_interrupt_while_waiting_keeps_the_row_queued():
     import threading
 
     gate = threading.Event()
-    with StabilityPipeline(processes=False) as pipeline:
+    with StabilityPipeline() as pipeline:
         pipeline.submit(_Run("a"), lambda: gate.wait(5) and {"stable": True})
         real = pipeline._pending[0][1].result
         pipeline._pending[0][1].result = lambda: (_ for _ in ()).throw(KeyboardInterrupt)
@@ -162,39 +162,6 @@ def test_an_interrupt_while_waiting_keeps_the_row_queued():
         gate.set()
         (a,) = pipeline.drain()
     assert a.name == "a" and a.trust["stability"] == {"stable": True}
-
-
-def test_the_helper_process_solves_the_same_block_and_a_dead_helper_changes_nothing():
-    """By default a bootstrap runs in this process's helper (execution/helper_process.py: off the GIL of the main
-    thread, which runs the GPU work); the block is the one computed here. If the helper dies with bootstraps in
-    flight, they are computed in this process instead: the same rows, nothing lost."""
-    import functools
-    import os
-
-    from quantsweep.execution.stability_pipeline import helper_process
-
-    job = functools.partial(bootstrap_stability, _groups([1.0] * 12, noise=0.3), 10.0, 30, 5, threads=2)
-    here = job()
-    helper = helper_process()
-    assert helper is not None and helper.alive
-    assert helper.submit(os.getpid).result(timeout=120) == helper.pid != os.getpid()
-    with StabilityPipeline() as pipeline:
-        pipeline.submit(_Run("a"), job)
-        pipeline.hold(_Run("err"))
-        (a, err) = pipeline.drain()
-    assert a.trust["stability"] == here and err.trust["stability"] is None
-    assert a.telemetry["stability_s"] > 0
-    # the helper is killed with two bootstraps queued behind a slow call: both rows still get their blocks
-    helper.submit(__import__("time").sleep, 30)
-    with StabilityPipeline() as pipeline:
-        pipeline.submit(_Run("b"), job)
-        pipeline.submit(_Run("c"), job)
-        helper._proc.kill()
-        (b, c) = pipeline.drain()
-    assert b.trust["stability"] == here and c.trust["stability"] == here
-    assert not helper.alive
-    fresh = helper_process()  # the next union call gets a new helper
-    assert fresh is not None and fresh.alive and fresh.pid != helper.pid
 
 
 def test_stability_threads_leave_half_the_cpus_to_the_gpu_work():

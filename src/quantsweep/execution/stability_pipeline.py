@@ -19,28 +19,15 @@ phase (the critical path); the bootstrap's own seconds are recorded as `telemetr
 Threads: the bootstrap's solves use half of this process's torch threads (at least one), leaving the other half to
 the main thread's kernel launches and, with several Ray workers on one host, to the other workers (each is given
 its share of the host's CPUs, execution/ray_executor.py, and binds to it, execution/cpu_binding.py).
-
-A process, not a thread: the bootstrap holds the GIL between its solves (building each resample's problem, scipy's
-option checks), and the main thread, which re-takes the GIL after every kernel launch and every device sync, then
-waits up to the interpreter's switch interval (5 ms) each time. On an H200 a cell's search and evaluation took
-2-5x their time without a bootstrap beside them (docs/performance.md). So the bootstrap runs in one helper process
-per worker process (execution/helper_process.py: started at the first submission, kept for the process's life,
-ignoring SIGINT, on the parent's CPUs). Should the helper die, the pending bootstraps are computed in the parent
-instead, and the rows are the same.
 """
 
 from __future__ import annotations
 
-import atexit
-import importlib
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
-
-from .helper_process import HelperProcess, HelperUnavailable
 
 from ..trust.stability import MAX_THREADS, THREAD_PREFIX  # the background thread is named like the solver pool's
 
@@ -56,74 +43,29 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t
 
 
-_helper_lock = threading.Lock()
-_helper: HelperProcess | None = None
-_helper_starts = 0
-MAX_HELPER_STARTS = 3  # a helper that keeps dying is given up: the bootstraps then run on a thread, as before
-
-
-def helper_process() -> HelperProcess | None:
-    """This process's bootstrap helper (see the module docstring), started on first use and restarted if it died;
-    None once it has died MAX_HELPER_STARTS times."""
-    global _helper, _helper_starts
-    with _helper_lock:
-        if _helper is not None and _helper.alive:
-            return _helper
-        if _helper is not None:
-            _helper.close()
-            _helper = None
-        if _helper_starts >= MAX_HELPER_STARTS:
-            return None
-        _helper_starts += 1
-        try:
-            _helper = HelperProcess()
-        except OSError:
-            _helper_starts = MAX_HELPER_STARTS
-            return None
-        atexit.register(_helper.close)
-        # its imports (torch, scipy: seconds) overlap the union call that produces the first cell
-        _helper.submit(importlib.import_module, "quantsweep.execution.trust_checks")
-        return _helper
-
-
 class StabilityPipeline:
     """Holds finished cells (`CellRun`s) until their stability block is in; hands them back in submission order.
 
-    `submit(run, compute)` runs `compute()` (the cell's stability block) in the helper process (`compute` must
-    then pickle: a `functools.partial` of a module-level function) or, with `processes=False`, on a background
-    thread of this process; `hold(run)` queues a run with nothing to wait for (an error row), so that it keeps its
-    place. `ready()` yields the runs that can be released now without waiting, `drain()` all of them, waiting. Use
-    as a context manager: leaving it (also by an exception or a closed generator) drops what was not drained; the
-    helper process outlives it (it serves the next union call)."""
+    `submit(run, compute)` runs `compute()` (the cell's stability block) on the background thread; `hold(run)`
+    queues a run with nothing to wait for (an error row), so that it keeps its place. `ready()` yields the runs that
+    can be released now without waiting, `drain()` all of them, waiting. Use as a context manager: leaving it
+    (also by an exception or a closed generator) drops what was not drained and stops the thread."""
 
-    def __init__(self, processes: bool = True) -> None:
-        self._processes = processes
-        self._threads: ThreadPoolExecutor | None = None
-        self._pending: deque[tuple[Any, Future[tuple[Any, float]] | None, Callable[[], Any] | None]] = deque()
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_PREFIX)
+        self._pending: deque[tuple[Any, Future[tuple[Any, float]] | None]] = deque()
 
     def __enter__(self) -> StabilityPipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for _run, future, _compute in self._pending:
-            if future is not None:
-                future.cancel()
-        self._pending.clear()
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, run: Any, compute: Callable[[], dict[str, Any] | None]) -> None:
-        helper = helper_process() if self._processes else None
-        if helper is not None:
-            future = helper.submit(_timed, compute)
-        else:
-            if self._threads is None:
-                self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_PREFIX)
-            future = self._threads.submit(_timed, compute)
-        self._pending.append((run, future, compute))
+        self._pending.append((run, self._pool.submit(_timed, compute)))
 
     def hold(self, run: Any) -> None:
-        self._pending.append((run, None, None))
+        self._pending.append((run, None))
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -137,16 +79,13 @@ class StabilityPipeline:
             yield self._release()
 
     def _release(self) -> Any:
-        run, future, compute = self._pending[0]  # taken off only once its block is in: a Ctrl-C while waiting keeps it queued
+        run, future = self._pending[0]  # taken off only once its block is in: a Ctrl-C while waiting keeps it queued
         if future is None:
             self._pending.popleft()
             return run
         t = time.perf_counter()
         try:
-            try:
-                block, solve_s = future.result()
-            except HelperUnavailable:  # the helper died (killed, out of memory): the same block, computed here
-                block, solve_s = _timed(compute)
+            block, solve_s = future.result()
         except Exception as exc:  # noqa: BLE001 - stability_for records its own failures; this is a last resort
             block, solve_s = {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None}, 0.0
         waited = time.perf_counter() - t
@@ -160,4 +99,4 @@ class StabilityPipeline:
         return run
 
 
-__all__ = ["StabilityPipeline", "helper_process", "stability_threads"]
+__all__ = ["StabilityPipeline", "stability_threads"]

@@ -27,16 +27,19 @@ CONFIGS = {
 
 
 class _Block(torch.nn.Module):
-    """Two linears of different shapes and a nested one: modules of one class under different parents."""
+    """Two linears of different shapes and a nested one (modules of one class under different parents), and a
+    convolution (a second quantized class, configured from its own template)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.up = torch.nn.Linear(64, 128)
         self.down = torch.nn.Linear(128, 64, bias=False)
         self.inner = torch.nn.Sequential(torch.nn.Linear(64, 64))
+        self.conv = torch.nn.Conv1d(64, 64, 1)
 
     def forward(self, x: Any) -> Any:
-        return self.inner(self.down(torch.relu(self.up(x))))
+        h = self.inner(self.down(torch.relu(self.up(x))))
+        return self.conv(h.transpose(1, 2)).transpose(1, 2)
 
 
 def _quant_model() -> torch.nn.Module:
@@ -44,7 +47,7 @@ def _quant_model() -> torch.nn.Module:
     model = torch.nn.Sequential(_Block(), _Block())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mtq.quantize(model, mtq.INT8_DEFAULT_CFG, lambda m: m(torch.randn(2, 64)))
+        mtq.quantize(model, mtq.INT8_DEFAULT_CFG, lambda m: m(torch.randn(2, 3, 64)))
     return model
 
 
@@ -65,36 +68,60 @@ def _describe(value: Any, depth: int = 0) -> Any:
 
 def _hparam_quantizers(model: torch.nn.Module, recipes: list[Any]) -> tuple[list[Any], list[str]]:
     """One QuantRecipeHparam per block's linears, as AutoQuantize makes them; every recipe's quantizers, described."""
-    described, signatures = [], []
+    described, signatures, ids = [], [], []
     for block in model:
-        modules = [block.up, block.down, block.inner[0]]
-        hp = QuantRecipeHparam(recipes, quant_modules=modules, quant_module_names=["up", "down", "inner.0"])
+        modules = [block.up, block.down, block.inner[0], block.conv]
+        hp = QuantRecipeHparam(recipes, quant_modules=modules, quant_module_names=["up", "down", "inner.0", "conv"])
         for recipe in sorted(hp._all_quantizer_choices):
             signatures.append(recipe.checkpoint_signature)
             for module in modules:
                 quantizers = hp._all_quantizer_choices[recipe][module]
-                described.append({attr: _describe(q) for attr, q in quantizers.items()})
+                described.append({attr: (type(module).__name__, _describe(q)) for attr, q in quantizers.items()})
+                ids.extend(id(q) for q in quantizers.values())
+    _hparam_quantizers.ids = ids
     return described, signatures
 
 
 def test_shortcuts_give_modelopts_quantizers_and_signatures():
     recipes = [QuantRecipe(cfg, name=name) for name, cfg in CONFIGS.items()]
     plain, plain_sigs = _hparam_quantizers(_quant_model(), recipes)
+    fresh_before = algorithms._make_fresh_quantizer_for_attr
     with fast_modelopt_bookkeeping() as templates:
         assert algorithms.QuantRecipe.__dict__["checkpoint_signature"].fget.__name__ == "_stored_signature"
         fast, fast_sigs = _hparam_quantizers(_quant_model(), recipes)
-        # 2 blocks x 3 modules x 5 recipes (4 + 16 bits): one module configured by ModelOpt per (recipe, class)
-        assert templates.configured + templates.copied == 30
-        assert templates.copied >= 20
+        template_ids = {id(q) for t in templates._templates.values() for q in t.values()}
+        # 2 blocks x 4 modules x 5 recipes (4 + 16 bits): ModelOpt configures one module per (config, class) — the
+        # 16-bit recipe of each group is its own object, equal in content — and every other one is a copy
+        assert templates.configured == 5 * 2 and templates.copied == 40 - 10
     assert fast_sigs == plain_sigs
-    assert len(fast) == len(plain) == 30
+    assert len(fast) == len(plain) == 40
     for got, want in zip(fast, plain, strict=True):
         assert got == want
+    # every module got quantizers of its own: none shared with another module, a recipe or a template
+    ids = _hparam_quantizers.ids
+    assert len(set(ids)) == len(ids) == 120 and not template_ids & set(ids)
     # w4a8's weight quantizer is ModelOpt's SequentialQuantizer (int4 then fp8), copied as such
-    assert any(d["weight_quantizer"][0] == "SequentialQuantizer" for d in fast)
+    assert any(d["weight_quantizer"][1][0] == "SequentialQuantizer" for d in fast)
     # restored on exit: ModelOpt's own functions and property
     assert algorithms.QuantRecipe.__dict__["checkpoint_signature"].fget.__name__ == "checkpoint_signature"
     assert algorithms.set_quantizer_by_cfg.__module__ == "modelopt.torch.quantization.conversion"
+    assert algorithms._make_fresh_quantizer_for_attr is fresh_before
+
+
+def test_another_thread_gets_modelopts_own_set_up():
+    """While the shared engine's thread has the shortcuts installed, hparams built on another thread are configured
+    by ModelOpt itself (no copies made for it), with the same result."""
+    import threading
+
+    recipes = [QuantRecipe(cfg, name=name) for name, cfg in CONFIGS.items()]
+    plain, _ = _hparam_quantizers(_quant_model(), recipes)
+    out: dict[str, Any] = {}
+    with fast_modelopt_bookkeeping() as templates:
+        worker = threading.Thread(target=lambda: out.update(got=_hparam_quantizers(_quant_model(), recipes)[0]))
+        worker.start()
+        worker.join()
+        assert templates.configured == templates.copied == 0
+    assert out["got"] == plain
 
 
 def test_copies_are_independent_of_each_other():

@@ -30,20 +30,31 @@ def _model(cfg):
     return model
 
 
-@pytest.mark.parametrize("cfg", ["INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "FP8_DEFAULT_CFG", "W4A8_AWQ_BETA_CFG"])
-def test_lean_forward_equals_modelopts(cfg):
+@pytest.mark.parametrize(
+    "cfg", ["INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "FP8_DEFAULT_CFG", "W4A8_AWQ_BETA_CFG", "INT4_AWQ_CFG"]
+)
+def test_lean_forward_equals_modelopts(cfg, monkeypatch):
+    from quantsweep.engine import quant_linear
+
     model = _model(getattr(mtq, cfg))
+    # AutoQuantize's scoring leaves the class's forward bound on each instance: the shared engine meets it so
+    model[0].forward = model[0].forward
     x = torch.randn(4, 7, 64)
     with torch.no_grad():
         want = model(x)
         before = {id(m): m.__dict__.get("forward") for m in model.modules()}
+        direct = []  # the lean path quantizes input, weight and output itself; ModelOpt's forward does not call this
+        real = quant_linear.quantize
+        monkeypatch.setattr(quant_linear, "quantize", lambda q, t: direct.append(q) or real(q, t))
         with lean_linear_forwards(model) as switched:
             got = model(x)
             first = model[0](x)
             assert model[3].__dict__.get("forward") is before[id(model[3])]  # its own forward: left alone
+        monkeypatch.undo()
         after = {id(m): m.__dict__.get("forward") for m in model.modules()}
     assert switched == 2
     assert torch.equal(got, want)
-    assert after == before
+    assert after == before and after[id(model[0])] is not None  # the bound forward is put back, the same object
+    assert len(direct) == 3 * 3  # model[0] and model[2] in the model's forward, model[0] alone: 3 quantizers each
     # the lean path does quantize: the first layer's output is not the unquantized product
     assert not torch.equal(first, torch.nn.functional.linear(x, model[0].weight, model[0].bias))

@@ -14,9 +14,11 @@ Two costs of ModelOpt 0.47 grow with modules x formats and do no arithmetic at a
   the others get deep copies of its quantizers, taken before calibration touched them. Only plain quantized modules
   (their only children are their quantizers) are copied; anything else goes through ModelOpt as before.
 
-`fast_modelopt_bookkeeping()` installs both for the shared engine's work only: the naive engine stays plain ModelOpt,
-the reference it is measured and checked against (tests/test_modelopt_bookkeeping.py compares the quantizers,
-tests/test_shared_engine.py the scores, recipes and quality of both engines).
+`fast_modelopt_bookkeeping()` installs both around the shared engine's own ModelOpt work (a union call; a cell's solve
+and evaluation), never across the runner's yields: the naive engine stays plain ModelOpt, the reference it is
+measured and checked against (tests/test_modelopt_bookkeeping.py compares the quantizers, tests/test_shared_engine.py
+the scores, recipes and quality of both engines). The copies are made only for the thread that installed them;
+another thread building AutoQuantize's hparams meanwhile goes through ModelOpt's own functions.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def fast_modelopt_bookkeeping() -> Iterator[QuantizerTemplates]:
     with _lock:
         _depth += 1
         if _depth == 1:
-            templates = QuantizerTemplates(algorithms._make_fresh_quantizer_for_attr, algorithms.set_quantizer_by_cfg)
+            templates = QuantizerTemplates(algorithms._make_fresh_quantizer_for_attr, algorithms.set_quantizer_by_cfg,
+                                           owner=threading.get_ident())
             _saved.update(
                 signature=algorithms.QuantRecipe.__dict__["checkpoint_signature"],
                 fresh=algorithms._make_fresh_quantizer_for_attr,
@@ -74,21 +77,31 @@ class QuantizerTemplates:
     calls it (fresh quantizers on every attribute, then the recipe's config), answered from a template per
     (config, module class, quantizer names) after the first module of each kind."""
 
-    def __init__(self, fresh: Any, configure: Any) -> None:
+    def __init__(self, fresh: Any, configure: Any, owner: int | None = None) -> None:
         self._fresh = fresh
         self._configure = configure
+        self._owner = owner
         self._templates: dict[tuple, dict[str, Any]] = {}
-        self._pinned: list[Any] = []  # keeps every config keyed by id() alive, so an id is never reused
+        # a config's content, by the id of its list (kept alive here, so an id is never reused): each decision group
+        # makes a 16-bit recipe of its own, equal in content to every other group's
+        self._content: dict[int, tuple[Any, str]] = {}
         self._placeholder: Any = None
         self.configured = 0
         self.copied = 0
 
     def clear(self) -> None:
         self._templates.clear()
-        self._pinned.clear()
+        self._content.clear()
+
+    def _content_key(self, quant_cfg: Any) -> str:
+        known = self._content.get(id(quant_cfg))
+        if known is None:
+            known = (quant_cfg, repr(quant_cfg))
+            self._content[id(quant_cfg)] = known
+        return known[1]
 
     def fresh(self, module: Any, attr_name: str) -> Any:
-        if not _plain(module):
+        if (self._owner is not None and threading.get_ident() != self._owner) or not _plain(module):
             return self._fresh(module, attr_name)
         if self._placeholder is None:
             from modelopt.torch.quantization.nn import TensorQuantizer
@@ -101,7 +114,7 @@ class QuantizerTemplates:
         if self._placeholder is None or not any(module._modules.get(a) is self._placeholder for a in attrs):
             self._configure(module, quant_cfg)
             return
-        key = (id(quant_cfg), type(module), attrs)
+        key = (self._content_key(quant_cfg), type(module), attrs)
         template = self._templates.get(key)
         if template is not None:
             for attr in attrs:
@@ -111,7 +124,6 @@ class QuantizerTemplates:
         for attr in attrs:  # the first of its kind: what ModelOpt would have done
             setattr(module, attr, self._fresh(module, attr))
         self._configure(module, quant_cfg)
-        self._pinned.append(quant_cfg)
         self._templates[key] = {attr: copy.deepcopy(getattr(module, attr)) for attr in attrs}
         self.configured += 1
 

@@ -92,7 +92,8 @@ def lean_linear_forwards(model: nn.Module) -> Iterator[int]:
 
 
 def _lean_forward(module: nn.Module, input: Any, *args: Any, **kwargs: Any) -> Any:
-    if args or kwargs or not isinstance(input, torch.Tensor):
+    if args or kwargs or not isinstance(input, torch.Tensor) or module._enable_weight_quantization:
+        # ModelOpt's own forward: unusual arguments, or an outer quantize_weight() (module.weight already quantized)
         return type(module).forward(module, input, *args, **kwargs)
     q = module._modules
     weight = quantize(q["weight_quantizer"], module.weight)  # the raw weight: weight quantization is off here

@@ -192,7 +192,7 @@ def execute_shared(
         yield _error_run(cell, CellError(unsolvable_message(cell)), _now())
     cells = [c for c in cells if c not in invalid and c not in unsolvable]
     queue = plan_union_calls(m, ctx.loaded.device.type, cells)
-    with fast_modelopt_bookkeeping(), StabilityPipeline() as pipeline:
+    with StabilityPipeline() as pipeline:
         try:
             yield from _union_calls(ctx, queue, pipeline, on_step, on_union)
         except KeyboardInterrupt:
@@ -224,9 +224,10 @@ def _union_calls(
                 model = ctx.loaded.take_model()  # the master the first time, then rebuilt: never two copies
                 model_s = time.perf_counter() - t
                 n = max(max(c.calib_samples, c.score_samples) for c, *_ in members)
-                union = run_union(
-                    model, call, ctx.batches(n), m.autoquant.method, m.autoquant.disabled_layers, on_step
-                )
+                with fast_modelopt_bookkeeping():  # ModelOpt's recipe hashing and quantizer set-up, shortened
+                    union = run_union(
+                        model, call, ctx.batches(n), m.autoquant.method, m.autoquant.disabled_layers, on_step
+                    )
         except KeyboardInterrupt:
             raise
         except PrefixCalibrationMismatch:  # this model's calibration cannot be shared by prefix: one call per size
@@ -264,7 +265,7 @@ def _union_calls(
             cell_mem = PeakMemory(ctx.loaded.devices, gpu_period_s=m.telemetry.sample_period_s)
             phases: dict[str, float] = {}
             try:
-                with cell_mem:
+                with cell_mem, fast_modelopt_bookkeeping():  # not across the yields below
                     if on_step is not None:
                         on_step("solve")
                     result = solve_cell(

@@ -66,7 +66,7 @@ def _describe(value: Any, depth: int = 0) -> Any:
     return repr(value)
 
 
-def _hparam_quantizers(model: torch.nn.Module, recipes: list[Any]) -> tuple[list[Any], list[str]]:
+def _hparam_quantizers(model: torch.nn.Module, recipes: list[Any]) -> tuple[list[Any], list[str], list[int]]:
     """One QuantRecipeHparam per block's linears, as AutoQuantize makes them; every recipe's quantizers, described."""
     described, signatures, ids = [], [], []
     for block in model:
@@ -78,17 +78,16 @@ def _hparam_quantizers(model: torch.nn.Module, recipes: list[Any]) -> tuple[list
                 quantizers = hp._all_quantizer_choices[recipe][module]
                 described.append({attr: (type(module).__name__, _describe(q)) for attr, q in quantizers.items()})
                 ids.extend(id(q) for q in quantizers.values())
-    _hparam_quantizers.ids = ids
-    return described, signatures
+    return described, signatures, ids
 
 
 def test_shortcuts_give_modelopts_quantizers_and_signatures():
     recipes = [QuantRecipe(cfg, name=name) for name, cfg in CONFIGS.items()]
-    plain, plain_sigs = _hparam_quantizers(_quant_model(), recipes)
+    plain, plain_sigs, _ = _hparam_quantizers(_quant_model(), recipes)
     fresh_before = algorithms._make_fresh_quantizer_for_attr
     with fast_modelopt_bookkeeping() as templates:
         assert algorithms.QuantRecipe.__dict__["checkpoint_signature"].fget.__name__ == "_stored_signature"
-        fast, fast_sigs = _hparam_quantizers(_quant_model(), recipes)
+        fast, fast_sigs, ids = _hparam_quantizers(_quant_model(), recipes)
         template_ids = {id(q) for t in templates._templates.values() for q in t.values()}
         # 2 blocks x 4 modules x 5 recipes (4 + 16 bits): ModelOpt configures one module per (config, class) — the
         # 16-bit recipe of each group is its own object, equal in content — and every other one is a copy
@@ -98,7 +97,6 @@ def test_shortcuts_give_modelopts_quantizers_and_signatures():
     for got, want in zip(fast, plain, strict=True):
         assert got == want
     # every module got quantizers of its own: none shared with another module, a recipe or a template
-    ids = _hparam_quantizers.ids
     assert len(set(ids)) == len(ids) == 120 and not template_ids & set(ids)
     # w4a8's weight quantizer is ModelOpt's SequentialQuantizer (int4 then fp8), copied as such
     assert any(d["weight_quantizer"][1][0] == "SequentialQuantizer" for d in fast)
@@ -114,7 +112,7 @@ def test_another_thread_gets_modelopts_own_set_up():
     import threading
 
     recipes = [QuantRecipe(cfg, name=name) for name, cfg in CONFIGS.items()]
-    plain, _ = _hparam_quantizers(_quant_model(), recipes)
+    plain = _hparam_quantizers(_quant_model(), recipes)[0]
     out: dict[str, Any] = {}
     with fast_modelopt_bookkeeping() as templates:
         worker = threading.Thread(target=lambda: out.update(got=_hparam_quantizers(_quant_model(), recipes)[0]))

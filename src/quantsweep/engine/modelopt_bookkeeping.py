@@ -77,7 +77,7 @@ class QuantizerTemplates:
     calls it (fresh quantizers on every attribute, then the recipe's config), answered from a template per
     (config, module class, quantizer names) after the first module of each kind."""
 
-    def __init__(self, fresh: Any, configure: Any, owner: int | None = None) -> None:
+    def __init__(self, fresh: Any, configure: Any, owner: int) -> None:
         self._fresh = fresh
         self._configure = configure
         self._owner = owner
@@ -101,7 +101,7 @@ class QuantizerTemplates:
         return known[1]
 
     def fresh(self, module: Any, attr_name: str) -> Any:
-        if (self._owner is not None and threading.get_ident() != self._owner) or not _plain(module):
+        if threading.get_ident() != self._owner or not _plain(module):
             return self._fresh(module, attr_name)
         if self._placeholder is None:
             from modelopt.torch.quantization.nn import TensorQuantizer

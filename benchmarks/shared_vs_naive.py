@@ -254,6 +254,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--shared-only", action="store_true",
                     help="skip the naive engine (no speed-up or agreement): for profiling the shared engine")
+    ap.add_argument("--graphs-ab", action="store_true",
+                    help="also run the shared engine with its score replays eager (QUANTSWEEP_SCORE_GRAPHS=0), "
+                         "before the one with CUDA graphs, and compare the two")
     ap.add_argument("--profile", default=None, metavar="FILE",
                     help="cProfile the shared sweep and write its top functions to FILE (slows Python-bound code)")
     args = ap.parse_args()
@@ -270,6 +273,11 @@ def main() -> None:
         mpath = root / "reference.yaml"
         mpath.write_text(yaml.safe_dump(reference_matrix(v), sort_keys=False))
         naive = None if args.shared_only else run_mode(mpath, root, "naive")
+        eager = None
+        if args.graphs_ab:
+            os.environ["QUANTSWEEP_SCORE_GRAPHS"] = "0"
+            eager = run_mode(mpath, root / "eager", "shared")
+            os.environ["QUANTSWEEP_SCORE_GRAPHS"] = "1"
         shared = run_mode(mpath, root, "shared", profile=args.profile)
         floor = floor_estimate(mpath)
         if naive is None:
@@ -277,6 +285,7 @@ def main() -> None:
             return
         agree = agreement(naive["rows"], shared["rows"])
         unions = union_calls(shared["rows"])
+        eager_agree = agreement(eager["rows"], shared["rows"]) if eager is not None else None  # files still here
     result = {
         "variant": args.variant,
         "device": torch.cuda.get_device_name(0) if v["device"] == "cuda" else "cpu",
@@ -296,6 +305,17 @@ def main() -> None:
         "dtype": v["dtype"],
         "shared_union_calls": unions,
     }
+    if eager is not None:
+        result["eager_replays"] = {
+            "shared_cells_s": eager["cells_s"],
+            "phases_s": eager["phases_s"],
+            "peak_device_mb": eager["peak_device_mb"],
+            "errors": eager["errors"],
+            "shared_over_floor": eager["cells_s"] / floor["floor_s"],
+            "graphs_over_eager": shared["cells_s"] / eager["cells_s"],
+            "agreement_with_graphs": eager_agree,
+            "union_calls": union_calls(eager["rows"]),
+        }
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text)
@@ -304,6 +324,11 @@ def main() -> None:
     print(f"  shared {shared['cells_s']:8.1f} s   ({result['shared_over_floor']:.1f}x floor)")
     print(f"  speedup shared/naive {result['speedup_shared_over_naive']:.2f}x; floor {floor['floor_s']:.2f} s")
     print(f"  agreement: {agree}")
+    if eager is not None:
+        e = result["eager_replays"]
+        print(f"  shared, eager replays {eager['cells_s']:8.1f} s ({e['shared_over_floor']:.1f}x floor); "
+              f"graphs / eager {e['graphs_over_eager']:.3f}; agreement {e['agreement_with_graphs']}")
+        print(f"  eager phases: {e['phases_s']}; peak {e['peak_device_mb']} MB")
     print(f"  peak device MB: {result['peak_device_mb']}")
     print(f"  phases (s, summed over cells): {result['phases_s']}")
     if result["errors"]["naive"] or result["errors"]["shared"]:

@@ -95,3 +95,50 @@ def test_ray_worker_with_two_gpus_spreads_its_model_over_them(tmp_path):
     placement = ray.summary["model"]["placement"]
     assert placement["device_map"] == "auto" and sorted(placement["devices"]) == ["cuda:0", "cuda:1"], placement
     _assert_same_rows(local, ray)
+
+
+@pytest.mark.gpu
+def test_score_replays_as_cuda_graphs_give_the_eager_replays_bits(tmp_path, monkeypatch):
+    """engine/replay_graphs.py: the same sweep with the score replays captured as CUDA graphs and without them
+    records the same raw scores, recipes and quality, bit for bit — including FP8 W8A8 calibrated once for two
+    sizes, whose graphs read each size's amax snapshot."""
+    import json
+    from pathlib import Path
+
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = "graphs"
+    data["model"]["device"] = "cuda"
+    data["canary"] = {"enabled": False}
+    data["axes"] = {"quant_pairs": ["wint4_afp16", "wint8_afp16", "wfp8_afp8"], "granularities": ["default"],
+                    "dataset_sizes": ["a", "b"]}
+    path = write_matrix(tmp_path, data)
+    runs = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv("QUANTSWEEP_SCORE_GRAPHS", switch)
+        runs[switch] = run_sweep(path, RunOptions(output_root=str(tmp_path / f"graphs{switch}")))
+        assert runs[switch].exit_code == ExitCode.OK, [r.get("error") for r in runs[switch].summary["rows"]]
+    eager, graphs = _rows_by_id(runs["0"]), _rows_by_id(runs["1"])
+    assert set(eager) == set(graphs) and len(eager) == 6
+    for cid, e in eager.items():
+        g = graphs[cid]
+        me = json.loads((Path(e["path"]) / "manifest.json").read_text())
+        mg = json.loads((Path(g["path"]) / "manifest.json").read_text())
+        assert [x["raw_scores"] for x in mg["layers"]] == [x["raw_scores"] for x in me["layers"]], e["key"]
+        assert [x["chosen"] for x in mg["layers"]] == [x["chosen"] for x in me["layers"]], e["key"]
+        assert g["quality"]["kl_mean"] == e["quality"]["kl_mean"] and g["achieved_bits"] == e["achieved_bits"]
+        tel_e, tel_g = e["telemetry"]["shared"], g["telemetry"]["shared"]
+        assert tel_e["graph_modules"] == tel_e["graph_replays"] == 0, tel_e  # switched off: every replay eager
+        # every scored linear (lm_head included at this size) got a graph and replayed it for every score batch
+        assert tel_g["graph_modules"] == tel_g["replayed_modules"] > 0, tel_g
+        assert "graph_capture_failures" not in tel_g, tel_g
+        batches = tel_g["graph_replays"] // tel_g["graph_modules"]
+        assert tel_g["graph_replays"] == batches * tel_g["graph_modules"] and batches in (1, 2), tel_g
+    # a replay larger than MAX_GRAPH_MACS stays eager (GPU-bound shapes: a graph gains nothing there and its static
+    # inputs cost memory): with the limit at 0 no module is graphed, and the scores are the same
+    from quantsweep.engine import replay_graphs
+
+    monkeypatch.setattr(replay_graphs, "MAX_GRAPH_MACS", 0)
+    capped = run_sweep(path, RunOptions(output_root=str(tmp_path / "capped")))
+    for cid, c in _rows_by_id(capped).items():
+        assert c["telemetry"]["shared"]["graph_modules"] == 0, c["telemetry"]["shared"]
+        assert c["total_score"] == eager[cid]["total_score"] and c["quality"]["kl_mean"] == eager[cid]["quality"]["kl_mean"]

@@ -268,15 +268,7 @@ formats of the call are calibrated once for several dataset sizes (engine/prefix
     score_end = marks.get("score_end", score_start)
     phases = {"calibrate": score_start - t0, "score": score_end - score_start, "search": t_end - score_end}
     record = records[-1] if records else None
-    scoring = (
-        {
-            "replayed_modules": release.fast_modules,
-            "modelopt_replayed_modules": release.slow_modules,
-            "released_calibrators": release.released_calibrators,
-        }
-        if isinstance(release, CapturedScores)
-        else {}
-    )
+    scoring = release.stats() if isinstance(release, CapturedScores) else {}
     return CallOutcome(model, search_state, phases, dict(state["calls"]), dict(state["tokens"]), record, scoring)
 
 

@@ -28,6 +28,7 @@ call's raw scores against the naive engine's (ModelOpt's own scoring) to 1e-6.
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .quant_linear import QUANTIZERS, plain_quantized_linear, quantize
+from .replay_graphs import ReplayGraphs, graphable, graphs_enabled
 
 
 def _none_recipe() -> Any:
@@ -58,6 +60,8 @@ class CapturedScores:
         self.fast_modules = 0
         self.slow_modules = 0
         self.released_calibrators = 0
+        # on a GPU, each module's replays after its first are one CUDA graph launch (engine/replay_graphs.py)
+        self.graphs = ReplayGraphs() if graphs_enabled() and torch.cuda.is_available() else None
 
     def install(self, model: nn.Module) -> None:
         if self.installed:
@@ -82,6 +86,8 @@ class CapturedScores:
             self.slow_modules += int(not fast)
             module._qs_score_plan = plan
             module._qs_prefixes = self.prefixes
+            weight = getattr(module, "weight", None)
+            module._qs_graphs = self.graphs if fast and isinstance(weight, torch.Tensor) and weight.is_cuda else None
             self.modules.append(module)
             module.forward = types.MethodType(_capturing_forward, module)  # ModelOpt's clean-up restores it
             self.handles.append(module.register_full_backward_hook(_score_from_capture))
@@ -102,7 +108,20 @@ class CapturedScores:
         self.handles.clear()
         for module in self.modules:  # a forward whose backward never came keeps nothing alive
             module.__dict__.pop("_qs_captures", None)
+            module.__dict__.pop("_qs_graphs", None)
         self.modules.clear()
+        if self.graphs is not None:
+            self.graphs.close()
+
+    def stats(self) -> dict[str, Any]:
+        """What the scoring did, for the union call's telemetry."""
+        out: dict[str, Any] = {
+            "replayed_modules": self.fast_modules,
+            "modelopt_replayed_modules": self.slow_modules,
+            "released_calibrators": self.released_calibrators,
+        }
+        out.update(self.graphs.stats() if self.graphs is not None else {"graph_modules": 0, "graph_replays": 0})
+        return out
 
 
 def _fast_replay_ok(module: nn.Module, hparam: Any, recipes: list[Any]) -> bool:
@@ -146,43 +165,84 @@ def _score_from_capture(module: nn.Module, grad_input: Any, grad_output: Any) ->
             "AutoQuantize scoring: a scored module's input was modified in place after its forward; its "
             "quantization error cannot be replayed"
         )
-    chunked = _needs_chunks(grad_output[0])
-    # once per module, not once per format; a large output (lm_head) keeps its gradient as it is (_score_in_chunks)
-    grad = grad_output[0] if chunked else grad_output[0].float()
+    g = grad_output[0]
+    chunked = _needs_chunks(g)
     with torch.no_grad():
         if y._version != y_version:  # the output was modified in place downstream: take it again
             y = _output(module._forward_original(x, *args, **kwargs)).detach()
-        weight = module.weight if any(fast for *_x, fast in module._qs_score_plan) else None  # once, not per format
-        bias = getattr(module, "bias", None)
-        for hparam, recipes, fast in module._qs_score_plan:
-            for recipe, sizes in recipes:
-                wq = None  # the quantized weight: weights are calibrated from the weights alone, so one per format
-                last = sizes[-1] if sizes else None
-                for k in (None, *sizes):
-                    if k is None:
-                        store, swap = hparam._importance_dict[recipe], contextlib.nullcontext()
+        graphs = module.__dict__.get("_qs_graphs")
+        if (
+            graphs is not None
+            and not chunked
+            and not args
+            and not kwargs
+            and all(fast for *_x, fast in module._qs_score_plan)
+            and graphable(x, y, g)
+            and graphs.run(module, (x, y, g), functools.partial(_graph_body, module),
+                           functools.partial(_zero_accumulators, module, g.device))
+        ):
+            return
+        # once per module, not once per format; a large output (lm_head) keeps its gradient as it is (_score_in_chunks)
+        _replay(module, x, args, kwargs, y, g if chunked else g.float(), chunked)
+
+
+def _graph_body(module: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> None:
+    """What a module's CUDA graph records (engine/replay_graphs.py): the eager replay, from its static inputs."""
+    _replay(module, x, (), {}, y, g.float(), False)
+
+
+def _zero_accumulators(module: nn.Module, device: torch.device) -> None:
+    """Before a capture: every score this module's replay adds to exists (a graph adds in place; 0 + s is s)."""
+    for hparam, recipes, _fast in module._qs_score_plan:
+        for recipe, sizes in recipes:
+            for k in (None, *sizes):
+                store = _store(hparam, recipe, k)
+                if store[module] is None:
+                    store[module] = torch.zeros((), dtype=torch.float32, device=device)
+
+
+def _store(hparam: Any, recipe: Any, k: int | None) -> dict[nn.Module, Any]:
+    """ModelOpt's accumulators of `recipe` (k None), or those of its calibration on the first k batches."""
+    if k is None:
+        return hparam._importance_dict[recipe]
+    extra = hparam.__dict__.setdefault("_qs_prefix_importance", {})
+    return extra.setdefault((recipe, k), dict.fromkeys(hparam.score_modules))
+
+
+def _replay(
+    module: nn.Module, x: Any, args: tuple, kwargs: dict, y: torch.Tensor, grad: torch.Tensor, chunked: bool
+) -> None:
+    """Every candidate format of `module` replayed from (X, Y, G), each score added to its accumulator."""
+    weight = module.weight if any(fast for *_x, fast in module._qs_score_plan) else None  # once, not per format
+    bias = getattr(module, "bias", None)
+    for hparam, recipes, fast in module._qs_score_plan:
+        for recipe, sizes in recipes:
+            wq = None  # the quantized weight: weights are calibrated from the weights alone, so one per format
+            last = sizes[-1] if sizes else None
+            for k in (None, *sizes):
+                store = _store(hparam, recipe, k)
+                if k is None:
+                    swap = contextlib.nullcontext()
+                else:
+                    swap = module._qs_prefixes.swapped(recipe_quantizers(hparam, recipe), k)
+                with swap:
+                    if fast:
+                        q = hparam._all_quantizer_choices[recipe][module]
+                        if wq is None:
+                            wq = quantize(q["weight_quantizer"], weight)
+                        diff = quantize(q["output_quantizer"], F.linear(quantize(q["input_quantizer"], x), wq, bias))
+                        if k == last:
+                            wq = None  # not held while the score's float temporaries are (the peak, at lm_head)
                     else:
-                        extra = hparam.__dict__.setdefault("_qs_prefix_importance", {})
-                        store = extra.setdefault((recipe, k), dict.fromkeys(hparam.score_modules))
-                        swap = module._qs_prefixes.swapped(recipe_quantizers(hparam, recipe), k)
-                    with swap:
-                        if fast:
-                            q = hparam._all_quantizer_choices[recipe][module]
-                            if wq is None:
-                                wq = quantize(q["weight_quantizer"], weight)
-                            diff = quantize(q["output_quantizer"], F.linear(quantize(q["input_quantizer"], x), wq, bias))
-                            if k == last:
-                                wq = None  # not held while the score's float temporaries are (the peak, at lm_head)
-                        else:
-                            diff = _slow_replay(module, hparam, recipe, x, args, kwargs)
-                    diff -= y  # a fresh tensor: in place, as ModelOpt does
-                    current = store[module]
-                    score = _score_in_chunks(grad, diff) if chunked else _score(grad, diff)
-                    if current is None:
-                        store[module] = score
-                    else:
-                        current += score
-                    del diff
+                        diff = _slow_replay(module, hparam, recipe, x, args, kwargs)
+                diff -= y  # a fresh tensor: in place, as ModelOpt does
+                current = store[module]
+                score = _score_in_chunks(grad, diff) if chunked else _score(grad, diff)
+                if current is None:
+                    store[module] = score
+                else:
+                    current += score
+                del diff
 
 
 def _score(grad: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:

@@ -284,3 +284,34 @@ def test_weight_only_calibration_skips_the_forward_only_for_plain_max():
         calls[name] = out.calls
     assert calls["plain"].get("calibrate_skipped") == 2 and calls["plain"]["calibrate"] == 0
     assert "calibrate_skipped" not in calls["layerwise"] and calls["layerwise"]["calibrate"] >= 2
+
+
+def test_formats_with_alike_activation_quantizers_share_one_calibration_forward_and_equal_naive(tmp_path):
+    """engine/calibration_twins.py: FP8 W8A8 and INT8 W8A8 at two weight granularities are four formats with two
+    kinds of input quantizer; the shared call runs the calibration forward for one format of each kind (at two
+    dataset sizes, through the prefix records), and every cell still equals the naive engine's per-cell calls."""
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = "twins"
+    data["canary"]["enabled"] = False
+    data["autoquant"]["effective_bits"] = 12.0
+    data["axes"] = {"quant_pairs": ["wfp8_afp8", "wint8_aint8"], "granularities": ["default", "w_group64"],
+                    "dataset_sizes": ["a", "b"]}
+    path = write_matrix(tmp_path, data)
+    naive = run_sweep(path, RunOptions(output_root=str(tmp_path / "naive"), engine="naive"))
+    shared = run_sweep(path, RunOptions(output_root=str(tmp_path / "shared"), engine="shared"))
+    n_rows = {r["cell_id"]: r for r in naive.summary["rows"]}
+    s_rows = {r["cell_id"]: r for r in shared.summary["rows"]}
+    assert set(n_rows) == set(s_rows) and len(s_rows) == 8
+    calls = {r["telemetry"]["shared"]["union"]: r["telemetry"]["forward_calls"] for r in s_rows.values()}
+    assert list(calls) == ["calib-max"], calls  # one call: 4 formats, calibrated once for both sizes
+    steps = 2  # size b: 8 samples at batch 4
+    assert calls["calib-max"]["calibrate"] == 2 * steps and calls["calib-max"]["calibrate_shared"] == 2 * steps
+    for cid, n in n_rows.items():
+        s = s_rows[cid]
+        assert s["status"] == n["status"] == "ok", (s.get("error"), n.get("error"))
+        n_layers = {g["name"]: g for g in _manifest(n)["layers"]}
+        for g in _manifest(s)["layers"]:
+            assert g["raw_scores"] == pytest.approx(n_layers[g["name"]]["raw_scores"], rel=1e-6, abs=0), (n["key"], g["name"])
+            assert g["chosen"] == n_layers[g["name"]]["chosen"]
+        for metric in ("kl_mean", "ppl_quant", "top1_agreement"):
+            assert s["quality"][metric] == pytest.approx(n["quality"][metric], rel=1e-4, abs=1e-7), (n["key"], metric)

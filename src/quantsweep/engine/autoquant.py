@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import QuantsweepError
 from ..overlay import to_jsonable
 from .host_memory import trim_host_memory
+from .calibration_twins import CalibrationTwins
 from .captured_scores import CapturedScores
 from .prefix_calibration import PrefixCalibration, shares_calibration_across_sizes
 from .score_memory import ScoreMemory
@@ -149,6 +150,7 @@ def counting_forward_step(
     on_step: StepCallback | None,
     after_calibration_forward: Callable[[nn.Module], None] | None = None,
     skip_weight_only_calibration: bool = False,
+    twins: CalibrationTwins | None = None,
 ) -> Callable[..., Any]:
     """The `forward_step` handed to AutoQuantize: the model's output (logits for kl_div), while counting calls
     and tokens per phase (from `instrument_search`'s state) and reporting each step for progress bars.
@@ -159,7 +161,11 @@ def counting_forward_step(
     loop, and the forward's weight quantizers would only collect the max of the same weights again, so the
     calibrated state is the same (ModelOpt's own `skip_forward_without_activation_calib` option, decided by its
     `_needs_activation_forward_for_max_calib`). Only for calls whose formats all use plain max calibration. Skipped
-    steps are counted as `calibrate_skipped`, not as tokens."""
+    steps are counted as `calibrate_skipped`, not as tokens.
+
+    `twins` (the shared engine, same condition): a format whose activation quantizers collect what an earlier
+    format's did runs no calibration forward either (engine/calibration_twins.py); its steps are counted as
+    `calibrate_shared`."""
     needs_data = _calibration_needs_data() if skip_weight_only_calibration else None
 
     def forward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
@@ -169,13 +175,23 @@ def counting_forward_step(
             if on_step is not None:
                 on_step(phase)
             return None
+        if phase == "calibrate" and twins is not None and twins.skip_step(m):
+            state["calls"]["calibrate_shared"] = state["calls"].get("calibrate_shared", 0) + 1
+            if on_step is not None:
+                on_step(phase)
+            if after_calibration_forward is not None:
+                after_calibration_forward(m)  # PrefixCalibration records the twin's amax like any other
+            return None
         state["calls"][phase] = state["calls"].get(phase, 0) + 1
         state["tokens"][phase] = state["tokens"].get(phase, 0) + int(batch["input_ids"].numel())
         if on_step is not None:
             on_step(phase)
         out = m(input_ids=batch["input_ids"]).logits if method == "kl_div" else m(**batch)
-        if phase == "calibrate" and after_calibration_forward is not None:
-            after_calibration_forward(m)
+        if phase == "calibrate":
+            if twins is not None:
+                twins.after_forward(m)
+            if after_calibration_forward is not None:
+                after_calibration_forward(m)
         return out
 
     return forward_step
@@ -220,13 +236,14 @@ formats of the call are calibrated once for several dataset sizes (engine/prefix
 
     from .exact_solver import exact_search
 
+    # only where every format is plain max: AWQ and SmoothQuant read the activations through hooks of their own,
+    # and `layerwise` max captures each layer's inputs from the forward loop, even when no quantizer collects
+    plain_max = captured and all(shares_calibration_across_sizes(c) for c in configs)
     with instrument_search() as state:
         forward_step = counting_forward_step(
             state, method, on_step, prefixes.after_calibration_batch if prefixes is not None else None,
-            # only where every format is plain max: AWQ and SmoothQuant read the activations through hooks of their
-            # own, and `layerwise` max captures each layer's inputs from the forward loop, even when no quantizer
-            # collects statistics
-            skip_weight_only_calibration=captured and all(shares_calibration_across_sizes(c) for c in configs),
+            skip_weight_only_calibration=plain_max,
+            twins=CalibrationTwins(calib_steps, prefixes.steps if prefixes is not None else ()) if plain_max else None,
         )
         kwargs: dict[str, Any] = {}
         # engine/captured_scores.py, engine/score_memory.py

@@ -104,6 +104,30 @@ def test_shortcuts_give_modelopts_quantizers_and_signatures():
     assert algorithms.QuantRecipe.__dict__["checkpoint_signature"].fget.__name__ == "checkpoint_signature"
     assert algorithms.set_quantizer_by_cfg.__module__ == "modelopt.torch.quantization.conversion"
     assert algorithms._make_fresh_quantizer_for_attr is fresh_before
+    assert algorithms._match_quantizer_cfg.__module__ == "modelopt.torch.quantization.algorithms"
+
+
+def test_config_matching_answers_with_modelopts_own_entries():
+    """get_auto_quantize_config's `_match_quantizer_cfg`, answered once per (config, quantizer name): the same
+    entry objects ModelOpt's loop returns (last match wins, path-scoped patterns included), for every name."""
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.quantization import algorithms
+
+    plain = algorithms._match_quantizer_cfg
+    configs = [algorithms.QuantRecipe(c).config.quant_cfg for c in
+               (mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG, mtq.FP8_DEFAULT_CFG, mtq.W4A8_AWQ_BETA_CFG)]
+    configs.append(configs[0] + [{"quantizer_name": "*mlp*weight_quantizer", "enable": False}])  # path-scoped, last
+    names = ["weight_quantizer", "input_quantizer", "output_quantizer", "k_bmm_quantizer", "gate_up_weight_quantizer"]
+    with fast_modelopt_bookkeeping():
+        memo = algorithms._match_quantizer_cfg
+        assert memo is not plain
+        for _ in range(2):  # the second round is answered from the memo
+            for cfg in configs:
+                for name in names:
+                    got, want = memo(cfg, name), plain(cfg, name)
+                    assert got[0] is want[0] and got[1] == want[1], (name, got, want)
+    assert plain(configs[3], "weight_quantizer")[1] is False  # the path-scoped entry is the last match
+    assert algorithms._match_quantizer_cfg is plain
 
 
 def test_another_thread_gets_modelopts_own_set_up():

@@ -1,6 +1,6 @@
 """Host-side shortcuts through ModelOpt's AutoQuantize bookkeeping that leave every result unchanged.
 
-Two costs of ModelOpt 0.47 grow with modules x formats and do no arithmetic at all:
+Three costs of ModelOpt 0.47 grow with modules x formats and do no arithmetic at all:
 
 * `QuantRecipe.checkpoint_signature` is `getattr(self, "_config_signature", self.config.model_dump_json())`. Python
   evaluates the default on every call, so every hash, comparison and dict lookup of a recipe serialises its whole
@@ -14,7 +14,13 @@ Two costs of ModelOpt 0.47 grow with modules x formats and do no arithmetic at a
   the others get deep copies of its quantizers, taken before calibration touched them. Only plain quantized modules
   (their only children are their quantizers) are copied; anything else goes through ModelOpt as before.
 
-`fast_modelopt_bookkeeping()` installs both around the shared engine's own ModelOpt work (a union call; a cell's solve
+* `get_auto_quantize_config` (a recipe as a ModelOpt config: engine/recipe_configs.py builds each union format's
+  parts with it) matches every quantizer of every module of every group against the recipe's config entries with
+  `_match_quantizer_cfg` (fnmatch over every entry, pydantic item access): ~5,300 calls and 1.7 s for the
+  reference matrix's formats on the CPU, although the answer depends only on the config and the quantizer's name.
+  The shortcut answers each (config, name) once, with the same entry objects ModelOpt's loop returns.
+
+`fast_modelopt_bookkeeping()` installs all three around the shared engine's own ModelOpt work (a union call; a cell's solve
 and evaluation), never across the runner's yields: the naive engine stays plain ModelOpt, the reference it is
 measured and checked against (tests/test_modelopt_bookkeeping.py compares the quantizers, tests/test_shared_engine.py
 the scores, recipes and quality of both engines). The copies are made only for the thread that installed them;
@@ -49,11 +55,13 @@ def fast_modelopt_bookkeeping() -> Iterator[QuantizerTemplates]:
                 signature=algorithms.QuantRecipe.__dict__["checkpoint_signature"],
                 fresh=algorithms._make_fresh_quantizer_for_attr,
                 configure=algorithms.set_quantizer_by_cfg,
+                match=algorithms._match_quantizer_cfg,
                 templates=templates,
             )
             algorithms.QuantRecipe.checkpoint_signature = property(_stored_signature)
             algorithms._make_fresh_quantizer_for_attr = templates.fresh
             algorithms.set_quantizer_by_cfg = templates.configure
+            algorithms._match_quantizer_cfg = _MemoisedMatch(algorithms._match_quantizer_cfg)
         templates = _saved["templates"]
     try:
         yield templates
@@ -64,12 +72,33 @@ def fast_modelopt_bookkeeping() -> Iterator[QuantizerTemplates]:
                 algorithms.QuantRecipe.checkpoint_signature = _saved.pop("signature")
                 algorithms._make_fresh_quantizer_for_attr = _saved.pop("fresh")
                 algorithms.set_quantizer_by_cfg = _saved.pop("configure")
+                algorithms._match_quantizer_cfg = _saved.pop("match")
                 _saved.pop("templates").clear()
 
 
 def _stored_signature(recipe: Any) -> str:
     signature = recipe.__dict__.get("_config_signature")
     return signature if signature is not None else recipe.config.model_dump_json()
+
+
+class _MemoisedMatch:
+    """ModelOpt's `_match_quantizer_cfg(quant_cfg, quantizer_attr)`, answered once per (config list, name): a pure
+    function of the two (last matching entry wins), returning references to the list's own entries. A list is
+    known by its id and kept alive here, so an id is never reused while the answer is."""
+
+    def __init__(self, match: Any) -> None:
+        self._match = match
+        self._answers: dict[tuple[int, str], tuple[Any, Any]] = {}
+        self._pinned: dict[int, Any] = {}
+
+    def __call__(self, quant_cfg: Any, quantizer_attr: str) -> tuple[Any, Any]:
+        key = (id(quant_cfg), quantizer_attr)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._match(quant_cfg, quantizer_attr)
+            self._pinned[id(quant_cfg)] = quant_cfg
+            self._answers[key] = answer
+        return answer
 
 
 class QuantizerTemplates:

@@ -134,6 +134,8 @@ class UnionResult:
     prefixes: PrefixCalibration | None = None
     scoring: dict[str, int] = field(default_factory=dict)
     recipe_configs: CellRecipeConfigs = field(init=False)
+    # per decision group, its modules' weight shapes: the same for every cell of the call (looked up once)
+    shapes: dict[str, list[list[int]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.recipe_configs = CellRecipeConfigs(
@@ -385,7 +387,7 @@ def solve_cell(
                 costs=[float(c) for c in stat["costs"]],
                 chosen=label(chosen),
                 chosen_bits=float(chosen.compression * 16),
-                weight_shapes=weight_shapes(union.model, list(stat["module_names"])),
+                weight_shapes=_shapes(union, name, stat),
                 batch_scores=batch_by_group[name],
             )
         )
@@ -399,6 +401,12 @@ def solve_cell(
         phases={"search": time.perf_counter() - t0},
         solver=records[-1].to_dict() if records else None,
     )
+
+
+def _shapes(union: UnionResult, name: str, stat: dict[str, Any]) -> list[list[int]]:
+    if name not in union.shapes:
+        union.shapes[name] = weight_shapes(union.model, list(stat["module_names"]))
+    return [list(s) for s in union.shapes[name]]  # each cell's groups own their lists
 
 
 def _check_feasible(cell_stats: dict[str, dict[str, Any]], budget: float) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantsweep.execution.stability_pipeline import StabilityPipeline, stability_threads
+from quantsweep.execution.stability_pipeline import StabilityPipeline
 from quantsweep.trust.stability import THREAD_PREFIX, GroupScores, bootstrap_stability, budget_cost, clamp, groups_from_layers
 
 
@@ -162,10 +162,6 @@ def test_an_interrupt_while_waiting_keeps_the_row_queued():
         gate.set()
         (a,) = pipeline.drain()
     assert a.name == "a" and a.trust["stability"] == {"stable": True}
-
-
-def test_stability_threads_leave_half_the_cpus_to_the_gpu_work():
-    assert [stability_threads(n) for n in (1, 2, 16, 32, 64)] == [1, 1, 8, 16, 16]
 
 
 def test_repeated_resamples_are_solved_once(monkeypatch):

@@ -35,7 +35,8 @@ from ..schema import Matrix
 from .cell_runner import CellRun, _now, describe_failure, evaluate_long_context, formats_for
 from .context import SweepContext
 from .telemetry import PeakMemory, by_device_mb, hardware_telemetry
-from .stability_pipeline import StabilityPipeline, stability_threads
+from . import stability_pipeline
+from .stability_pipeline import StabilityPipeline
 from .trust_checks import stability_for, trust_checks
 from .work_units import UnitMember, WorkUnit
 
@@ -209,7 +210,7 @@ def _union_calls(
 ) -> Iterator[CellRun]:
     """execute_shared's union calls, in queue order; each cell's stability is solved on the pipeline's thread."""
     m = ctx.matrix
-    threads = stability_threads(torch.get_num_threads())
+    threads = stability_pipeline.SOLVER_THREADS
     while queue:
         call, members = queue.pop(0)
         if on_union is not None:

@@ -16,9 +16,12 @@ them, and they are run again on resume. The union call waits for its last bootst
 outlives the call (a Ray unit is one call). The time a row still waited for its bootstrap is added to its `trust`
 phase (the critical path); the bootstrap's own seconds are recorded as `telemetry.stability_s`.
 
-Threads: the bootstrap's solves use half of this process's torch threads (at least one), leaving the other half to
-the main thread's kernel launches and, with several Ray workers on one host, to the other workers (each is given
-its share of the host's CPUs, execution/ray_executor.py, and binds to it, execution/cpu_binding.py).
+Threads: the bootstrap's resamples are solved one after another on the background thread (`SOLVER_THREADS`). Every
+solve runs Python around HiGHS (scipy's problem set-up and option checks) that takes the GIL from the main thread,
+whose kernel launches are the critical path of a GPU sweep, and every extra solver thread adds to it. On an H200
+(benchmarks/diag/eval_gap.py, benchmarks/results/speed-h200.json run `stability-interference`), the reference
+matrix's cells took 28.3-31.9 s with the resamples on half the torch threads, 24.1 s on one thread, and
+19.7 s with no bootstrap at all; one thread's bootstraps still finish within their union call.
 """
 
 from __future__ import annotations
@@ -29,12 +32,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..trust.stability import MAX_THREADS, THREAD_PREFIX  # the background thread is named like the solver pool's
+from ..trust.stability import THREAD_PREFIX  # the background thread is named like the solver pool's
 
-
-def stability_threads(torch_threads: int) -> int:
-    """How many resamples one bootstrap solves at once beside the GPU work (see the module docstring)."""
-    return max(1, min(MAX_THREADS, torch_threads // 2))
+# how many resamples one bootstrap solves at once beside the GPU work (see the module docstring)
+SOLVER_THREADS = 1
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -99,4 +100,4 @@ class StabilityPipeline:
         return run
 
 
-__all__ = ["StabilityPipeline", "stability_threads"]
+__all__ = ["SOLVER_THREADS", "StabilityPipeline"]

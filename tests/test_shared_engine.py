@@ -231,33 +231,45 @@ def test_a_model_whose_calibration_cannot_be_shared_by_prefix_falls_back_to_one_
     assert sorted(r["telemetry"]["shared"]["union"] for r in rows) == ["calib-4", "calib-8"]
 
 
-def test_formats_that_rescale_weights_get_calls_of_their_own_and_equal_naive(tmp_path):
-    """AWQ and SmoothQuant fold their scales into the shared weights at the end of ModelOpt's search: in one call
-    together the cells' quality came out 100x too high (KL 0.020 for 0.00015). Each gets a call of its own, and
-    then every cell equals the naive engine's (raw scores, recipe, quality)."""
+def _both_engines_on(tmp_path, name: str, axes: dict, effective_bits: float = 12.0) -> tuple[dict, dict]:
+    """One small matrix run through both engines: (naive rows, shared rows) by cell id, the same cells in each."""
     data = copy.deepcopy(TINY_MATRIX)
-    data["name"] = "rescale"
+    data["name"] = name
     data["canary"]["enabled"] = False
-    data["autoquant"]["effective_bits"] = 12.0
-    data["axes"] = {"quant_pairs": ["wint4_afp16_awq", "wint8_aint8_sq"], "granularities": ["default"],
-                    "dataset_sizes": ["a"]}
+    data["autoquant"]["effective_bits"] = effective_bits
+    data["axes"] = axes
     path = write_matrix(tmp_path, data)
     naive = run_sweep(path, RunOptions(output_root=str(tmp_path / "naive"), engine="naive"))
     shared = run_sweep(path, RunOptions(output_root=str(tmp_path / "shared"), engine="shared"))
     n_rows = {r["cell_id"]: r for r in naive.summary["rows"]}
     s_rows = {r["cell_id"]: r for r in shared.summary["rows"]}
-    assert set(n_rows) == set(s_rows) and len(s_rows) == 2
-    unions = sorted(r["telemetry"]["shared"]["union"] for r in s_rows.values())
-    assert unions == ["calib-4-wint4_afp16_awq/default", "calib-4-wint8_aint8_sq/default"]  # not one "calib-4"
+    assert set(n_rows) == set(s_rows)
+    return n_rows, s_rows
+
+
+def _assert_cells_equal_naive(n_rows: dict, s_rows: dict) -> None:
+    """Every shared cell has the naive cell's per-layer raw scores (1e-6), chosen formats and quality (1e-4)."""
     for cid, n in n_rows.items():
         s = s_rows[cid]
-        assert s["status"] == n["status"] == "ok"
+        assert s["status"] == n["status"] == "ok", (s.get("error"), n.get("error"))
         n_layers = {g["name"]: g for g in _manifest(n)["layers"]}
         for g in _manifest(s)["layers"]:
-            assert g["raw_scores"] == pytest.approx(n_layers[g["name"]]["raw_scores"], rel=1e-6, abs=0)
+            assert g["raw_scores"] == pytest.approx(n_layers[g["name"]]["raw_scores"], rel=1e-6, abs=0), (n["key"], g["name"])
             assert g["chosen"] == n_layers[g["name"]]["chosen"]
         for metric in ("kl_mean", "ppl_quant", "top1_agreement"):
             assert s["quality"][metric] == pytest.approx(n["quality"][metric], rel=1e-4, abs=1e-7), (n["key"], metric)
+
+
+def test_formats_that_rescale_weights_get_calls_of_their_own_and_equal_naive(tmp_path):
+    """AWQ and SmoothQuant fold their scales into the shared weights at the end of ModelOpt's search: in one call
+    together the cells' quality came out 100x too high (KL 0.020 for 0.00015). Each gets a call of its own, and
+    then every cell equals the naive engine's (raw scores, recipe, quality)."""
+    n_rows, s_rows = _both_engines_on(tmp_path, "rescale", {
+        "quant_pairs": ["wint4_afp16_awq", "wint8_aint8_sq"], "granularities": ["default"], "dataset_sizes": ["a"]})
+    assert len(s_rows) == 2
+    unions = sorted(r["telemetry"]["shared"]["union"] for r in s_rows.values())
+    assert unions == ["calib-4-wint4_afp16_awq/default", "calib-4-wint8_aint8_sq/default"]  # not one "calib-4"
+    _assert_cells_equal_naive(n_rows, s_rows)
 
 
 def test_weight_only_calibration_skips_the_forward_only_for_plain_max():
@@ -290,28 +302,12 @@ def test_formats_with_alike_activation_quantizers_share_one_calibration_forward_
     """engine/calibration_twins.py: FP8 W8A8 and INT8 W8A8 at two weight granularities are four formats with two
     kinds of input quantizer; the shared call runs the calibration forward for one format of each kind (at two
     dataset sizes, through the prefix records), and every cell still equals the naive engine's per-cell calls."""
-    data = copy.deepcopy(TINY_MATRIX)
-    data["name"] = "twins"
-    data["canary"]["enabled"] = False
-    data["autoquant"]["effective_bits"] = 12.0
-    data["axes"] = {"quant_pairs": ["wfp8_afp8", "wint8_aint8"], "granularities": ["default", "w_group64"],
-                    "dataset_sizes": ["a", "b"]}
-    path = write_matrix(tmp_path, data)
-    naive = run_sweep(path, RunOptions(output_root=str(tmp_path / "naive"), engine="naive"))
-    shared = run_sweep(path, RunOptions(output_root=str(tmp_path / "shared"), engine="shared"))
-    n_rows = {r["cell_id"]: r for r in naive.summary["rows"]}
-    s_rows = {r["cell_id"]: r for r in shared.summary["rows"]}
-    assert set(n_rows) == set(s_rows) and len(s_rows) == 8
+    n_rows, s_rows = _both_engines_on(tmp_path, "twins", {
+        "quant_pairs": ["wfp8_afp8", "wint8_aint8"], "granularities": ["default", "w_group64"],
+        "dataset_sizes": ["a", "b"]})
+    assert len(s_rows) == 8
     calls = {r["telemetry"]["shared"]["union"]: r["telemetry"]["forward_calls"] for r in s_rows.values()}
     assert list(calls) == ["calib-max"], calls  # one call: 4 formats, calibrated once for both sizes
     steps = 2  # size b: 8 samples at batch 4
     assert calls["calib-max"]["calibrate"] == 2 * steps and calls["calib-max"]["calibrate_shared"] == 2 * steps
-    for cid, n in n_rows.items():
-        s = s_rows[cid]
-        assert s["status"] == n["status"] == "ok", (s.get("error"), n.get("error"))
-        n_layers = {g["name"]: g for g in _manifest(n)["layers"]}
-        for g in _manifest(s)["layers"]:
-            assert g["raw_scores"] == pytest.approx(n_layers[g["name"]]["raw_scores"], rel=1e-6, abs=0), (n["key"], g["name"])
-            assert g["chosen"] == n_layers[g["name"]]["chosen"]
-        for metric in ("kl_mean", "ppl_quant", "top1_agreement"):
-            assert s["quality"][metric] == pytest.approx(n["quality"][metric], rel=1e-4, abs=1e-7), (n["key"], metric)
+    _assert_cells_equal_naive(n_rows, s_rows)

@@ -142,3 +142,42 @@ def test_score_replays_as_cuda_graphs_give_the_eager_replays_bits(tmp_path, monk
     for cid, c in _rows_by_id(capped).items():
         assert c["telemetry"]["shared"]["graph_modules"] == 0, c["telemetry"]["shared"]
         assert c["total_score"] == eager[cid]["total_score"] and c["quality"]["kl_mean"] == eager[cid]["quality"]["kl_mean"]
+
+
+@pytest.mark.gpu
+def test_a_replay_that_cannot_be_captured_runs_eagerly_and_leaves_the_allocator_usable(tmp_path, monkeypatch):
+    """A host sync inside a capture invalidates it and PyTorch's capture_end raises before it ends the allocator's
+    routing to the graph pool; engine/replay_graphs.py ends it (`_abandon_capture`), captures nothing more in the
+    call and replays eagerly: the scores are the eager run's, and `torch.cuda.empty_cache()` (which asserts while
+    a capture is under way) still works."""
+    import torch
+
+    from quantsweep.engine import captured_scores
+
+    real_body = captured_scores._graph_body
+
+    def syncing_body(module, x, y, g):
+        torch.cuda.synchronize()  # not allowed while this thread's stream is capturing
+        real_body(module, x, y, g)
+
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = "capture-fails"
+    data["model"]["device"] = "cuda"
+    data["canary"] = {"enabled": False}
+    data["axes"] = {"quant_pairs": ["wint8_afp16", "wfp8_afp8"], "granularities": ["default"], "dataset_sizes": ["b"]}
+    path = write_matrix(tmp_path, data)
+    monkeypatch.setenv("QUANTSWEEP_SCORE_GRAPHS", "0")
+    eager = _rows_by_id(run_sweep(path, RunOptions(output_root=str(tmp_path / "eager"))))
+    monkeypatch.setenv("QUANTSWEEP_SCORE_GRAPHS", "1")
+    monkeypatch.setattr(captured_scores, "_graph_body", syncing_body)
+    failed = _rows_by_id(run_sweep(path, RunOptions(output_root=str(tmp_path / "failed"))))
+    assert set(failed) == set(eager) and len(failed) == 2
+    for cid, row in failed.items():
+        tel = row["telemetry"]["shared"]
+        assert row["status"] == "ok", row.get("error")
+        assert tel["graph_modules"] == 0 and tel["graph_capture_failures"] == 1, tel  # one try per call, then eager
+        assert "synchron" in tel["graph_capture_error"].lower() or "captur" in tel["graph_capture_error"].lower(), tel
+        assert row["total_score"] == eager[cid]["total_score"] and row["quality"]["kl_mean"] == eager[cid]["quality"]["kl_mean"]
+    torch.cuda.empty_cache()  # raises (an internal assert) if the allocator still thinks a capture is under way
+    x = torch.ones(1024, 1024, device="cuda")
+    assert float((x @ x)[0, 0]) == 1024.0

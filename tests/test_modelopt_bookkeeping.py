@@ -127,6 +127,8 @@ def test_config_matching_answers_with_modelopts_own_entries():
                     got, want = memo(cfg, name), plain(cfg, name)
                     assert got[0] is want[0] and got[1] == want[1], (name, got, want)
     assert plain(configs[3], "weight_quantizer")[1] is False  # the path-scoped entry is the last match
+    # the identity checks above compared real entries, not only "no match" (None is None)
+    assert sum(plain(cfg, name)[0] is not None for cfg in configs for name in names) >= 6
     assert algorithms._match_quantizer_cfg is plain
 
 

@@ -17,7 +17,8 @@ pass's *twin*: its steps run no forward, and at every recorded step its calibrat
 pass's running amax there, so that ModelOpt's `finish_stats_collection` loads the amax the forward would have made
 and PrefixCalibration records the same per-size values. Only for calls whose formats are all plain max
 (`shares_calibration_across_sizes`), like the weight-only skip; a quantizer whose calibrator is not ModelOpt's
-`MaxCalibrator`, or anything the signature does not cover (a pre-quant scale, a rotation), makes no twin.
+`MaxCalibrator`, a static bias, or any quantizer of the model that transforms its input with quantization off (a
+pre-quant scale, a rotation: `_transforms_inputs`) makes no twin.
 tests/test_shared_engine.py checks a call with twins against the naive engine's calls.
 """
 
@@ -43,6 +44,8 @@ def collect_signature(q: nn.Module) -> tuple[Any, ...] | None:
     cal = getattr(q, "_calibrator", None)
     if type(cal) is not MaxCalibrator or getattr(q, "pre_quant_scale", None) is not None:
         return None
+    if getattr(q, "_bias_calibrator", None) is not None:  # a static bias is calibrated too: not copied here
+        return None
     if getattr(cal, "_track_amax", False):
         return None
     props = q.get_modelopt_state(properties_only=True)
@@ -63,6 +66,22 @@ def collecting_activation_quantizers(model: nn.Module) -> Iterator[tuple[str, nn
             continue
         if getattr(q, "_calibrator", None) is not None:
             yield name, q
+
+
+def _transforms_inputs(model: nn.Module) -> bool:
+    """Any quantizer of the pass, collecting or not, that changes its input even with quantization off (a
+    pre-quant scale, a rotation): then the calibration forward is not the unquantized model's, and no pass is
+    anybody's twin."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    for q in model.modules():
+        if not isinstance(q, TensorQuantizer):
+            continue
+        if getattr(q, "pre_quant_scale", None) is not None:
+            return True
+        if getattr(q, "rotate_is_enabled", False) or getattr(q, "rotate_back_is_enabled", False):
+            return True
+    return False
 
 
 @dataclass
@@ -117,8 +136,8 @@ class CalibrationTwins:
 
     def _start(self, model: nn.Module) -> _Pass:
         quantizers = dict(collecting_activation_quantizers(model))
-        signature: dict[str, Any] | None = {}
-        for name, q in quantizers.items():
+        signature: dict[str, Any] | None = None if _transforms_inputs(model) else {}
+        for name, q in quantizers.items() if signature is not None else ():
             sig = collect_signature(q)
             if sig is None:
                 signature = None

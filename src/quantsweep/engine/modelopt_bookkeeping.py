@@ -24,7 +24,8 @@ Three costs of ModelOpt 0.47 grow with modules x formats and do no arithmetic at
 and evaluation), never across the runner's yields: the naive engine stays plain ModelOpt, the reference it is
 measured and checked against (tests/test_modelopt_bookkeeping.py compares the quantizers, tests/test_shared_engine.py
 the scores, recipes and quality of both engines). The copies are made only for the thread that installed them;
-another thread building AutoQuantize's hparams meanwhile goes through ModelOpt's own functions.
+another thread building AutoQuantize's hparams meanwhile goes through ModelOpt's own functions. The matcher's memo
+answers every thread (a pure function of its arguments).
 """
 
 from __future__ import annotations

@@ -18,14 +18,17 @@ What keeps the result ModelOpt's:
     bias, the quantizers' amax (ModelOpt's, and PrefixCalibration's per-size snapshots), the accumulators.
 
 What keeps the memory in bounds: the static inputs are shared by every module of the same shapes (replays run
-one after another), and all graphs allocate from one private pool, in which nothing stays allocated after a
-capture (the replay's temporaries all die inside it), so the pool holds one module's temporaries, not the sum.
+one after another), and all graphs allocate from one private pool, in which nothing the replay makes outlives a
+capture (its temporaries all die inside it), so the pool holds one module's temporaries, not the sum. The side
+stream is the process's own, one per device, and is warmed up outside any capture: a stream's cuBLAS workspace is
+allocated at its first matrix product and kept.
 
 Only replays of at most MAX_GRAPH_MACS are graphed: on larger linears the GPU is the bottleneck, the host runs
 ahead of it anyway, and a graph would only add its static inputs to the peak memory.
 
 A capture that fails (an operation that cannot be captured: a host sync, a copy from pageable memory) leaves that
-module on the eager replay; `failed` counts them and `first_error` keeps the first reason. CPU tensors never
+module, and every module not captured yet in the call, on the eager replay; the allocator is told that the capture
+is over (`_abandon_capture`), `failed` counts the failures and `first_error` keeps the first reason. CPU tensors never
 get here. `QUANTSWEEP_SCORE_GRAPHS=0` turns graphs off (a diagnostic switch: benchmarks/shared_vs_naive.py
 `--graphs-ab` measures both in one process).
 """
@@ -33,6 +36,7 @@ get here. `QUANTSWEEP_SCORE_GRAPHS=0` turns graphs off (a diagnostic switch: ben
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -48,8 +52,46 @@ MAX_GRAPH_MACS = 8_000_000_000
 
 
 def graphs_enabled() -> bool:
-    """Graphs are on where CUDA is, unless QUANTSWEEP_SCORE_GRAPHS=0."""
-    return os.environ.get(ENV_SWITCH, "1").strip() not in ("0", "false", "no", "off")
+    """Graphs are on where CUDA is, unless QUANTSWEEP_SCORE_GRAPHS=0, and only with the allocator calls that undo
+    a failed capture (`_abandon_capture`)."""
+    if os.environ.get(ENV_SWITCH, "1").strip() in ("0", "false", "no", "off"):
+        return False
+    return hasattr(torch._C, "_cuda_endAllocateToPool") and hasattr(torch._C, "_cuda_releasePool")
+
+
+# One side stream per device for the whole process: a stream's first matrix product sets up a cuBLAS workspace that
+# stays allocated for that stream, so a fresh stream per union call would leave one more behind each time.
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+_WARMED: set[tuple[int, torch.device, torch.dtype]] = set()
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    stream = _SIDE_STREAMS.get(device)
+    if stream is None:
+        stream = _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return stream
+
+
+def _warm_up(stream: torch.cuda.Stream, device: torch.device, dtype: torch.dtype) -> None:
+    """A small matrix product on the side stream, outside any capture, once per thread (cuBLAS handles are per
+    thread) and dtype: the handle's workspace is then allocated from the ordinary pool, not inside a capture."""
+    key = (threading.get_ident(), device, dtype)
+    if key in _WARMED:
+        return
+    with torch.cuda.stream(stream):
+        a = torch.zeros(8, 16, dtype=dtype, device=device)
+        torch.nn.functional.linear(a, torch.zeros(16, 16, dtype=dtype, device=device))
+    _WARMED.add(key)
+
+
+def _abandon_capture(device: torch.device, pool: Any) -> None:
+    """After a capture whose end failed (CUDA invalidates a capture that meets a host sync, for instance): PyTorch's
+    `capture_end` raised before it told the caching allocator to stop routing this capture's allocations to the
+    private pool, and the graph will never release the pool's reference either. Left so, the allocator believes
+    a capture is still under way (`empty_cache` asserts, freed blocks are not reused across streams)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch._C._cuda_endAllocateToPool(index, pool)
+    torch._C._cuda_releasePool(index, pool)
 
 
 def graphable(x: Any, y: Any, g: Any) -> bool:
@@ -66,7 +108,6 @@ class ReplayGraphs:
 
     def __init__(self) -> None:
         self._pool: Any = None
-        self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._static: dict[tuple[Any, ...], torch.Tensor] = {}
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]] | None] = {}
         self.captured = 0
@@ -82,9 +123,13 @@ class ReplayGraphs:
         prepare: Callable[[], None],
     ) -> bool:
         """Run `body(*tensors)` as `key`'s graph (captured now if it is the first call; `prepare()` runs once before
-        the capture: it makes what the graph writes into). False: no graph for `key`, run the eager replay."""
+        the capture: it makes what the graph writes into). False: no graph for `key`, run the eager replay. After a
+        failed capture no other module is captured in this call (what failed once would fail again, at the price
+        of a capture each time)."""
         entry = self._graphs.get(id(key), ())
         if entry == ():
+            if self.failed:
+                return False
             prepare()
             entry = self._capture(tensors, body)
             self._graphs[id(key)] = entry
@@ -107,21 +152,25 @@ class ReplayGraphs:
         statics = tuple(self._static_for(i, t) for i, t in enumerate(tensors))
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        stream = self._streams.get(device)
-        if stream is None:
-            stream = self._streams[device] = torch.cuda.Stream(device)
+        stream = _side_stream(device)
         current = torch.cuda.current_stream(device)
         stream.wait_stream(current)  # the accumulators `prepare` made are written on the current stream
+        _warm_up(stream, device, tensors[0].dtype)
         graph = torch.cuda.CUDAGraph()
+        began = ended = False
         try:
             with torch.cuda.stream(stream):
                 # thread_local: other threads' CUDA calls (telemetry, a Ray actor's other work) do not void it
                 graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+                began = True
                 try:
                     body(*statics)
                 finally:
                     graph.capture_end()
+                    ended = True
         except Exception as exc:  # noqa: BLE001 - anything that cannot be captured runs eagerly instead
+            if began and not ended:
+                _abandon_capture(device, self._pool)
             self.failed += 1
             if self.first_error is None:
                 self.first_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
@@ -142,7 +191,6 @@ class ReplayGraphs:
         """Drop the graphs, their pool and the static inputs (the caller releases the cached memory)."""
         self._graphs.clear()
         self._static.clear()
-        self._streams.clear()
         self._pool = None
 
     def stats(self) -> dict[str, Any]:

@@ -17,6 +17,8 @@ plain forward+backward on a Qwen3-0.6B shape.
   * the score is ModelOpt's `_get_auto_quantize_score(G, D_f)`, accumulated into ModelOpt's own `_importance_dict`
     exactly as its hook does (first batch assigned, later batches added in place): on the device, no host sync;
   * X and Y are dropped as soon as the hook has used them, so the peak holds one module's replay at a time.
+  * on a GPU the replay of a small enough module is recorded once as a CUDA graph and launched for every batch
+    (engine/replay_graphs.py): the same operations without their host time.
 
 Modules that are not plain quantized linears (any class in the MRO with a forward of its own), or whose score
 module is not one of the quantized modules (MoE rules that score experts at the MLP output), are replayed the way
@@ -60,7 +62,7 @@ class CapturedScores:
         self.fast_modules = 0
         self.slow_modules = 0
         self.released_calibrators = 0
-        # on a GPU, each module's replays after its first are one CUDA graph launch (engine/replay_graphs.py)
+        # on a GPU, a module's replay of all its formats is one CUDA graph launch per batch (engine/replay_graphs.py)
         self.graphs = ReplayGraphs() if graphs_enabled() and torch.cuda.is_available() else None
 
     def install(self, model: nn.Module) -> None:

@@ -1,5 +1,5 @@
-"""CUDA graphs of the score replays: each scored module's replay of every candidate format, captured once and
-launched as one graph for every later batch.
+"""CUDA graphs of the score replays: each scored module's replay of every candidate format, recorded at the
+module's first backward and launched as one graph for that batch and every later one.
 
 On a GPU the captured score replay (engine/captured_scores.py) of a small model is bound by host time: for each
 module, batch and format it calls ModelOpt's `TensorQuantizer` for the weight (~110 µs of Python on an H200) and,

@@ -24,12 +24,14 @@ tests/test_shared_engine.py checks a call with twins against the naive engine's 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from .prefix_calibration import collecting_activation_quantizers
 
 # the quantizer attributes that are state, not configuration (the dtype seen last; set by the forward)
 _STATE_ATTRS = frozenset({"_input_dtype", "_if_calib", "_if_quant"})
@@ -52,20 +54,6 @@ def collect_signature(q: nn.Module) -> tuple[Any, ...] | None:
     config = tuple(sorted((k, repr(v)) for k, v in props.items() if k not in _STATE_ATTRS))
     settings = tuple(sorted((k, repr(v)) for k, v in vars(cal).items() if not isinstance(v, torch.Tensor)))
     return type(q), config, type(cal), settings
-
-
-def collecting_activation_quantizers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """The quantizers that collect statistics in the forward of the pass under way (enable_stats_collection has
-    run), other than weight quantizers."""
-    from modelopt.torch.quantization.nn import TensorQuantizer
-
-    for name, q in model.named_modules():
-        if not isinstance(q, TensorQuantizer) or name.endswith("weight_quantizer"):
-            continue
-        if q._disabled or not getattr(q, "_if_calib", False) or getattr(q, "_dynamic", False):
-            continue
-        if getattr(q, "_calibrator", None) is not None:
-            yield name, q
 
 
 def _transforms_inputs(model: nn.Module) -> bool:

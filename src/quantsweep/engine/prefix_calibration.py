@@ -122,14 +122,22 @@ class PrefixCalibration:
                 q._amax = self.amax[q][k].clone()
 
 
-def _calibrating_activation_quantizers(model: nn.Module) -> Iterator[tuple[str, Any]]:
+def collecting_activation_quantizers(model: nn.Module) -> Iterator[tuple[str, Any]]:
+    """The quantizers that collect statistics in the calibration pass under way (enable_stats_collection has
+    run), other than weight quantizers."""
     from modelopt.torch.quantization.nn import TensorQuantizer
 
     for name, q in model.named_modules():
         if not isinstance(q, TensorQuantizer) or "weight_quantizer" in name:
             continue
-        if not getattr(q, "_if_calib", False) or getattr(q, "_dynamic", False):
+        if q._disabled or not getattr(q, "_if_calib", False) or getattr(q, "_dynamic", False):
             continue
-        cal = getattr(q, "_calibrator", None)
-        if cal is not None and getattr(cal, "_calib_amax", None) is not None:
+        if getattr(q, "_calibrator", None) is not None:
+            yield name, q
+
+
+def _calibrating_activation_quantizers(model: nn.Module) -> Iterator[tuple[str, Any]]:
+    """Those of them that have collected something so far."""
+    for name, q in collecting_activation_quantizers(model):
+        if getattr(q._calibrator, "_calib_amax", None) is not None:
             yield name, q

@@ -191,6 +191,7 @@ def write_profile(prof, path: str) -> None:
         out.write(f"--- top 60 by {key} ---\n")
         pstats.Stats(prof, stream=out).sort_stats(key).print_stats(60)
     Path(path).write_text(out.getvalue())
+    prof.dump_stats(path + ".pstats")  # the raw stats, for callers/callees of one function
 
 
 def print_shared_only(variant: str, shared: dict, floor: dict) -> None:

@@ -141,13 +141,15 @@ def test_union_calls_and_work_units_keep_a_menu_whole():
     assert [c.key for c in refused] == ["wint4_afp16_awq+wint8_afp16/default/a", "wint4_afp16_awq+wint8_afp16/default/b"]
     calls = {call.key: (call, members) for call, members in
              plan_union_calls(matrix, "cpu", [c for c in plan.cells if c not in refused])}
-    assert sorted(calls) == ["calib-max", "data-free"]
-    free, free_members = calls["data-free"]
-    assert [f.label for f in free.formats] == ["wint8_afp16/default", "int4g64/default"]  # shared by pair and menu
-    assert [c.key for c, *_ in free_members] == [
+    assert sorted(calls) == ["calib-max"]  # the weight-only cells join the calibrated call (_fold_data_free)
+    calib, members = calls["calib-max"]
+    # int4g64 is shared by a menu of each kind; the weight-only formats are not recorded per size
+    assert [(f.label, f.data_free) for f in calib.formats] == [
+        ("int4g64/default", True), ("wfp8_afp8/default", False), ("wint8_afp16/default", True)]
+    assert [c.key for c, *_ in members] == [
+        "int4g64+wfp8_afp8/default/a", "int4g64+wfp8_afp8/default/b",
         "wint8_afp16/default/a", "wint8_afp16/default/b", "wint8_afp16+int4g64/default/a", "wint8_afp16+int4g64/default/b"]
-    calib, calib_members = calls["calib-max"]
-    assert [(f.label, f.data_free) for f in calib.formats] == [("int4g64/default", True), ("wfp8_afp8/default", False)]
+    assert calib.cell_ids == [c.id for c, *_ in members]
     assert calib.prefix_calibration and calib.calib_steps == 2
     # the weight-only member is not recorded per size: its own series serves the smaller size
     calib.formats[0].signature, calib.formats[1].signature = "sig-int4", "sig-fp8"  # run_union sets them
@@ -156,8 +158,8 @@ def test_union_calls_and_work_units_keep_a_menu_whole():
     units = work_units(matrix, "cpu", "shared", plan.cells)
     refused_unit = next(u for u in units if u.label == "refused by ModelOpt")
     assert refused_unit.cell_ids == [c.id for c in refused]
-    unit = next(u for u in units if u.label == "union data-free")
-    assert unit.formats == ["int4g64/default", "wint8_afp16/default"]
+    unit = next(u for u in units if u.label == "union calib-max")
+    assert unit.formats == ["int4g64/default", "wfp8_afp8/default", "wint8_afp16/default"]
     parts = unit.split()
     menu_ids = {c.id for c in plan.cells if c.pair.name == "wint8_afp16+int4g64"}
     assert any(menu_ids <= set(p.cell_ids) for p in parts)  # the menu cells stay together

@@ -160,3 +160,30 @@ def test_copies_are_independent_of_each_other():
     assert a is not b and a._calibrator is not b._calibrator
     a.amax = torch.tensor(3.0)
     assert getattr(b, "_amax", None) is None
+
+
+def test_fast_deepcopy_gives_deepcopys_quantizers_and_keeps_aliases():
+    """`fast_deepcopy` against `copy.deepcopy` on calibrated quantizers (amax buffers, block sizes, a calibrator,
+    W4A8's SequentialQuantizer): the same classes, attributes and tensors; no object shared with the original;
+    an object held twice is copied once, as deepcopy does."""
+    import copy
+
+    from quantsweep.engine.modelopt_bookkeeping import fast_deepcopy
+
+    model = _quant_model()  # INT8 W8A8, calibrated: every quantizer has an amax buffer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w4a8 = torch.nn.Sequential(_Block(), _Block())
+        mtq.quantize(w4a8, mtq.W4A8_AWQ_BETA_CFG, lambda m: m(torch.randn(2, 3, 64)))
+    quantizers = [model[0].up.weight_quantizer, model[0].up.input_quantizer, w4a8[1].down.weight_quantizer]
+    assert type(quantizers[-1]).__name__ == "SequentialQuantizer"
+    for q in quantizers:
+        fast, slow = fast_deepcopy(q), copy.deepcopy(q)
+        assert _describe(fast) == _describe(slow) == _describe(q)
+        originals = {id(v) for v in q.modules()} | {id(t) for t in q.state_dict(keep_vars=True).values()}
+        assert not originals & ({id(v) for v in fast.modules()} | {id(t) for t in fast.state_dict(keep_vars=True).values()})
+    pair = {"a": quantizers[0], "b": quantizers[0]}
+    copied = fast_deepcopy(pair)
+    assert copied["a"] is copied["b"] and copied["a"] is not quantizers[0]
+    copied["a"].amax = torch.full_like(quantizers[0]._amax, 5.0)  # written into the copy's buffer in place
+    assert float(copied["a"]._amax.max()) == 5.0 and float(quantizers[0]._amax.max()) != 5.0

@@ -128,26 +128,26 @@ def test_shared_engine_equals_naive(both_engines):
 def test_shared_engine_groups_cells_and_amortises_telemetry(both_engines):
     _, shared = both_engines
     unions = {r["telemetry"]["shared"]["union"]: r["telemetry"]["shared"] for r in shared.summary["rows"]}
-    # weight-only formats share one data-free call across both sizes; FP8 W8A8 (static activation scales, max
-    # calibration) one calibration pass for both sizes, recorded after 4 and after 8 samples' batches
-    assert sorted(unions) == ["calib-max", "data-free"]
-    assert unions["data-free"]["cells"] == 12 and unions["data-free"]["formats"] == 3
-    assert unions["calib-max"]["cells"] == 4 and unions["calib-max"]["formats"] == 1
-    assert unions["calib-max"]["calibration_sizes"] == [1, 2]
+    # one call: FP8 W8A8 (static activation scales, max calibration) calibrated in one pass for both sizes,
+    # recorded after 4 and after 8 samples' batches, and the weight-only formats beside it (they would share one
+    # data-free call across both sizes on their own; execution/shared_runner.py::_fold_data_free)
+    assert sorted(unions) == ["calib-max"]
+    call = unions["calib-max"]
+    assert call["cells"] == 16 and call["formats"] == 4
+    assert call["calibration_sizes"] == [1, 2]
     # one calibration forward per batch of the largest size (2 batches of 4 x 32 tokens), not 1 + 2 as in two calls
-    assert unions["calib-max"]["tokens"]["calibrate"] == 2 * 4 * 32
+    assert call["tokens"]["calibrate"] == 2 * 4 * 32
     # weight-only formats are calibrated on their weights alone (ModelOpt's max_calibrate does that before any
-    # forward): no calibration forward, and the rows still equal the naive engine's (the test above)
-    assert unions["data-free"]["tokens"]["calibrate"] == 0
-    free_row = next(r for r in shared.summary["rows"] if r["telemetry"]["shared"]["union"] == "data-free")
-    assert free_row["telemetry"]["forward_calls"]["calibrate_skipped"] == 3  # 3 formats x 1 calibration batch
+    # forward): no calibration forward for them, and the rows still equal the naive engine's (the test above)
+    row = shared.summary["rows"][0]
+    assert row["telemetry"]["forward_calls"]["calibrate_skipped"] == 3 * 2  # 3 formats x the call's 2 batches
+    assert row["telemetry"]["forward_calls"]["calibrate"] == 2
     # every scored module replayed from the captured pass, none the slow way
-    assert unions["data-free"]["replayed_modules"] > 0 and unions["data-free"]["modelopt_replayed_modules"] == 0
+    assert call["replayed_modules"] > 0 and call["modelopt_replayed_modules"] == 0
     # once calibration is over, ModelOpt's max calibrators' copies of the amax are dropped: one per calibrated
     # quantizer (the weights' of every format and module; FP8 W8A8 the inputs' too)
-    modules = unions["data-free"]["replayed_modules"]
-    assert unions["data-free"]["released_calibrators"] == 3 * modules
-    assert unions["calib-max"]["released_calibrators"] == 2 * modules
+    modules = call["replayed_modules"]
+    assert call["released_calibrators"] == 3 * modules + 2 * modules
     assert all(r["valid"] for r in shared.summary["rows"])
     # rows are recorded in the union calls' cell order although each waits for its bootstrap on another thread,
     # and the bootstrap's own seconds are recorded beside the (critical-path) phases
@@ -199,9 +199,8 @@ def test_sizes_share_a_call_only_through_whole_batches():
     plan = expand(matrix, "m.yaml")
     calls = {call.key: (call, [c.size_name for c, *_ in members]) for call, members in plan_union_calls(matrix, "cpu", plan.cells)}
     assert {k: sorted(v[1]) for k, v in calls.items()} == {
-        "data-free": ["eight", "sixteen"],
         "data-free-samples-6-6": ["six"],
-        "calib-max": ["eight", "sixteen"],
+        "calib-max": ["eight", "eight", "sixteen", "sixteen"],  # the weight-only cells joined the calibrated call
         "calib-6-samples-6-6": ["six"],
     }
     assert calls["calib-max"][0].calib_steps == 4 and calls["calib-max"][0].prefix_calibration

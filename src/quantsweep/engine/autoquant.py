@@ -257,7 +257,8 @@ formats of the call are calibrated once for several dataset sizes (engine/prefix
                 forward_step(m, batch).loss.backward()  # what ModelOpt builds from loss_func
                 if after_batch is not None:
                     after_batch(m)
-                trim_host_memory()
+                if batch["input_ids"].device.type == "cpu":  # a GPU's tensors are not on the host heap
+                    trim_host_memory()
 
             kwargs["forward_backward_step"] = forward_backward_step
         solve = exact_search() if exact and method == "gradient" else contextlib.nullcontext([])

@@ -26,6 +26,7 @@ class CellRecipeConfigs:
         self.state = state
         self._parts: dict[tuple, tuple[list, list, dict[str, list]]] = {}
         self._rest: dict[str, Any] = {}  # the config's keys besides quant_cfg ("algorithm")
+        self._heads: dict[tuple[str, ...], list] = {}  # per group order: the unquantized head, the same for every format
 
     def config_for(self, best: dict[str, Any], none: Any) -> dict[str, Any]:
         """The config ModelOpt builds for the recipe `best` (group name -> QuantRecipe), JSON-ready."""
@@ -48,7 +49,9 @@ class CellRecipeConfigs:
         return {**self._rest, "quant_cfg": entries}
 
     def _split(self, recipe: Any, order: tuple[str, ...], none: Any) -> tuple[list, list, dict[str, list]]:
-        empty = self._modelopt({name: none for name in order})["quant_cfg"]
+        empty = self._heads.get(order)
+        if empty is None:
+            empty = self._heads[order] = self._modelopt({name: none for name in order})["quant_cfg"]
         full_config = self._modelopt({name: recipe for name in order})
         self._rest = {k: v for k, v in full_config.items() if k != "quant_cfg"}
         full = full_config["quant_cfg"]

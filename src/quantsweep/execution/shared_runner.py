@@ -62,6 +62,12 @@ def plan_union_calls(
     cell's calibration size (by prefix when every member is max-calibrated), where a weight-only member is
     calibrated from the weights as anywhere else, so every member's scores are those of its own call.
 
+    Weight-only cells join the one-pass calibrated call when there is one (`_fold_data_free`): a weight-only
+    format is calibrated from the weights in any call and scored from the same captured forward+backward, so its
+    scores are those of a data-free call of its own, while the sweep saves one call's set-up and one
+    forward+backward per score batch. Ray still splits the call by formats when workers would idle
+    (execution/work_units.py).
+
     Needs only the matrix and the device type, so a Ray driver groups cells exactly as its workers will."""
     method = matrix.autoquant.method
     batch = matrix.autoquant.batch_size
@@ -104,6 +110,27 @@ def plan_union_calls(
         # a single format is solved under the union's label for it (as ever); a menu's members keep the cell's own
         solve_with = [(labels[0], configs[0])] if len(formats) == 1 else formats
         members.append((cell, solve_with, backend))
+    return _fold_data_free(groups)
+
+
+def _fold_data_free(groups: dict[tuple, tuple[UnionCall, list[Member]]]) -> list[tuple[UnionCall, list[Member]]]:
+    """The data-free call's formats and cells moved into the one-pass calibrated call ("calib-max"), if both exist.
+
+    Each weight-only format is added at the calibrated call's own size: its calibration reads the weights only
+    (no forward, `calibrate_skipped`) and `UnionCall.score_key` gives its cells its one score series at every size,
+    so no prefix is recorded for it and the calibration pass stays as long as the calibrated formats need."""
+    free, calibrated = groups.get(("data-free",)), groups.get(("calib-max",))
+    if free is None or calibrated is None:
+        return list(groups.values())
+    call, members = calibrated
+    free_call, free_members = free
+    for cell, formats, backend in free_members:
+        labels = [call.add_format(label, config, call.calib_steps) for label, config in formats]
+        solve_with = [(labels[0], formats[0][1])] if len(formats) == 1 else formats
+        members.append((cell, solve_with, backend))
+        call.cell_ids.append(cell.id)
+    call.score_steps = max(call.score_steps, free_call.score_steps)
+    del groups[("data-free",)]
     return list(groups.values())
 
 
@@ -290,7 +317,8 @@ def _union_calls(
                         _prepare_for(union, cell.calib_steps), stability=False,
                     )
                     phases["trust"] = time.perf_counter() - t
-                    trim_host_memory()
+                    if ctx.loaded.device.type == "cpu":  # a GPU's tensors are not on the host heap
+                        trim_host_memory()
                 run.status, run.result, run.quality = "ok", result, quality
             except KeyboardInterrupt:
                 raise

@@ -20,7 +20,10 @@ Three costs of ModelOpt 0.47 grow with modules x formats and do no arithmetic at
   reference matrix's formats on the CPU, although the answer depends only on the config and the quantizer's name.
   The shortcut answers each (config, name) once, with the same entry objects ModelOpt's loop returns.
 
-`fast_modelopt_bookkeeping()` installs all three around the shared engine's own ModelOpt work (a union call; a cell's solve
+It also defers the max calibrator's three host syncs per collected tensor to the moment its amax is read
+(engine/calibrator_syncs.py).
+
+`fast_modelopt_bookkeeping()` installs all of them around the shared engine's own ModelOpt work (a union call; a cell's solve
 and evaluation), never across the runner's yields: the naive engine stays plain ModelOpt, the reference it is
 measured and checked against (tests/test_modelopt_bookkeeping.py compares the quantizers, tests/test_shared_engine.py
 the scores, recipes and quality of both engines). The copies are made only for the thread that installed them;
@@ -36,6 +39,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
+
+from .calibrator_syncs import deferred_max_checks
 
 _lock = threading.Lock()
 _depth = 0
@@ -66,7 +71,8 @@ def fast_modelopt_bookkeeping() -> Iterator[QuantizerTemplates]:
             algorithms._match_quantizer_cfg = _MemoisedMatch(algorithms._match_quantizer_cfg)
         templates = _saved["templates"]
     try:
-        yield templates
+        with deferred_max_checks():  # engine/calibrator_syncs.py
+            yield templates
     finally:
         with _lock:
             _depth -= 1

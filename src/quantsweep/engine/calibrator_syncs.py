@@ -1,0 +1,149 @@
+"""ModelOpt's max calibrator without its three host syncs per collected tensor.
+
+`MaxCalibrator.collect(x)` (ModelOpt 0.47) reduces |x| to the running amax on the device, then asserts that the
+new amax has no NaN, no negative value and no infinity: three `bool(tensor)` reads, each a device-to-host sync that
+waits for everything queued so far. Every weight quantizer of every format is collected once
+(`weight_only_quantize`), and every collecting quantizer once per calibration batch, so a union call makes
+thousands of them; on a GPU each one stops the host from queueing the next kernels while the device drains. On the
+8B-shaped matrix most of the weight-only calibration phase's host time was spent in `collect`.
+
+`deferred_max_checks()` replaces `collect` with the same arithmetic (the same reduction, the same running maximum,
+the same shape check and `track_amax` list) that folds the three checks into one boolean tensor kept on the
+calibrator, and `compute_amax` raises ModelOpt's `AssertionError` from it when the amax is read
+(`load_calib_amax`, once per quantizer at the end of calibration). The amax is bit for bit ModelOpt's; a bad
+tensor still fails the calibration, one step later. It is installed only when ModelOpt's `collect` is the one this
+was written against (its source's hash): another version keeps its own.
+
+After each format's calibration, `mtq.calibrate` validates every quantizer's amax and pre-quant scale with
+`TensorQuantizer.validate_attr`: three more syncs each (non-negative, no infinity, no NaN). `_validate_attr` asks
+the same question with one (the three reductions combined on the device), same answer, same warning or error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+# sha256 of inspect.getsource(MaxCalibrator.collect) and of TensorQuantizer.validate_attr in nvidia-modelopt 0.47.0
+KNOWN_COLLECT = "0ec3cd8409470bc6a9922dd431f7e74770a921df32b3419a4e9901074c4de846"
+KNOWN_VALIDATE = "bd2a8c2dd287a787def77b7d287d79d0b37bbb740f68915d3ab64eb7553364d7"
+
+_lock = threading.Lock()
+_depth = 0
+_saved: dict[str, Any] = {}
+
+
+def collect_source_hash() -> str:
+    from modelopt.torch.quantization.calib.max import MaxCalibrator
+
+    return _source_hash(MaxCalibrator.collect)
+
+
+def validate_source_hash() -> str:
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    return _source_hash(TensorQuantizer.validate_attr)
+
+
+def _source_hash(function: Any) -> str:
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def deferred_max_checks() -> Iterator[bool]:
+    """Install the sync-free `collect` (re-entrant); yields whether it is installed (False: another ModelOpt)."""
+    global _depth
+    from modelopt.torch.quantization.calib.max import MaxCalibrator
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    with _lock:
+        if _depth == 0:
+            _saved["active"] = collect_source_hash() == KNOWN_COLLECT
+            if _saved["active"]:
+                _saved["collect"] = MaxCalibrator.__dict__["collect"]
+                _saved["compute_amax"] = MaxCalibrator.__dict__["compute_amax"]
+                MaxCalibrator.collect = _collect
+                MaxCalibrator.compute_amax = _compute_amax
+            _saved["validate"] = validate_source_hash() == KNOWN_VALIDATE
+            if _saved["validate"]:
+                _saved["validate_attr"] = TensorQuantizer.__dict__["validate_attr"]
+                TensorQuantizer.validate_attr = _validate_attr
+        _depth += 1
+        active = _saved["active"]
+    try:
+        yield active
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                if _saved.pop("active"):
+                    MaxCalibrator.collect = _saved.pop("collect")
+                    MaxCalibrator.compute_amax = _saved.pop("compute_amax")
+                if _saved.pop("validate"):
+                    TensorQuantizer.validate_attr = _saved.pop("validate_attr")
+
+
+@torch.no_grad()
+def _collect(self: Any, x: torch.Tensor) -> None:
+    """MaxCalibrator.collect (ModelOpt 0.47), its three asserts folded into `self._deferred_invalid`."""
+    from modelopt.torch.quantization import utils as quant_utils
+
+    reduce_axis = quant_utils.convert_quantization_axis_to_reduce_axis(x, self._axis)
+    local_amax = quant_utils.reduce_amax(x, axis=reduce_axis).detach()
+    if x.device.type == "meta":
+        self._calib_amax = local_amax
+        return
+    invalid = (torch.isnan(local_amax) | (local_amax < 0) | torch.isinf(local_amax)).any()
+    pending = self.__dict__.get("_deferred_invalid")
+    self._deferred_invalid = invalid if pending is None else pending | invalid
+    if self._calib_amax is None:
+        self._calib_amax = local_amax
+    else:
+        if local_amax.shape != self._calib_amax.shape:
+            raise RuntimeError("amax shape changed!")
+        self._calib_amax = torch.max(self._calib_amax, local_amax)
+    if self._track_amax:
+        self._amaxs.append(local_amax.cpu().numpy())
+
+
+def _compute_amax(self: Any) -> Any:
+    """MaxCalibrator.compute_amax, after the checks `_collect` deferred (one sync per quantizer)."""
+    pending = self.__dict__.pop("_deferred_invalid", None)
+    if pending is not None and bool(pending):
+        raise AssertionError("detected nan, inf or negative values in amax (checked when the amax was read)")
+    return self._calib_amax
+
+
+def _validate_attr(
+    self: Any, attr_value: Any = None, attr_name: str = "amax", raise_error: bool = False, warn_error: bool = False,
+    name: str = "",
+) -> bool:
+    """TensorQuantizer.validate_attr (ModelOpt 0.47) with its three checks read in one sync."""
+    import warnings
+
+    attr_value = attr_value if attr_value is not None else getattr(self, attr_name, None)
+    if attr_value is None or (isinstance(attr_value, torch.Tensor) and attr_value.is_meta):
+        return True
+    if isinstance(attr_value, torch.Tensor):
+        is_valid = bool(((attr_value >= 0).all() & ~torch.isinf(attr_value).any() & ~torch.isnan(attr_value).any()))
+    else:
+        is_valid = (
+            torch.all(attr_value >= 0)
+            and not torch.any(torch.isinf(attr_value))
+            and not torch.any(torch.isnan(attr_value))
+        )
+    if is_valid:
+        return True
+    name = f"{name}." if name else ""
+    msg = f"{name}{attr_name} contains invalid values: {attr_value}"
+    if warn_error:
+        warnings.warn(msg)
+    if raise_error:
+        raise ValueError(msg)
+    return False

@@ -76,3 +76,15 @@ def test_validation_in_one_sync_answers_and_warns_as_modelopts():
             q.validate_attr(attr_value=values[3], raise_error=True)
     assert fast == own == [True, False, False, False, True]
     assert TensorQuantizer.validate_attr is not calibrator_syncs._validate_attr
+
+
+def test_the_shared_engines_shortcuts_install_it_and_an_unreadable_source_leaves_modelopts(monkeypatch):
+    from quantsweep.engine.modelopt_bookkeeping import fast_modelopt_bookkeeping
+
+    original = MaxCalibrator.collect
+    with fast_modelopt_bookkeeping():
+        assert MaxCalibrator.collect is calibrator_syncs._collect
+    assert MaxCalibrator.collect is original
+    monkeypatch.setattr(calibrator_syncs, "collect_source_hash", lambda: None)  # inspect could not read it
+    with deferred_max_checks() as active:
+        assert not active and MaxCalibrator.collect is original

@@ -5,6 +5,7 @@ them, for plain, block-wise, activation-quantized and sequential (W4A8) formats.
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -185,5 +186,14 @@ def test_fast_deepcopy_gives_deepcopys_quantizers_and_keeps_aliases():
     pair = {"a": quantizers[0], "b": quantizers[0]}
     copied = fast_deepcopy(pair)
     assert copied["a"] is copied["b"] and copied["a"] is not quantizers[0]
+    # what a quantizer does not hold today but deepcopy handles: subclasses of containers, functions, classes
+    class Items(dict):
+        pass
+
+    odd = {"items": Items(a=[1]), "fn": _describe, "cls": torch.nn.Linear, "hooks": OrderedDict(x=1)}
+    odd["hooks"].note = "attribute"
+    again = fast_deepcopy(odd)
+    assert again["items"] == {"a": [1]} and type(again["items"]) is Items and again["items"]["a"] is not odd["items"]["a"]
+    assert again["fn"] is _describe and again["cls"] is torch.nn.Linear and again["hooks"].note == "attribute"
     copied["a"].amax = torch.full_like(quantizers[0]._amax, 5.0)  # written into the copy's buffer in place
     assert float(copied["a"]._amax.max()) == 5.0 and float(quantizers[0]._amax.max()) != 5.0

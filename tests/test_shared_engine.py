@@ -221,13 +221,71 @@ def test_a_model_whose_calibration_cannot_be_shared_by_prefix_falls_back_to_one_
     data = copy.deepcopy(TINY_MATRIX)
     data["name"] = "fallback"
     data["canary"]["enabled"] = False
-    data["axes"] = {"quant_pairs": ["wfp8_afp8"], "granularities": ["default"], "dataset_sizes": ["a", "b"]}
+    # the weight-only cells folded into the calibrated call go back to a data-free call of their own
+    data["axes"] = {"quant_pairs": ["wfp8_afp8", "wint4_afp16"], "granularities": ["default"],
+                    "dataset_sizes": ["a", "b"]}
     path = write_matrix(tmp_path, data)
     outcome = run_sweep(path, RunOptions(output_root=str(tmp_path / "runs"), engine="shared"))
     assert outcome.exit_code == ExitCode.OK
     rows = outcome.summary["rows"]
-    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
-    assert sorted(r["telemetry"]["shared"]["union"] for r in rows) == ["calib-4", "calib-8"]
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    assert sorted(r["telemetry"]["shared"]["union"] for r in rows) == ["calib-4", "calib-8", "data-free", "data-free"]
+
+
+def test_a_failed_folded_call_is_retried_as_separate_calls_so_weight_only_cells_survive(tmp_path, monkeypatch):
+    """Weight-only cells folded into a calibrated call (shared_runner._fold_data_free) do not fail with it: the call
+    is planned again without folding, and only the cells whose own call fails get error rows."""
+    from quantsweep.engine.shared import run_union as real_run_union
+    from quantsweep.execution import shared_runner
+
+    calls = []
+
+    def run_union(model, call, *args, **kwargs):
+        calls.append((call.key, sorted(f.label for f in call.formats)))
+        if any(not f.data_free for f in call.formats):
+            raise RuntimeError("calibration failed (forced by the test)")
+        return real_run_union(model, call, *args, **kwargs)
+
+    monkeypatch.setattr(shared_runner, "run_union", run_union)
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = "folded-failure"
+    data["canary"]["enabled"] = False
+    data["axes"] = {"quant_pairs": ["wfp8_afp8", "wint4_afp16"], "granularities": ["default"],
+                    "dataset_sizes": ["a", "b"]}
+    path = write_matrix(tmp_path, data)
+    outcome = run_sweep(path, RunOptions(output_root=str(tmp_path / "runs"), engine="shared"))
+    assert calls == [("calib-max", ["wfp8_afp8/default", "wint4_afp16/default"]),  # folded, fails
+                     ("calib-max", ["wfp8_afp8/default"]), ("data-free", ["wint4_afp16/default"])]
+    status = {r["key"]: (r["status"], r.get("error") or "") for r in outcome.summary["rows"]}
+    assert {k: v[0] for k, v in status.items()} == {
+        "wfp8_afp8/default/a": "error", "wfp8_afp8/default/b": "error",
+        "wint4_afp16/default/a": "ok", "wint4_afp16/default/b": "ok"}
+    assert "forced by the test" in status["wfp8_afp8/default/a"][1]
+
+
+def test_only_plain_max_weight_only_cells_join_the_calibrated_call():
+    """A weight-only format with ModelOpt's `layerwise` option stays in the data-free call: in the calibrated call it
+    would turn off the weight-only skip and the calibration twins of every format (autoquant.py's plain_max)."""
+    from quantsweep.execution.shared_runner import plan_union_calls
+    from quantsweep.matrix_io import parse_matrix
+    from quantsweep.planning import expand
+
+    data = copy.deepcopy(TINY_MATRIX)
+    layerwise = {"name": "lwint8", "base": "wint8_afp16", "weight": "int8", "activation": "fp16",
+                 "algorithm": {"method": "max", "layerwise": {"enable": True}}}
+    data["axes"] = {"quant_pairs": ["wfp8_afp8", "wint4_afp16", layerwise], "granularities": ["default"],
+                    "dataset_sizes": ["a", "b"]}
+    matrix = parse_matrix(data, "m.yaml")
+    calls = {call.key: (call, [c.key for c, *_ in members])
+             for call, members in plan_union_calls(matrix, "cpu", expand(matrix, "m.yaml").cells)}
+    assert sorted(calls) == ["calib-max", "data-free"]
+    calib, calib_cells = calls["calib-max"]
+    assert [f.label for f in calib.formats] == ["wfp8_afp8/default", "wint4_afp16/default"] and calib.folded
+    assert calib_cells == ["wfp8_afp8/default/a", "wfp8_afp8/default/b", "wint4_afp16/default/a",
+                           "wint4_afp16/default/b"]
+    free, free_cells = calls["data-free"]
+    assert [f.label for f in free.formats] == ["lwint8/default"] and free_cells == ["lwint8/default/a", "lwint8/default/b"]
+    assert free.cell_ids == [c.id for c in expand(matrix, "m.yaml").cells if c.pair.name == "lwint8"]
 
 
 def _both_engines_on(tmp_path, name: str, axes: dict, effective_bits: float = 12.0) -> tuple[dict, dict]:

@@ -9,10 +9,11 @@ thousands of them; on a GPU each one stops the host from queueing the next kerne
 
 `deferred_max_checks()` replaces `collect` with the same arithmetic (the same reduction, the same running maximum,
 the same shape check and `track_amax` list) that folds the three checks into one boolean tensor kept on the
-calibrator, and `compute_amax` raises ModelOpt's `AssertionError` from it when the amax is read
-(`load_calib_amax`, once per quantizer at the end of calibration). The amax is bit for bit ModelOpt's; a bad
-tensor still fails the calibration, one step later. It is installed only when ModelOpt's `collect` is the one this
-was written against (its source's hash): another version keeps its own.
+calibrator, and `compute_amax` raises an `AssertionError` (ModelOpt's type, a message of its own) from it when the
+amax is read (`load_calib_amax`, once per quantizer when the format's calibration pass ends). The amax is bit for
+bit ModelOpt's; a bad tensor still fails the calibration, at the end of its pass instead of at the batch. It is
+installed only when ModelOpt's `collect` and `compute_amax` are the ones this was written against (their source's
+hash): another version keeps its own.
 
 After each format's calibration, `mtq.calibrate` validates every quantizer's amax and pre-quant scale with
 `TensorQuantizer.validate_attr`: three more syncs each (non-negative, no infinity, no NaN). `_validate_attr` asks
@@ -22,6 +23,7 @@ the same question with one (the three reductions combined on the device), same a
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import threading
@@ -30,8 +32,9 @@ from typing import Any
 
 import torch
 
-# sha256 of inspect.getsource(MaxCalibrator.collect) and of TensorQuantizer.validate_attr in nvidia-modelopt 0.47.0
-KNOWN_COLLECT = "0ec3cd8409470bc6a9922dd431f7e74770a921df32b3419a4e9901074c4de846"
+# sha256 of the source of MaxCalibrator.collect + compute_amax, and of TensorQuantizer.validate_attr, in
+# nvidia-modelopt 0.47.0: the methods replaced here
+KNOWN_COLLECT = "96e5926caf33cc9c4e964fed2e40c8693e2a8efb6291d0c6833214d1c2537335"
 KNOWN_VALIDATE = "bd2a8c2dd287a787def77b7d287d79d0b37bbb740f68915d3ab64eb7553364d7"
 
 _lock = threading.Lock()
@@ -39,39 +42,50 @@ _depth = 0
 _saved: dict[str, Any] = {}
 
 
-def collect_source_hash() -> str:
+@functools.cache
+def collect_source_hash() -> str | None:
     from modelopt.torch.quantization.calib.max import MaxCalibrator
 
-    return _source_hash(MaxCalibrator.collect)
+    return _source_hash(MaxCalibrator.collect, MaxCalibrator.compute_amax)
 
 
-def validate_source_hash() -> str:
+@functools.cache
+def validate_source_hash() -> str | None:
     from modelopt.torch.quantization.nn import TensorQuantizer
 
     return _source_hash(TensorQuantizer.validate_attr)
 
 
-def _source_hash(function: Any) -> str:
-    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
+def _source_hash(*functions: Any) -> str | None:
+    """The methods' source hashed, or None where it cannot be read (then nothing is replaced)."""
+    try:
+        text = "".join(inspect.getsource(f) for f in functions)
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @contextlib.contextmanager
 def deferred_max_checks() -> Iterator[bool]:
-    """Install the sync-free `collect` (re-entrant); yields whether it is installed (False: another ModelOpt)."""
+    """Install the sync-free `collect` (re-entrant); yields whether it is installed (False: another ModelOpt).
+
+    Class-level, so every thread sees it while it is installed; the shared engine's only other thread solves
+    stability bootstraps (numpy and HiGHS, no ModelOpt), and the naive engine never runs inside it."""
     global _depth
     from modelopt.torch.quantization.calib.max import MaxCalibrator
     from modelopt.torch.quantization.nn import TensorQuantizer
 
     with _lock:
         if _depth == 0:
-            _saved["active"] = collect_source_hash() == KNOWN_COLLECT
-            if _saved["active"]:
+            collect_ok = collect_source_hash() == KNOWN_COLLECT  # both read before anything is replaced
+            validate_ok = validate_source_hash() == KNOWN_VALIDATE
+            _saved["active"], _saved["validate"] = collect_ok, validate_ok
+            if collect_ok:
                 _saved["collect"] = MaxCalibrator.__dict__["collect"]
                 _saved["compute_amax"] = MaxCalibrator.__dict__["compute_amax"]
                 MaxCalibrator.collect = _collect
                 MaxCalibrator.compute_amax = _compute_amax
-            _saved["validate"] = validate_source_hash() == KNOWN_VALIDATE
-            if _saved["validate"]:
+            if validate_ok:
                 _saved["validate_attr"] = TensorQuantizer.__dict__["validate_attr"]
                 TensorQuantizer.validate_attr = _validate_attr
         _depth += 1

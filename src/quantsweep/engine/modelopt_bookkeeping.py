@@ -36,6 +36,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import types
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -165,7 +167,10 @@ class QuantizerTemplates:
         self.configured += 1
 
 
-_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, type, range})
+_ATOMIC = frozenset({
+    type(None), bool, int, float, complex, str, bytes, type, range, types.FunctionType, types.BuiltinFunctionType,
+    types.CodeType, weakref.ref, property, type(Ellipsis), type(NotImplemented),
+})  # what copy.deepcopy returns as it is
 _CONTAINERS = frozenset({dict, OrderedDict, list})
 
 
@@ -185,12 +190,12 @@ def fast_deepcopy(obj: Any, memo: dict[int, Any] | None = None) -> Any:
 
 def _clone(obj: Any, memo: dict[int, Any]) -> Any:
     cls = type(obj)
-    if cls in _ATOMIC:
+    if cls in _ATOMIC or isinstance(obj, type):  # classes, whatever their metaclass, are atoms to deepcopy too
         return obj
     found = memo.get(id(obj))
     if found is not None:
         return found
-    if cls in _CONTAINERS:
+    if cls in _CONTAINERS and not (cls is OrderedDict and vars(obj)):  # an OrderedDict with attributes: deepcopy
         if cls is list:
             new_list: list[Any] = []
             memo[id(obj)] = new_list
@@ -208,7 +213,9 @@ def _clone(obj: Any, memo: dict[int, Any]) -> Any:
     if _plain_protocol(cls):
         new = cls.__new__(cls)
         memo[id(obj)] = new
-        state = _clone(obj.__getstate__(), memo)
+        raw = obj.__getstate__()
+        memo.setdefault(id(memo), []).append(raw)  # kept alive, as deepcopy keeps what it copies: ids stay unique
+        state = _clone(raw, memo)
         if state is None:  # an object with an empty __dict__
             pass
         elif hasattr(new, "__setstate__"):
@@ -231,7 +238,10 @@ def _plain_protocol(cls: type) -> bool:
 
         getstate = getattr(cls, "__getstate__", object.__getstate__)
         known = (
-            cls not in copyreg.dispatch_table
+            not issubclass(cls, (dict, list, set, frozenset, tuple, type))  # their items are not in __getstate__
+            and not hasattr(cls, "__getnewargs__")
+            and not hasattr(cls, "__getnewargs_ex__")
+            and cls not in copyreg.dispatch_table
             and not hasattr(cls, "__deepcopy__")
             and cls.__reduce_ex__ is object.__reduce_ex__
             and cls.__reduce__ is object.__reduce__

@@ -97,6 +97,7 @@ class UnionCall:
     formats: list[UnionFormat] = field(default_factory=list)
     cell_ids: list[str] = field(default_factory=list)
     prefix_calibration: bool = False  # one calibration pass for every size (engine/prefix_calibration.py)
+    folded: bool = False  # weight-only cells joined it (execution/shared_runner.py::_fold_data_free)
 
     def add_format(self, label: str, config: dict[str, Any], calib_steps: int = 0) -> str:
         canon = canonical_json(config)

@@ -45,7 +45,7 @@ Member = tuple[Cell, list[tuple[str, dict[str, Any]]], str]  # a cell, the (labe
 
 
 def plan_union_calls(
-    matrix: Matrix, device_type: str, cells: list[Cell], prefix_calibration: bool = True
+    matrix: Matrix, device_type: str, cells: list[Cell], prefix_calibration: bool = True, fold: bool = True
 ) -> list[tuple[UnionCall, list[Member]]]:
     """Group cells so that every group can share one AutoQuantize call (see engine/shared.py).
 
@@ -62,11 +62,11 @@ def plan_union_calls(
     cell's calibration size (by prefix when every member is max-calibrated), where a weight-only member is
     calibrated from the weights as anywhere else, so every member's scores are those of its own call.
 
-    Weight-only cells join the one-pass calibrated call when there is one (`_fold_data_free`): a weight-only
-    format is calibrated from the weights in any call and scored from the same captured forward+backward, so its
-    scores are those of a data-free call of its own, while the sweep saves one call's set-up and one
-    forward+backward per score batch. Ray still splits the call by formats when workers would idle
-    (execution/work_units.py).
+    Weight-only cells join the one-pass calibrated call when there is one (`_fold_data_free`; `fold=False` keeps
+    them apart, the retry of a folded call that failed): a weight-only format is calibrated from the weights in
+    any call and scored from the same captured forward+backward, so its scores are those of a data-free call of
+    its own, while the sweep saves one call's set-up and one forward+backward per score batch. Ray still splits
+    the call by formats when workers would idle (execution/work_units.py).
 
     Needs only the matrix and the device type, so a Ray driver groups cells exactly as its workers will."""
     method = matrix.autoquant.method
@@ -110,28 +110,48 @@ def plan_union_calls(
         # a single format is solved under the union's label for it (as ever); a menu's members keep the cell's own
         solve_with = [(labels[0], configs[0])] if len(formats) == 1 else formats
         members.append((cell, solve_with, backend))
-    return _fold_data_free(groups)
+    return _fold_data_free(groups) if fold else list(groups.values())
 
 
 def _fold_data_free(groups: dict[tuple, tuple[UnionCall, list[Member]]]) -> list[tuple[UnionCall, list[Member]]]:
-    """The data-free call's formats and cells moved into the one-pass calibrated call ("calib-max"), if both exist.
+    """The data-free call's plain-max cells moved into the one-pass calibrated call ("calib-max"), if both exist.
 
     Each weight-only format is added at the calibrated call's own size: its calibration reads the weights only
     (no forward, `calibrate_skipped`) and `UnionCall.score_key` gives its cells its one score series at every size,
-    so no prefix is recorded for it and the calibration pass stays as long as the calibrated formats need."""
+    so no prefix is recorded for it and the calibration pass stays as long as the calibrated formats need. A cell
+    with a format that is not plain max (a `layerwise` option) stays in the data-free call: in the calibrated call
+    it would turn off the weight-only skip and the calibration twins of every format (autoquant.py's `plain_max`)."""
     free, calibrated = groups.get(("data-free",)), groups.get(("calib-max",))
     if free is None or calibrated is None:
         return list(groups.values())
     call, members = calibrated
     free_call, free_members = free
+    kept: list[Member] = []
     for cell, formats, backend in free_members:
+        if not all(shares_calibration_across_sizes(config) for _label, config in formats):
+            kept.append((cell, formats, backend))
+            continue
         labels = [call.add_format(label, config, call.calib_steps) for label, config in formats]
         solve_with = [(labels[0], formats[0][1])] if len(formats) == 1 else formats
         members.append((cell, solve_with, backend))
         call.cell_ids.append(cell.id)
-    call.score_steps = max(call.score_steps, free_call.score_steps)
+        call.score_steps = max(call.score_steps, cell.score_steps)
+        call.folded = True
     del groups[("data-free",)]
+    if kept:  # the data-free call again, of the cells that stayed
+        rest = UnionCall(key=free_call.key, calib_steps=free_call.calib_steps, score_steps=0)
+        for cell, formats, _backend in kept:
+            for label, config in formats:
+                rest.add_format(label, config, cell.calib_steps)
+            rest.score_steps = max(rest.score_steps, cell.score_steps)
+            rest.cell_ids.append(cell.id)
+        groups[("data-free",)] = (rest, kept)
     return list(groups.values())
+
+
+def _weight_only(formats: list[tuple[str, dict[str, Any]]]) -> bool:
+    """A cell none of whose formats depends on the data: one score series for every size, wherever its call."""
+    return not any(calibration_depends_on_data(config) for _label, config in formats)
 
 
 def refused_cells(cells: list[Cell]) -> list[Cell]:
@@ -178,7 +198,7 @@ def work_units(matrix: Matrix, device_type: str, engine: str, cells: list[Cell])
                 f"union {call.key}",
                 [UnitMember(c.id, "+".join(label for label, _cfg in fmts), call.calib_steps, c.score_steps,
                             tuple(label for label, _cfg in fmts) if len(fmts) > 1 else (),
-                            c.calib_steps if call.prefix_calibration else 0)
+                            c.calib_steps if call.prefix_calibration and not _weight_only(fmts) else 0)
                  for c, fmts, _b in members],
                 1,
                 eval_steps,
@@ -267,6 +287,9 @@ def _union_calls(
         except Exception as exc:  # the whole group fails: one error row per cell
             model = None
             release_memory(ctx.loaded.device)
+            if call.folded:  # weight-only cells folded into a calibrated call: each kind gets its own call again
+                queue[:0] = plan_union_calls(m, ctx.loaded.device.type, [c for c, *_ in members], fold=False)
+                continue
             for cell, *_ in members:
                 yield _error_run(cell, exc, started)
             continue

@@ -209,6 +209,18 @@ def test_sizes_share_a_call_only_through_whole_batches():
     assert {"calib-8", "calib-16"} <= per_size and "calib-max" not in per_size
 
 
+def _fp8_and_int4_sweep(tmp_path: Path, name: str):
+    """A shared sweep of FP8 W8A8 and INT4 weight-only at two sizes (4 cells; the INT4 cells folded into the FP8
+    call when nothing fails)."""
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = name
+    data["canary"]["enabled"] = False
+    data["axes"] = {"quant_pairs": ["wfp8_afp8", "wint4_afp16"], "granularities": ["default"],
+                    "dataset_sizes": ["a", "b"]}
+    path = write_matrix(tmp_path, data)
+    return run_sweep(path, RunOptions(output_root=str(tmp_path / "runs"), engine="shared"))
+
+
 def test_a_model_whose_calibration_cannot_be_shared_by_prefix_falls_back_to_one_call_per_size(tmp_path, monkeypatch):
     """When the recorded running maximum is not what ModelOpt loaded (e.g. MoE experts' amax synced after the
     pass), the cells are run in one call per calibration size instead: same rows as ever, no error."""
@@ -218,14 +230,8 @@ def test_a_model_whose_calibration_cannot_be_shared_by_prefix_falls_back_to_one_
         raise prefix_calibration.PrefixCalibrationMismatch("forced by the test")
 
     monkeypatch.setattr(prefix_calibration.PrefixCalibration, "verify", mismatch)
-    data = copy.deepcopy(TINY_MATRIX)
-    data["name"] = "fallback"
-    data["canary"]["enabled"] = False
     # the weight-only cells folded into the calibrated call go back to a data-free call of their own
-    data["axes"] = {"quant_pairs": ["wfp8_afp8", "wint4_afp16"], "granularities": ["default"],
-                    "dataset_sizes": ["a", "b"]}
-    path = write_matrix(tmp_path, data)
-    outcome = run_sweep(path, RunOptions(output_root=str(tmp_path / "runs"), engine="shared"))
+    outcome = _fp8_and_int4_sweep(tmp_path, "fallback")
     assert outcome.exit_code == ExitCode.OK
     rows = outcome.summary["rows"]
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
@@ -247,13 +253,7 @@ def test_a_failed_folded_call_is_retried_as_separate_calls_so_weight_only_cells_
         return real_run_union(model, call, *args, **kwargs)
 
     monkeypatch.setattr(shared_runner, "run_union", run_union)
-    data = copy.deepcopy(TINY_MATRIX)
-    data["name"] = "folded-failure"
-    data["canary"]["enabled"] = False
-    data["axes"] = {"quant_pairs": ["wfp8_afp8", "wint4_afp16"], "granularities": ["default"],
-                    "dataset_sizes": ["a", "b"]}
-    path = write_matrix(tmp_path, data)
-    outcome = run_sweep(path, RunOptions(output_root=str(tmp_path / "runs"), engine="shared"))
+    outcome = _fp8_and_int4_sweep(tmp_path, "folded-failure")
     assert calls == [("calib-max", ["wfp8_afp8/default", "wint4_afp16/default"]),  # folded, fails
                      ("calib-max", ["wfp8_afp8/default"]), ("data-free", ["wint4_afp16/default"])]
     status = {r["key"]: (r["status"], r.get("error") or "") for r in outcome.summary["rows"]}

@@ -76,7 +76,7 @@ def plan_union_calls(
         formats, backend = formats_for(matrix, device_type, cell)
         configs = [config for _, config in formats]
         own_batches = bool(cell.calib_samples % batch or cell.score_samples % batch)
-        free = method == "gradient" and not any(calibration_depends_on_data(c) for c in configs)
+        free = method == "gradient" and _weight_only(formats)
         by_prefix = (
             prefix_calibration
             and not own_batches

@@ -145,6 +145,59 @@ def test_score_replays_as_cuda_graphs_give_the_eager_replays_bits(tmp_path, monk
 
 
 @pytest.mark.gpu
+def test_fused_score_kernel_equals_the_eager_score_on_cuda(tmp_path, monkeypatch):
+    """engine/score_kernel.py on the GPU: ModelOpt's six-pass score and the one-pass kernel agree to the order of
+    the float32 sum (bfloat16 rounding included, which Triton's CPU interpreter cannot check), the kernel gives the
+    same bits twice, and a sweep with the kernel switched off records the same recipes and quality, and raw scores
+    equal to 1e-6."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from quantsweep.engine.captured_scores import _score
+    from quantsweep.engine.score_kernel import fusable, fused_enabled, fused_score
+
+    assert fused_enabled(), "no Triton on this GPU machine: the fused score is off"
+    torch.manual_seed(0)
+    for dt in (torch.bfloat16, torch.float16, torch.float32):
+        q = torch.randn(2048, 3073, device="cuda").to(dt)
+        y = (q.float() + 1e-2 * torch.randn_like(q, dtype=torch.float32)).to(dt)
+        g = torch.randn(2048, 3073, device="cuda") * 1e-3
+        assert fusable(q, y, g)
+        d = q.clone()
+        d -= y
+        fused, eager = fused_score(q, y, g), _score(g, d)
+        assert torch.equal(fused, fused_score(q, y, g)), dt  # deterministic: fixed-order sum of the partials
+        assert abs(float(fused) - float(eager)) <= 1e-6 * float(eager), (dt, float(fused), float(eager))
+    q, y, one = (torch.tensor([v], device="cuda").bfloat16() for v in (256.0, 1.0078125, 1.0))
+    assert float(fused_score(q, y, one.float())) == 255.0**2  # 254.99 rounded to bfloat16 first, as `D -= Y` does
+
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = "fused"
+    data["model"]["device"] = "cuda"
+    data["canary"] = {"enabled": False}
+    data["axes"] = {"quant_pairs": ["wint4_afp16", "wfp8_afp8"], "granularities": ["default"], "dataset_sizes": ["a"]}
+    path = write_matrix(tmp_path, data)
+    runs = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv("QUANTSWEEP_FUSED_SCORE", switch)
+        runs[switch] = run_sweep(path, RunOptions(output_root=str(tmp_path / f"fused{switch}")))
+        assert runs[switch].exit_code == ExitCode.OK, [r.get("error") for r in runs[switch].summary["rows"]]
+    eager_rows, fused_rows = _rows_by_id(runs["0"]), _rows_by_id(runs["1"])
+    assert set(eager_rows) == set(fused_rows) and len(eager_rows) == 2
+    for cid, e in eager_rows.items():
+        f = fused_rows[cid]
+        me = json.loads((Path(e["path"]) / "manifest.json").read_text())
+        mf = json.loads((Path(f["path"]) / "manifest.json").read_text())
+        assert [x["chosen"] for x in mf["layers"]] == [x["chosen"] for x in me["layers"]], e["key"]
+        for le, lf in zip(me["layers"], mf["layers"], strict=True):
+            for a, b in zip(le["raw_scores"], lf["raw_scores"], strict=True):
+                assert abs(a - b) <= 1e-6 * max(abs(a), 1e-30), (e["key"], le["name"], a, b)
+        assert f["quality"]["kl_mean"] == e["quality"]["kl_mean"] and f["achieved_bits"] == e["achieved_bits"]
+
+
+@pytest.mark.gpu
 def test_a_replay_that_cannot_be_captured_runs_eagerly_and_leaves_the_allocator_usable(tmp_path, monkeypatch):
     """A host sync inside a capture invalidates it and PyTorch's capture_end raises before it ends the allocator's
     routing to the graph pool; engine/replay_graphs.py ends it (`_abandon_capture`), captures nothing more in the

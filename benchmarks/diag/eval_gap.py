@@ -11,6 +11,7 @@ in the same process), the evaluate phase summed over the cells, its spread over 
   threads-half  the bootstrap's resamples solved on half the torch threads (the policy before SOLVER_THREADS = 1;
                 this was the variant `threads-1` when half was the default: run `stability-interference`)
   switch-0.5ms  Python's GIL switch interval at 0.5 ms instead of 5 ms (a thread waiting for the GIL gets it sooner)
+  eager-score   the score replays' six-pass element-wise score instead of the fused kernel (engine/score_kernel.py)
   as-is-again   the first variant again: the run-to-run spread on this machine
 
     python benchmarks/diag/eval_gap.py --variant h100 --out eval-gap.json
@@ -23,6 +24,7 @@ import argparse
 import copy
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -60,6 +62,7 @@ def main() -> None:
         "threads-half": base,
         "switch-0.5ms": base,
         "as-is-again": base,
+        "eager-score": base,
     }
     if args.only:
         variants = {k: variants[k] for k in args.only.split(",")}
@@ -78,12 +81,15 @@ def main() -> None:
                 stability_pipeline.SOLVER_THREADS = max(1, torch.get_num_threads() // 2)
             if name == "switch-0.5ms":
                 sys.setswitchinterval(0.0005)
+            if name == "eager-score":
+                os.environ["QUANTSWEEP_FUSED_SCORE"] = "0"
             try:
                 run = run_mode(path, root, "shared")
             finally:
                 gc.enable()
                 stability_pipeline.SOLVER_THREADS = threads
                 sys.setswitchinterval(interval)
+                os.environ.pop("QUANTSWEEP_FUSED_SCORE", None)
             ev = _evaluate_times(run["rows"])
             results[name] = {
                 "cells_s": round(run["cells_s"], 3),

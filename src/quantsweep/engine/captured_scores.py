@@ -40,6 +40,7 @@ from torch import nn
 
 from .quant_linear import QUANTIZERS, plain_quantized_linear, quantize
 from .replay_graphs import ReplayGraphs, graphable, graphs_enabled
+from .score_kernel import fusable, fused_enabled, fused_score
 
 
 def _none_recipe() -> Any:
@@ -217,6 +218,7 @@ def _replay(
     """Every candidate format of `module` replayed from (X, Y, G), each score added to its accumulator."""
     weight = module.weight if any(fast for *_x, fast in module._qs_score_plan) else None  # once, not per format
     bias = getattr(module, "bias", None)
+    fused = grad.is_cuda and fused_enabled()
     for hparam, recipes, fast in module._qs_score_plan:
         for recipe, sizes in recipes:
             wq = None  # the quantized weight: weights are calibrated from the weights alone, so one per format
@@ -237,9 +239,12 @@ def _replay(
                             wq = None  # not held while the score's float temporaries are (the peak, at lm_head)
                     else:
                         diff = _slow_replay(module, hparam, recipe, x, args, kwargs)
-                diff -= y  # a fresh tensor: in place, as ModelOpt does
                 current = store[module]
-                score = _score_in_chunks(grad, diff) if chunked else _score(grad, diff)
+                if not chunked and fused and fusable(diff, y, grad):
+                    score = fused_score(diff, y, grad)  # one pass over the output (engine/score_kernel.py)
+                else:
+                    diff -= y  # a fresh tensor: in place, as ModelOpt does
+                    score = _score_in_chunks(grad, diff) if chunked else _score(grad, diff)
                 if current is None:
                     store[module] = score
                 else:

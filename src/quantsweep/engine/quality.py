@@ -58,7 +58,18 @@ class BaselineOutputs:
 
 
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids).logits[:, :-1].float()
+    # no KV cache: one teacher-forced pass needs none, and building it copies every layer's keys and values
+    return model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+
+
+def _on(tensors: list[torch.Tensor], i: int, device: torch.device) -> torch.Tensor:
+    """`tensors[i]` (a baseline tensor, on the CPU) on `device`. Towards a GPU, from page-locked memory (pinned in
+    place the first time): a copy from pageable memory would wait for the GPU to finish the work queued before it,
+    so the host could not queue the next batch's forward while the GPU still runs this one."""
+    t = tensors[i]
+    if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+        t = tensors[i] = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -146,33 +157,33 @@ def compare_to_baseline(
     nll: list[torch.Tensor] = []
     hits: list[torch.Tensor] = []
     seq: list[torch.Tensor] = []  # held-out sequence of every predicted token (the clusters)
-    agree = 0
     total = 0
     first = 0
+    # the per-token results stay on the model's device until the last batch: one transfer (one wait for the GPU)
+    # per cell instead of three per batch, so the host queues the next batch while the GPU computes this one
     for bi, b in enumerate(batches):
         ids = b["input_ids"]
         q_logp = F.log_softmax(_logits(model, ids), dim=-1)
+        device = q_logp.device
         target = ids[:, 1:]
         rows, cols = target.shape
         seq.append((first + torch.arange(rows)).repeat_interleave(cols))
         first += rows
-        nll.append(-q_logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).flatten().cpu())
+        nll.append(-q_logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).flatten())
         if base.full is not None:
-            p_logp = base.full[bi].to(q_logp.device)
+            p_logp = _on(base.full, bi, device)
             kl = (p_logp.exp() * (p_logp - q_logp)).sum(-1)
         else:
             assert base.topk_logp is not None and base.topk_idx is not None
-            kl = _kl_topk(base.topk_logp[bi].to(q_logp.device), base.topk_idx[bi].to(q_logp.device), q_logp)
-        kls.append(kl.clamp_min(0).flatten().cpu())  # tiny negative values are float round-off
-        hit = (q_logp.argmax(-1).cpu() == base.argmax[bi]).flatten()
-        hits.append(hit.double())
-        agree += int(hit.sum())
+            kl = _kl_topk(_on(base.topk_logp, bi, device), _on(base.topk_idx, bi, device), q_logp)
+        kls.append(kl.clamp_min(0).flatten())  # tiny negative values are float round-off
+        hits.append((q_logp.argmax(-1) == _on(base.argmax, bi, device)).flatten())
         total += target.numel()
-    kl_all = torch.cat(kls).double()
-    nll_q = torch.cat(nll).double()
+        del q_logp, kl
+    kl_all, nll_q, top1 = (torch.cat(x).cpu().double() for x in (kls, nll, hits))
+    agree = int(top1.sum())
     clusters = torch.cat(seq)
     d_nll = nll_q - base.nll.double()  # per-token log perplexity ratio, paired on the same tokens
-    top1 = torch.cat(hits)
     n = kl_all.numel()
     ln_ratio_se = clustered_stderr(d_nll, clusters)
     s = kl_all.sort().values

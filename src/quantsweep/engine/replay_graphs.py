@@ -42,6 +42,8 @@ from typing import Any
 
 import torch
 
+from . import score_kernel
+
 ENV_SWITCH = "QUANTSWEEP_SCORE_GRAPHS"
 
 # A module's replay is graphed when one batch's GEMM is at most this many multiply-adds (tokens x in x out). On an
@@ -81,6 +83,7 @@ def _warm_up(stream: torch.cuda.Stream, device: torch.device, dtype: torch.dtype
     with torch.cuda.stream(stream):
         a = torch.zeros(8, 16, dtype=dtype, device=device)
         torch.nn.functional.linear(a, torch.zeros(16, 16, dtype=dtype, device=device))
+    score_kernel.warm(device, dtype, stream)  # the fused score's kernel is compiled and loaded outside a capture
     _WARMED.add(key)
 
 

@@ -156,11 +156,13 @@ def test_fused_score_kernel_equals_the_eager_score_on_cuda(tmp_path, monkeypatch
     import torch
 
     from quantsweep.engine.captured_scores import _score
-    from quantsweep.engine.score_kernel import fusable, fused_enabled, fused_score
+    from quantsweep.engine.score_kernel import _FAILED, fusable, fused_enabled, fused_score, warm
 
     assert fused_enabled(), "no Triton on this GPU machine: the fused score is off"
     torch.manual_seed(0)
     for dt in (torch.bfloat16, torch.float16, torch.float32):
+        warm(torch.device("cuda"), dt)  # what the sweep's set-up does: fusable() only where it was compiled
+        assert not _FAILED, _FAILED
         q = torch.randn(2048, 3073, device="cuda").to(dt)
         y = (q.float() + 1e-2 * torch.randn_like(q, dtype=torch.float32)).to(dt)
         g = torch.randn(2048, 3073, device="cuda") * 1e-3
@@ -179,11 +181,16 @@ def test_fused_score_kernel_equals_the_eager_score_on_cuda(tmp_path, monkeypatch
     data["canary"] = {"enabled": False}
     data["axes"] = {"quant_pairs": ["wint4_afp16", "wfp8_afp8"], "granularities": ["default"], "dataset_sizes": ["a"]}
     path = write_matrix(tmp_path, data)
-    runs = {}
+    from quantsweep.engine import score_kernel
+
+    runs, kernel_calls = {}, {}
     for switch in ("0", "1"):
         monkeypatch.setenv("QUANTSWEEP_FUSED_SCORE", switch)
+        before = score_kernel.calls
         runs[switch] = run_sweep(path, RunOptions(output_root=str(tmp_path / f"fused{switch}")))
+        kernel_calls[switch] = score_kernel.calls - before
         assert runs[switch].exit_code == ExitCode.OK, [r.get("error") for r in runs[switch].summary["rows"]]
+    assert kernel_calls["0"] == 0 and kernel_calls["1"] > 0, kernel_calls  # switched off, and really used
     eager_rows, fused_rows = _rows_by_id(runs["0"]), _rows_by_id(runs["1"])
     assert set(eager_rows) == set(fused_rows) and len(eager_rows) == 2
     for cid, e in eager_rows.items():
@@ -195,6 +202,36 @@ def test_fused_score_kernel_equals_the_eager_score_on_cuda(tmp_path, monkeypatch
             for a, b in zip(le["raw_scores"], lf["raw_scores"], strict=True):
                 assert abs(a - b) <= 1e-6 * max(abs(a), 1e-30), (e["key"], le["name"], a, b)
         assert f["quality"]["kl_mean"] == e["quality"]["kl_mean"] and f["achieved_bits"] == e["achieved_bits"]
+
+
+@pytest.mark.gpu
+def test_quality_on_cuda_equals_the_cpu_computation_and_pins_the_small_baseline_tensors():
+    """engine/quality.py on a GPU: the per-token results stay on the device until the last batch and the baseline
+    tensors are copied from page-locked memory; the metrics are those of the same logits on the CPU."""
+    import torch
+
+    from quantsweep.engine.quality import baseline_outputs, compare_to_baseline
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, input_ids, use_cache=True):
+            return type("Out", (), {"logits": self.logits[: input_ids.shape[0]].to(input_ids.device)})()
+
+    torch.manual_seed(0)
+    base_logits, quant_logits = torch.randn(2, 9, 700), torch.randn(2, 9, 700)
+    batches = [{"input_ids": torch.randint(0, 700, (2, 9))} for _ in range(2)]
+    for max_bytes in (1 << 30, 0):  # full log-probs, then the top-k path
+        cpu = compare_to_baseline(Fixed(quant_logits), batches, baseline_outputs(Fixed(base_logits), batches, max_bytes))
+        base = baseline_outputs(Fixed(base_logits), batches, max_bytes)
+        cuda_batches = [{"input_ids": b["input_ids"].cuda()} for b in batches]
+        on_gpu = compare_to_baseline(Fixed(quant_logits), cuda_batches, base)
+        assert on_gpu["kl_method"] == cpu["kl_method"]
+        for key in ("kl_mean", "kl_max", "ppl_quant", "ln_ppl_ratio", "top1_agreement", "eval_tokens"):
+            assert on_gpu[key] == pytest.approx(cpu[key], rel=1e-5, abs=1e-7), key
+        assert all(t.is_pinned() for t in base.argmax)
 
 
 @pytest.mark.gpu

@@ -27,6 +27,59 @@ import yaml  # noqa: E402
 from shared_vs_naive import VARIANTS, reference_matrix, warm_up  # noqa: E402
 
 
+def _graph_forward(model, batches, logits, repeats: int) -> dict:
+    """A cell's evaluation forwards recorded as one CUDA graph: captured once (the capture runs the Python and
+    records the kernels without running them), then replayed for every batch. Times a whole cell's worth (capture
+    + every batch, synchronised) against the eager forwards of every batch, and checks the bits."""
+    eager_outs = [logits(model, b["input_ids"]).clone() for b in batches]
+    torch.cuda.synchronize()
+
+    def eager_cell() -> None:
+        for b in batches:
+            logits(model, b["input_ids"])
+
+    def graph_cell(check: bool = False) -> dict:
+        static = batches[0]["input_ids"].clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        t = time.perf_counter()
+        with torch.cuda.stream(stream):
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                out = logits(model, static)
+            finally:
+                graph.capture_end()
+        capture_s = time.perf_counter() - t
+        torch.cuda.current_stream().wait_stream(stream)
+        same = True
+        for i, b in enumerate(batches):
+            static.copy_(b["input_ids"])
+            graph.replay()
+            if check:
+                same = same and torch.equal(out, eager_outs[i])
+        torch.cuda.synchronize()
+        return {"capture_s": capture_s, "same": same}
+
+    res: dict = {}
+    try:
+        first = graph_cell(check=True)
+        res["graph_bitwise_equal"] = first["same"]
+        t = time.perf_counter()
+        caps = [graph_cell()["capture_s"] for _ in range(repeats)]
+        res["graph_cell_s"] = (time.perf_counter() - t) / repeats
+        res["graph_capture_s"] = sum(caps) / len(caps)
+    except Exception as exc:  # noqa: BLE001 - the point is to learn whether it captures
+        res["graph_error"] = f"{type(exc).__name__}: {exc}"[:400]
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        eager_cell()
+    torch.cuda.synchronize()
+    res["eager_cell_s"] = (time.perf_counter() - t) / repeats
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="cpu-deep")
@@ -85,6 +138,8 @@ def main() -> None:
                 row["lean_linears"] = switched
                 row["lean_forward_s"] = timed(lambda: _logits(union.model, ids))
                 row["lean_compare_s"] = timed(lambda: compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline))
+                if v["device"] == "cuda":
+                    row.update(_graph_forward(union.model, ctx.eval_batches, _logits, args.repeats))
             cells.append(row)
         out["cells"] = cells
     text = json.dumps(out, indent=2)

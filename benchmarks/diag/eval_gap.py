@@ -68,6 +68,7 @@ def main() -> None:
         variants = {k: variants[k] for k in args.only.split(",")}
     threads = stability_pipeline.SOLVER_THREADS
     interval = sys.getswitchinterval()
+    fused_switch = os.environ.get("QUANTSWEEP_FUSED_SCORE")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, matrix in variants.items():
@@ -89,7 +90,10 @@ def main() -> None:
                 gc.enable()
                 stability_pipeline.SOLVER_THREADS = threads
                 sys.setswitchinterval(interval)
-                os.environ.pop("QUANTSWEEP_FUSED_SCORE", None)
+                if fused_switch is None:
+                    os.environ.pop("QUANTSWEEP_FUSED_SCORE", None)
+                else:
+                    os.environ["QUANTSWEEP_FUSED_SCORE"] = fused_switch
             ev = _evaluate_times(run["rows"])
             results[name] = {
                 "cells_s": round(run["cells_s"], 3),

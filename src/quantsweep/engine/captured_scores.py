@@ -41,6 +41,7 @@ from torch import nn
 from .quant_linear import QUANTIZERS, plain_quantized_linear, quantize
 from .replay_graphs import ReplayGraphs, graphable, graphs_enabled
 from .score_kernel import fusable, fused_enabled, fused_score
+from .score_kernel import warm as warm_score_kernel
 
 
 def _none_recipe() -> Any:
@@ -219,6 +220,8 @@ def _replay(
     weight = module.weight if any(fast for *_x, fast in module._qs_score_plan) else None  # once, not per format
     bias = getattr(module, "bias", None)
     fused = grad.is_cuda and fused_enabled()
+    if fused and not torch.cuda.is_current_stream_capturing():
+        warm_score_kernel(grad.device, y.dtype)  # once per process and dtype (the set-up did it where it ran)
     for hparam, recipes, fast in module._qs_score_plan:
         for recipe, sizes in recipes:
             wq = None  # the quantized weight: weights are calibrated from the weights alone, so one per format

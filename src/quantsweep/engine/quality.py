@@ -62,12 +62,21 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, use_cache=False).logits[:, :-1].float()
 
 
+PIN_MAX_BYTES = 64 << 20  # larger baseline tensors (full log-probs) stay pageable: pinned memory is scarce
+
+
 def _on(tensors: list[torch.Tensor], i: int, device: torch.device) -> torch.Tensor:
     """`tensors[i]` (a baseline tensor, on the CPU) on `device`. Towards a GPU, from page-locked memory (pinned in
-    place the first time): a copy from pageable memory would wait for the GPU to finish the work queued before it,
-    so the host could not queue the next batch's forward while the GPU still runs this one."""
+    place the first time, up to PIN_MAX_BYTES; PyTorch's pinned allocator rounds a block up to a power of two and
+    keeps it): a copy from pageable memory waits for the GPU to finish the work queued before it, so the host could
+    not queue the next batch's forward while the GPU still runs this one."""
     t = tensors[i]
-    if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+    if (
+        device.type == "cuda"
+        and t.device.type == "cpu"
+        and not t.is_pinned()
+        and t.numel() * t.element_size() <= PIN_MAX_BYTES
+    ):
         t = tensors[i] = t.pin_memory()
     return t.to(device, non_blocking=True)
 

@@ -77,13 +77,13 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
 def _warm_up(stream: torch.cuda.Stream, device: torch.device, dtype: torch.dtype) -> None:
     """A small matrix product on the side stream, outside any capture, once per thread (cuBLAS handles are per
     thread) and dtype: the handle's workspace is then allocated from the ordinary pool, not inside a capture."""
+    score_kernel.warm(device, dtype, stream)  # the fused score's kernel: compiled and loaded outside any capture
     key = (threading.get_ident(), device, dtype)
     if key in _WARMED:
         return
     with torch.cuda.stream(stream):
         a = torch.zeros(8, 16, dtype=dtype, device=device)
         torch.nn.functional.linear(a, torch.zeros(16, 16, dtype=dtype, device=device))
-    score_kernel.warm(device, dtype, stream)  # the fused score's kernel is compiled and loaded outside a capture
     _WARMED.add(key)
 
 

@@ -32,7 +32,9 @@ import torch
 BLOCK = 4096  # output elements per program: one partial sum each
 ENV_SWITCH = "QUANTSWEEP_FUSED_SCORE"  # "0": the eager six-pass score everywhere (a diagnostic switch)
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_WARMED: set[tuple[torch.device, torch.dtype]] = set()
+_WARMED: set[tuple[int, torch.dtype]] = set()  # (CUDA device index, dtype) the kernel was compiled and run for
+_FAILED: dict[tuple[int, torch.dtype], str] = {}  # ... and those where that failed (no compiler, an unknown GPU)
+calls = 0  # fused scores computed (or recorded into a CUDA graph) in this process: the tests read it
 
 
 def fused_enabled() -> bool:
@@ -55,7 +57,7 @@ def _kernel() -> Any:
         mask = offs < n
         q = tl.load(q_ptr + offs, mask=mask, other=0.0)
         y = tl.load(y_ptr + offs, mask=mask, other=0.0)
-        d = q.to(tl.float32) - y.to(tl.float32)  # exact for two bf16/fp16 values, then rounded as `D -= Y` stores
+        d = q.to(tl.float32) - y.to(tl.float32)  # in float32, then rounded to nearest even as torch's `D -= Y` does
         if ROUND:
             d = d.to(q_ptr.dtype.element_ty, fp_downcast_rounding="rtne").to(tl.float32)
         x = d * tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -65,36 +67,52 @@ def _kernel() -> Any:
     return score_partials
 
 
+def _key(device: torch.device, dtype: torch.dtype) -> tuple[int, torch.dtype]:
+    return (device.index if device.index is not None else torch.cuda.current_device(), dtype)
+
+
 def fusable(q: torch.Tensor, y: torch.Tensor, grad: torch.Tensor) -> bool:
     """Dense CUDA tensors of one shape, Q and Y of one supported dtype, G float32 (what `_replay` hands over), all
-    16-byte aligned (the alignment the kernel was compiled for: another would compile a variant)."""
+    16-byte aligned (the alignment the kernel was compiled for: another would compile a variant), on a device
+    where `warm` compiled and ran the kernel for that dtype: nothing is compiled later, inside a capture or not."""
     tensors = (q, y, grad)
     return (
         all(t.is_cuda and t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors)
         and q.shape == y.shape == grad.shape
         and q.dtype == y.dtype
-        and q.dtype in _DTYPES
         and grad.dtype == torch.float32
         and q.device == y.device == grad.device
+        and _key(q.device, q.dtype) in _WARMED
     )
 
 
 def fused_score(q: torch.Tensor, y: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """sum(clamp((Q - Y) * G, -1e10, 1e10)^2) as a float32 scalar tensor on Q's device (see the module doc).
     The caller checks `fusable` first. Works on CPU tensors too under TRITON_INTERPRET=1 (the tests)."""
+    global calls
     n = q.numel()
     blocks = max(1, -(-n // BLOCK))
     partials = torch.empty(blocks, dtype=torch.float32, device=q.device)
-    _kernel()[(blocks,)](q, y, grad, partials, n, BLOCK=BLOCK, ROUND=q.dtype != torch.float32)
+    # Triton launches on the current device, not on the tensors': make them the same (a model spread over GPUs)
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _kernel()[(blocks,)](q, y, grad, partials, n, BLOCK=BLOCK, ROUND=q.dtype != torch.float32)
+    calls += 1
     return partials.sum()
 
 
 def warm(device: torch.device, dtype: torch.dtype, stream: Any = None) -> None:
-    """Compile and load the kernel for `dtype` on `device` outside any capture (once per process and dtype)."""
-    if device.type != "cuda" or dtype not in _DTYPES or (device, dtype) in _WARMED or not fused_enabled():
+    """Compile, load and run the kernel for `dtype` on `device` outside any capture (once per process, device and
+    dtype). A failure (no C compiler for Triton's launcher, a GPU it does not know) leaves the eager score there:
+    a warm-up never decides a cell's fate."""
+    if device.type != "cuda" or dtype not in _DTYPES or not fused_enabled():
         return
-    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-        q = torch.zeros(BLOCK + 16, dtype=dtype, device=device)
-        fused_score(q, q, torch.zeros(BLOCK + 16, dtype=torch.float32, device=device))
-    _WARMED.add((device, dtype))
-
+    key = _key(device, dtype)
+    if key in _WARMED or key in _FAILED:
+        return
+    try:
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            q = torch.zeros(BLOCK + 16, dtype=dtype, device=device)
+            fused_score(q, q, torch.zeros(BLOCK + 16, dtype=torch.float32, device=device))
+        _WARMED.add(key)
+    except Exception as exc:  # noqa: BLE001 - the eager score is always there
+        _FAILED[key] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

@@ -51,6 +51,37 @@ def _rows_by_id(outcome) -> dict:
     return {r["cell_id"]: r for r in outcome.summary["rows"]}
 
 
+def _cuda_matrix(tmp_path, name: str, pairs: list[str], sizes: list[str]):
+    """The tiny test matrix on CUDA, without canary, over `pairs` x the default granularity x `sizes`."""
+    data = copy.deepcopy(TINY_MATRIX)
+    data["name"] = name
+    data["model"]["device"] = "cuda"
+    data["canary"] = {"enabled": False}
+    data["axes"] = {"quant_pairs": pairs, "granularities": ["default"], "dataset_sizes": sizes}
+    return write_matrix(tmp_path, data)
+
+
+def _switched_runs(path, tmp_path, monkeypatch, switch_env: str, count=None, counted=None) -> dict:
+    """The sweep at `path` with the diagnostic switch `switch_env` off ("0") and on ("1"), both successful; with
+    `count`, `counted[switch]` is how much `count()` grew during that run."""
+    runs = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv(switch_env, switch)
+        before = count() if count else 0
+        runs[switch] = run_sweep(path, RunOptions(output_root=str(tmp_path / f"{switch_env.lower()}{switch}")))
+        if count:
+            counted[switch] = count() - before
+        assert runs[switch].exit_code == ExitCode.OK, [r.get("error") for r in runs[switch].summary["rows"]]
+    return runs
+
+
+def _manifest(row) -> dict:
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(row["path"]) / "manifest.json").read_text())
+
+
 def _assert_same_rows(a, b) -> None:
     ra, rb = _rows_by_id(a), _rows_by_id(b)
     assert set(ra) == set(rb) and ra
@@ -102,27 +133,13 @@ def test_score_replays_as_cuda_graphs_give_the_eager_replays_bits(tmp_path, monk
     """engine/replay_graphs.py: the same sweep with the score replays captured as CUDA graphs and without them
     records the same raw scores, recipes and quality, bit for bit — including FP8 W8A8 calibrated once for two
     sizes, whose graphs read each size's amax snapshot."""
-    import json
-    from pathlib import Path
-
-    data = copy.deepcopy(TINY_MATRIX)
-    data["name"] = "graphs"
-    data["model"]["device"] = "cuda"
-    data["canary"] = {"enabled": False}
-    data["axes"] = {"quant_pairs": ["wint4_afp16", "wint8_afp16", "wfp8_afp8"], "granularities": ["default"],
-                    "dataset_sizes": ["a", "b"]}
-    path = write_matrix(tmp_path, data)
-    runs = {}
-    for switch in ("0", "1"):
-        monkeypatch.setenv("QUANTSWEEP_SCORE_GRAPHS", switch)
-        runs[switch] = run_sweep(path, RunOptions(output_root=str(tmp_path / f"graphs{switch}")))
-        assert runs[switch].exit_code == ExitCode.OK, [r.get("error") for r in runs[switch].summary["rows"]]
+    path = _cuda_matrix(tmp_path, "graphs", ["wint4_afp16", "wint8_afp16", "wfp8_afp8"], ["a", "b"])
+    runs = _switched_runs(path, tmp_path, monkeypatch, "QUANTSWEEP_SCORE_GRAPHS")
     eager, graphs = _rows_by_id(runs["0"]), _rows_by_id(runs["1"])
     assert set(eager) == set(graphs) and len(eager) == 6
     for cid, e in eager.items():
         g = graphs[cid]
-        me = json.loads((Path(e["path"]) / "manifest.json").read_text())
-        mg = json.loads((Path(g["path"]) / "manifest.json").read_text())
+        me, mg = _manifest(e), _manifest(g)
         assert [x["raw_scores"] for x in mg["layers"]] == [x["raw_scores"] for x in me["layers"]], e["key"]
         assert [x["chosen"] for x in mg["layers"]] == [x["chosen"] for x in me["layers"]], e["key"]
         assert g["quality"]["kl_mean"] == e["quality"]["kl_mean"] and g["achieved_bits"] == e["achieved_bits"]
@@ -150,9 +167,6 @@ def test_fused_score_kernel_equals_the_eager_score_on_cuda(tmp_path, monkeypatch
     the float32 sum (bfloat16 rounding included, which Triton's CPU interpreter cannot check), the kernel gives the
     same bits twice, and a sweep with the kernel switched off records the same recipes and quality, and raw scores
     equal to 1e-6."""
-    import json
-    from pathlib import Path
-
     import torch
 
     from quantsweep.engine.captured_scores import _score
@@ -175,28 +189,18 @@ def test_fused_score_kernel_equals_the_eager_score_on_cuda(tmp_path, monkeypatch
     q, y, one = (torch.tensor([v], device="cuda").bfloat16() for v in (256.0, 1.0078125, 1.0))
     assert float(fused_score(q, y, one.float())) == 255.0**2  # 254.99 rounded to bfloat16 first, as `D -= Y` does
 
-    data = copy.deepcopy(TINY_MATRIX)
-    data["name"] = "fused"
-    data["model"]["device"] = "cuda"
-    data["canary"] = {"enabled": False}
-    data["axes"] = {"quant_pairs": ["wint4_afp16", "wfp8_afp8"], "granularities": ["default"], "dataset_sizes": ["a"]}
-    path = write_matrix(tmp_path, data)
+    path = _cuda_matrix(tmp_path, "fused", ["wint4_afp16", "wfp8_afp8"], ["a"])
     from quantsweep.engine import score_kernel
 
-    runs, kernel_calls = {}, {}
-    for switch in ("0", "1"):
-        monkeypatch.setenv("QUANTSWEEP_FUSED_SCORE", switch)
-        before = score_kernel.calls
-        runs[switch] = run_sweep(path, RunOptions(output_root=str(tmp_path / f"fused{switch}")))
-        kernel_calls[switch] = score_kernel.calls - before
-        assert runs[switch].exit_code == ExitCode.OK, [r.get("error") for r in runs[switch].summary["rows"]]
+    kernel_calls: dict[str, int] = {}
+    runs = _switched_runs(path, tmp_path, monkeypatch, "QUANTSWEEP_FUSED_SCORE",
+                          count=lambda: score_kernel.calls, counted=kernel_calls)
     assert kernel_calls["0"] == 0 and kernel_calls["1"] > 0, kernel_calls  # switched off, and really used
     eager_rows, fused_rows = _rows_by_id(runs["0"]), _rows_by_id(runs["1"])
     assert set(eager_rows) == set(fused_rows) and len(eager_rows) == 2
     for cid, e in eager_rows.items():
         f = fused_rows[cid]
-        me = json.loads((Path(e["path"]) / "manifest.json").read_text())
-        mf = json.loads((Path(f["path"]) / "manifest.json").read_text())
+        me, mf = _manifest(e), _manifest(f)
         assert [x["chosen"] for x in mf["layers"]] == [x["chosen"] for x in me["layers"]], e["key"]
         for le, lf in zip(me["layers"], mf["layers"], strict=True):
             for a, b in zip(le["raw_scores"], lf["raw_scores"], strict=True):
@@ -250,12 +254,7 @@ def test_a_replay_that_cannot_be_captured_runs_eagerly_and_leaves_the_allocator_
         torch.cuda.synchronize()  # not allowed while this thread's stream is capturing
         real_body(module, x, y, g)
 
-    data = copy.deepcopy(TINY_MATRIX)
-    data["name"] = "capture-fails"
-    data["model"]["device"] = "cuda"
-    data["canary"] = {"enabled": False}
-    data["axes"] = {"quant_pairs": ["wint8_afp16", "wfp8_afp8"], "granularities": ["default"], "dataset_sizes": ["b"]}
-    path = write_matrix(tmp_path, data)
+    path = _cuda_matrix(tmp_path, "capture-fails", ["wint8_afp16", "wfp8_afp8"], ["b"])
     monkeypatch.setenv("QUANTSWEEP_SCORE_GRAPHS", "0")
     eager = _rows_by_id(run_sweep(path, RunOptions(output_root=str(tmp_path / "eager"))))
     monkeypatch.setenv("QUANTSWEEP_SCORE_GRAPHS", "1")

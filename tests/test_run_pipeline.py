@@ -16,6 +16,7 @@ from quantsweep.errors import ExitCode
 from quantsweep.execution.sweep import RunOptions, run_sweep
 from quantsweep.matrix_io import load_matrix
 from quantsweep.planning import expand
+from quantsweep.store.atomic import dumps
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -115,7 +116,9 @@ def test_quality_metrics_in_sane_ranges_and_w8_closer_than_w4(tiny_sweep):
 
 def test_summary_has_provenance_canary_and_kpis(tiny_sweep):
     _, _, outcome = tiny_sweep
-    s = json.loads(outcome.summary_path.read_text())
+    text = outcome.summary_path.read_text()
+    s = json.loads(text)
+    assert text == dumps(s)  # written row by row (store/summary_text.py), in the form of every quantsweep document
     assert s["schema_version"] == "1" and s["status"] == "complete"
     assert s["hardware"]["fingerprint"].endswith("|none")  # no GPU here; the name would come from the device
     assert s["labels"] == {"execution_lane": "ci"}

@@ -32,6 +32,7 @@ from ..planning import DEFAULT_MAX_CELLS, Plan, expand
 from ..schema import SCHEMA_VERSION
 from ..store.atomic import (
     atomic_write_json,
+    atomic_write_text,
     check_output_dir,
     make_dirs,
     missing_folders,
@@ -39,7 +40,8 @@ from ..store.atomic import (
     remove_empty_folders,
     remove_stale_temporaries,
 )
-from ..store.rows import RowLog, latest_by_cell, read_rows
+from ..store.rows import RowLog, RowTail, latest_by_cell, read_rows
+from ..store.summary_text import SummaryText
 from ..store.validity import finalize_rows
 from ..reports.layer_report import MANIFEST
 from .progress import Reporter
@@ -239,6 +241,8 @@ class Sweep:
                 reporter.message(f"warning: {w}")
         self.sweep_dir = Path(self.plan.sweep_dir)
         self.rows_path = self.sweep_dir / ROWS_FILE
+        self._row_tail = RowTail(self.rows_path)  # the summary after every cell reads only the new rows...
+        self._summary_text = SummaryText()  # ...and encodes only them (store/summary_text.py)
         self.summary_path = self.sweep_dir / SUMMARY_FILE
         check_output_dir(self.sweep_dir, "output_root" if not options.output_root else "--output-root")
         if self.matrix.model.trust_remote_code:
@@ -255,13 +259,14 @@ class Sweep:
 
     # -- summary -------------------------------------------------------------------------------------------
     def _rows_in_plan(self) -> list[dict[str, Any]]:
-        latest = latest_by_cell(read_rows(self.rows_path))
+        latest = latest_by_cell(self._row_tail.read())  # only what was appended since the last summary is parsed
         return [latest[c.id] for c in self.plan.cells if c.id in latest]
 
     def write_summary(self, status: str) -> dict[str, Any]:
         from .telemetry import hardware_fingerprint, library_versions
 
-        rows = finalize_rows(self._rows_in_plan())
+        log_rows = self._rows_in_plan()
+        rows = finalize_rows(log_rows)
         kpis = compute_kpis(rows, self.canary, self.matrix.kpi.model_dump(mode="json"))
         # A run with nothing left to do loads no model: keep what the previous summary knew about it.
         previous = _read_json(self.summary_path) if self.info is None else None
@@ -305,7 +310,7 @@ class Sweep:
             "rows": rows,
             "stability_kpis": kpis,
         }
-        atomic_write_json(self.summary_path, doc)
+        atomic_write_text(self.summary_path, self._summary_text.dumps(doc, log_rows))  # = atomic_write_json
         return doc
 
     # -- recording -----------------------------------------------------------------------------------------

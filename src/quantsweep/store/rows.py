@@ -50,6 +50,46 @@ def read_rows(path: str | Path, strict: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+class RowTail:
+    """`read_rows(path)` (not strict) for a log that only grows, reading only what was appended since the last call.
+
+    Why: the sweep rewrites its summary after every cell from every row of the log; parsing the whole log each time
+    (the reading layer's strict JSON parser, ~0.5 ms a row) makes a sweep of n cells pay O(n^2) (a 324-row log:
+    ~170 ms a read on a 2-core box). The rows returned are the same objects from call to call (the caller must not
+    change them). A log that shrank or was replaced (another inode) is read again from the start; a last line
+    without its newline is parsed each time and kept only once its newline is there, as `read_rows` would count it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._rows: list[dict[str, Any]] = []
+        self._offset = 0
+        self._ino: int | None = None
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._rows, self._offset, self._ino = [], 0, None
+            return []
+        if st.st_ino != self._ino or st.st_size < self._offset:
+            self._rows, self._offset, self._ino = [], 0, st.st_ino
+        data = b""
+        if st.st_size > self._offset:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        end = data.rfind(b"\n") + 1  # what ends in a newline is final
+        for raw in data[:end].split(b"\n"):
+            if raw.strip():
+                row = parse_row(raw)
+                if row is not None:
+                    self._rows.append(row)
+        self._offset += end
+        tail = data[end:]
+        last = parse_row(tail) if tail.strip() else None
+        return self._rows if last is None else [*self._rows, last]
+
+
 def row_problem(row: dict[str, Any]) -> str | None:
     """Why a parsed row cannot be used, or None (the fields a resumed run reads; reports validate the rest)."""
     from ..reports.summary_io import validate_row

@@ -17,6 +17,8 @@ from quantsweep.execution.sweep import RunOptions, run_sweep
 from quantsweep.matrix_io import load_matrix
 from quantsweep.planning import expand
 from quantsweep.store.atomic import dumps
+from quantsweep.store.rows import latest_by_cell, read_rows
+from quantsweep.store.validity import finalize_rows
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -119,6 +121,9 @@ def test_summary_has_provenance_canary_and_kpis(tiny_sweep):
     text = outcome.summary_path.read_text()
     s = json.loads(text)
     assert text == dumps(s)  # written row by row (store/summary_text.py), in the form of every quantsweep document
+    latest = latest_by_cell(read_rows(outcome.summary_path.parent / "rows.jsonl"))  # and holding the log's rows
+    logged = finalize_rows([latest[c] for c in s["plan"]["cell_ids"] if c in latest])
+    assert dumps(s["rows"]) == dumps(logged) and len(logged) == 8
     assert s["schema_version"] == "1" and s["status"] == "complete"
     assert s["hardware"]["fingerprint"].endswith("|none")  # no GPU here; the name would come from the device
     assert s["labels"] == {"execution_lane": "ci"}

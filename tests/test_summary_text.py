@@ -88,3 +88,13 @@ def test_row_tail_reads_what_read_rows_reads_parsing_only_appended_lines(tmp_pat
     RowLog(replaced).append(_row(8, "y"))
     os.replace(replaced, path)  # another file in its place (another inode), longer than what was read
     assert [r["cell_id"] for r in tail.read()] == ["c007", "c008"] == [r["cell_id"] for r in read_rows(path)]
+    # deleted and made again (the inode may come back), then rewritten in place, each time longer than before
+    for rows in ([_row(5, "q"), _row(6, "r"), _row(9, "s")], [_row(3, "t"), _row(4, "u"), _row(2, "v"), _row(1, "w")]):
+        path.unlink()
+        for r in rows:
+            RowLog(path).append(r)
+        assert [r["cell_id"] for r in tail.read()] == [r["cell_id"] for r in rows] == [
+            r["cell_id"] for r in read_rows(path)]
+        with path.open("r+b") as fh:  # same file, other bytes: an editor saving in place
+            fh.write(b"\n" * 40)
+        assert tail.read() == read_rows(path)

@@ -51,41 +51,41 @@ def read_rows(path: str | Path, strict: bool = False) -> list[dict[str, Any]]:
 
 
 class RowTail:
-    """`read_rows(path)` (not strict) for a log that only grows, reading only what was appended since the last call.
+    """`read_rows(path)` (not strict) for a log that only grows, parsing only what was appended since the last call.
 
     Why: the sweep rewrites its summary after every cell from every row of the log; parsing the whole log each time
-    (the reading layer's strict JSON parser, ~0.5 ms a row) makes a sweep of n cells pay O(n^2) (a 324-row log:
-    ~170 ms a read on a 2-core box). The rows returned are the same objects from call to call (the caller must not
-    change them). A log that shrank or was replaced (another inode) is read again from the start; a last line
-    without its newline is parsed each time and kept only once its newline is there, as `read_rows` would count it."""
+    (the reading layer's strict JSON parser, ~0.5 ms a row) makes a sweep of n cells parse O(n^2) rows (a 324-row
+    log: ~170 ms a read on a 2-core box). The file is still read whole at every call (a few MB at most, compared
+    byte for byte with what was parsed before, which is cheap next to parsing): when those bytes changed (the log
+    deleted and made again, or edited in place) it is parsed again from the start, so the result is always what
+    `read_rows` returns. The rows returned are the same objects from call to call (the caller must not change
+    them). A last line without its newline is parsed each time and kept only once its newline is there, as
+    `read_rows` would count it."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._rows: list[dict[str, Any]] = []
-        self._offset = 0
-        self._ino: int | None = None
+        self._parsed = b""  # the bytes whose complete lines gave self._rows
 
     def read(self) -> list[dict[str, Any]]:
         try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            self._rows, self._offset, self._ino = [], 0, None
-            return []
-        if st.st_ino != self._ino or st.st_size < self._offset:
-            self._rows, self._offset, self._ino = [], 0, st.st_ino
-        data = b""
-        if st.st_size > self._offset:
             with self.path.open("rb") as fh:
-                fh.seek(self._offset)
                 data = fh.read()
-        end = data.rfind(b"\n") + 1  # what ends in a newline is final
-        for raw in data[:end].split(b"\n"):
+        except FileNotFoundError:
+            self._rows, self._parsed = [], b""
+            return []
+        if not data.startswith(self._parsed):  # not the log parsed before: parse it whole
+            self._rows, self._parsed = [], b""
+        new = data[len(self._parsed):]
+        end = new.rfind(b"\n") + 1  # what ends in a newline is final
+        for raw in new[:end].split(b"\n"):
             if raw.strip():
                 row = parse_row(raw)
                 if row is not None:
                     self._rows.append(row)
-        self._offset += end
-        tail = data[end:]
+        if end:
+            self._parsed = data[: len(self._parsed) + end]
+        tail = new[end:]
         last = parse_row(tail) if tail.strip() else None
         return self._rows if last is None else [*self._rows, last]
 

@@ -10,6 +10,8 @@ character for character (tests/test_summary_text.py checks it on real summaries)
 A row's text is reused only while the row is the same object as when it was encoded and its two fields that
 `finalize_rows` recomputes across rows (`reasons`, `valid`) are unchanged; the caller hands over the log's rows
 (store/rows.py `RowTail`: the same objects from call to call) beside the finalized copies that go into the file.
+Those copies are shallow: a logged row must never be changed in place (nothing in quantsweep does; a change is a
+new row appended to the log).
 """
 
 from __future__ import annotations

@@ -92,6 +92,8 @@ class CapturedScores:
             module._qs_prefixes = self.prefixes
             weight = getattr(module, "weight", None)
             module._qs_graphs = self.graphs if fast and isinstance(weight, torch.Tensor) and weight.is_cuda else None
+            if isinstance(weight, torch.Tensor) and weight.is_cuda:  # the fused score's kernel, before any replay
+                warm_score_kernel(weight.device, weight.dtype)  # (once per process; the sweep's set-up did it)
             self.modules.append(module)
             module.forward = types.MethodType(_capturing_forward, module)  # ModelOpt's clean-up restores it
             self.handles.append(module.register_full_backward_hook(_score_from_capture))
@@ -220,8 +222,6 @@ def _replay(
     weight = module.weight if any(fast for *_x, fast in module._qs_score_plan) else None  # once, not per format
     bias = getattr(module, "bias", None)
     fused = grad.is_cuda and fused_enabled()
-    if fused and not torch.cuda.is_current_stream_capturing():
-        warm_score_kernel(grad.device, y.dtype)  # once per process and dtype (the set-up did it where it ran)
     for hparam, recipes, fast in module._qs_score_plan:
         for recipe, sizes in recipes:
             wq = None  # the quantized weight: weights are calibrated from the weights alone, so one per format

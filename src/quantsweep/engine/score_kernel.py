@@ -15,8 +15,10 @@ value but for the order of the float32 sum (a relative difference of order 1e-7;
 on a GPU). NaN propagates as in `clamp`.
 
 Used where Triton and CUDA are (never on a CPU: the CPU path stays ModelOpt's operations, bit for bit). The kernel
-is compiled once per process and dtype before anything is captured into a CUDA graph (`warm`): a compile inside a
-capture would load a module while the stream records. tests/test_score_kernel.py runs the kernel in Triton's CPU
+is compiled and run once per process, device and dtype (`warm`: in the sweep's set-up, when the score pass installs
+its hooks, and before a CUDA graph capture), never inside a capture, which would load a module while the stream
+records; `fusable` is false wherever that did not succeed (no C compiler for Triton's launcher, say), and the
+eager score is used there. tests/test_score_kernel.py runs the kernel in Triton's CPU
 interpreter against the eager score; tests/test_gpu_cuda.py compares it on the GPU.
 """
 

@@ -5,7 +5,8 @@ sorted keys), whose encoder is CPython's pure-Python one (the C encoder does no 
 row after every cell makes a sweep of n cells pay O(n^2): ~150 ms a write at 324 rows on a 2-core box, against the
 seconds a cell takes. A row's text is the same from write to write unless the row changed, so `SummaryText` keeps
 each row's text and encodes only the new ones and the rest of the document. The result is the text `dumps` gives,
-character for character (tests/test_summary_text.py checks it on real summaries).
+character for character (tests/test_summary_text.py checks it write after write on rows of a real row's shape;
+tests/test_run_pipeline.py on a real sweep's summary).
 
 A row's text is reused only while the row is the same object as when it was encoded and its two fields that
 `finalize_rows` recomputes across rows (`reasons`, `valid`) are unchanged; the caller hands over the log's rows

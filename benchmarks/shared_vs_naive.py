@@ -177,6 +177,8 @@ def run_mode(matrix_path: Path, root: Path, engine: str, profile: str | None = N
         "cells_s": total - setup,
         "rows": rows,
         "errors": [r["error"] for r in rows if r["status"] != "ok"],
+        # cells that took an earlier cell's evaluation of the same model (execution/shared_evaluations.py)
+        "evaluations_shared": sum(1 for r in rows if r["telemetry"].get("evaluation_shared_with")),
         "peak_device_mb": max(peaks) if peaks else None,
         "sweep": sweep,
     }
@@ -197,7 +199,7 @@ def write_profile(prof, path: str) -> None:
 def print_shared_only(variant: str, shared: dict, floor: dict) -> None:
     print(f"variant {variant}: shared {shared['cells_s']:.1f} s ({shared['cells_s'] / floor['floor_s']:.1f}x floor "
           f"{floor['floor_s']:.2f} s); peak {shared['peak_device_mb']} MB")
-    print(f"  phases (s, summed over cells): {shared['phases_s']}")
+    print(f"  phases (s, summed over cells): {shared['phases_s']}; evaluations shared {shared['evaluations_shared']}")
     print(f"  union calls: {union_calls(shared['rows'])}")
     if shared["errors"]:
         print(f"  errors: {shared['errors']}")
@@ -305,6 +307,7 @@ def main() -> None:
         "agreement": agree,
         "dtype": v["dtype"],
         "shared_union_calls": unions,
+        "shared_evaluations_reused": shared["evaluations_shared"],
     }
     if eager is not None:
         result["eager_replays"] = {
@@ -332,6 +335,7 @@ def main() -> None:
         print(f"  eager phases: {e['phases_s']}; peak {e['peak_device_mb']} MB")
     print(f"  peak device MB: {result['peak_device_mb']}")
     print(f"  phases (s, summed over cells): {result['phases_s']}")
+    print(f"  cells that reused an earlier cell's evaluation: {shared['evaluations_shared']}")
     if result["errors"]["naive"] or result["errors"]["shared"]:
         print(f"  errors: {result['errors']}")
 

@@ -166,6 +166,62 @@ def test_shared_engine_groups_cells_and_amortises_telemetry(both_engines):
         assert tel["stability_s"] > 0 and tel["wall_s"] == pytest.approx(sum(tel["phases"].values()), abs=0.01)
 
 
+def test_cells_that_evaluate_the_same_model_share_one_evaluation(both_engines):
+    """execution/shared_evaluations.py: a cell whose solve leaves the union model as an earlier cell left it (same
+    recipe per group and, for FP8 W8A8's data-dependent activation scales, the same calibration size) takes that
+    cell's quality instead of evaluating again; every other cell is evaluated. The rows still equal the naive
+    engine's (test_shared_engine_equals_naive), which evaluates every cell."""
+    _, shared = both_engines
+    rows = shared.summary["rows"]
+    by_key = {r["key"]: r for r in rows}
+
+    def model_of(r):
+        chosen = tuple((g["name"], g["chosen"]) for g in _manifest(r)["layers"])
+        return r["pair"], r["granularity"], chosen, r["dataset_size"] if r["pair"] == "wfp8_afp8" else None
+
+    first: dict = {}
+    for r in rows:  # in the call's order: the first cell of each model is evaluated, the later ones share it
+        source = r["telemetry"].get("evaluation_shared_with")
+        model = model_of(r)
+        if model not in first:
+            assert source is None, r["key"]
+            assert r["telemetry"]["phases"]["evaluate"] > 0
+            first[model] = r["key"]
+        else:
+            assert source == first[model], r["key"]
+            assert r["quality"] == by_key[source]["quality"]
+    shared_rows = [r for r in rows if r["telemetry"].get("evaluation_shared_with")]
+    # INT8 at an 8-bit budget is INT8 everywhere at both sizes: the larger size shares the smaller one's; FP8
+    # W8A8's sizes have their own activation scales and never share with each other
+    int8 = sorted((r["key"], r["telemetry"].get("evaluation_shared_with")) for r in rows
+                  if r["pair"] == "wint8_afp16" and r["achieved_bits"] == 8.0)
+    assert len(int8) == 2 and int8[0][1] is None and int8[1][1] == int8[0][0], int8
+    assert len(shared_rows) == len(rows) - len(first) > 0
+    assert not any(r["pair"] == "wfp8_afp8" and by_key[r["telemetry"]["evaluation_shared_with"]]["dataset_size"]
+                   != r["dataset_size"] for r in shared_rows)
+
+
+def test_shared_evaluations_hand_out_copies_and_never_share_an_unkeyed_model():
+    from quantsweep.execution.shared_evaluations import SharedEvaluations, evaluation_key
+
+    state = (("layers.0.quant_recipe", "sig-int4", None), ("layers.1.quant_recipe", "sig-fp8", 2))
+    assert evaluation_key(None, "none", 4) is None
+    assert evaluation_key(state, "none", 4) == evaluation_key(state, "none", 8)  # KV cache off: samples do not count
+    assert evaluation_key(state, "fp8", 4) != evaluation_key(state, "fp8", 8)  # its KV scales are calibrated on them
+    memo = SharedEvaluations()
+    quality = {"kl_mean": 0.5, "per_seq": [1.0, 2.0]}
+    memo.record(None, "a", quality)
+    assert len(memo) == 0 and memo.lookup(None) is None
+    key = evaluation_key(state, "none", 4)
+    memo.record(key, "a", quality)
+    quality["per_seq"].append(3.0)  # the recording row's later changes do not reach the copy
+    memo.record(key, "b", {"kl_mean": 9.0})  # the first evaluation stays the one shared
+    cell, got = memo.lookup(key)
+    assert cell == "a" and got == {"kl_mean": 0.5, "per_seq": [1.0, 2.0]}
+    got["kl_mean"] = 0.0
+    assert memo.lookup(key)[1]["kl_mean"] == 0.5
+
+
 def test_a_cell_modelopt_refuses_is_an_error_row_without_sinking_its_union_call(tmp_path):
     """MXFP6 without dynamic blocks is refused by ModelOpt: that cell (only) becomes an error row."""
     data = copy.deepcopy(TINY_MATRIX)

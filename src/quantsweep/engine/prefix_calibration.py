@@ -115,11 +115,15 @@ class PrefixCalibration:
             for q, amax in saved:
                 q._amax = amax
 
-    def apply(self, quantizers: Iterable[nn.Module], k: int) -> None:
-        """Leave the quantizers with (a copy of) the amax of the first `k` batches (a cell's evaluation)."""
+    def apply(self, quantizers: Iterable[nn.Module], k: int) -> bool:
+        """Leave the quantizers with (a copy of) the amax of the first `k` batches (a cell's evaluation). Returns
+        whether any of them was recorded, i.e. whether what they hold depends on `k`."""
+        recorded = False
         for q in quantizers:
             if q in self.amax:
                 q._amax = self.amax[q][k].clone()
+                recorded = True
+        return recorded
 
 
 def collecting_activation_quantizers(model: nn.Module) -> Iterator[tuple[str, Any]]:

@@ -366,6 +366,7 @@ def solve_cell(
         return NONE_LABEL if recipe == none else label_of[recipe.checkpoint_signature]
 
     groups: list[LayerGroup] = []
+    state: list[tuple[str, str, int | None]] = []
     chosen_cost = 0.0
     chosen_score = 0.0
     for name, info in best.items():
@@ -373,8 +374,11 @@ def solve_cell(
         chosen = info["format"]
         hparam = get_hparam(union.model, name)
         hparam.active = union.recipes[chosen.checkpoint_signature]
+        prefix = None
         if union.prefixes is not None and chosen != none:
-            union.prefixes.apply(recipe_quantizers(hparam, chosen), calib_steps)
+            if union.prefixes.apply(recipe_quantizers(hparam, chosen), calib_steps):
+                prefix = calib_steps
+        state.append((name, chosen.checkpoint_signature, prefix))
         chosen_cost += info["costs"]
         chosen_score += info["scores"]
         groups.append(
@@ -401,6 +405,7 @@ def solve_cell(
         recipe_config=recipe_config,
         phases={"search": time.perf_counter() - t0},
         solver=records[-1].to_dict() if records else None,
+        model_state=tuple(state),
     )
 
 

@@ -34,6 +34,7 @@ from ..planning import Cell
 from ..schema import Matrix
 from .cell_runner import CellRun, _now, describe_failure, evaluate_long_context, formats_for
 from .context import SweepContext
+from .shared_evaluations import SharedEvaluations, evaluation_key
 from .telemetry import PeakMemory, by_device_mb, hardware_telemetry
 from . import stability_pipeline
 from .stability_pipeline import StabilityPipeline
@@ -308,6 +309,7 @@ def _union_calls(
         }
         if len(mem.peak_by_device) > 1:
             shared_tel["peak_device_mb_by_device"] = by_device_mb([mem])
+        evaluations = SharedEvaluations()
         for cell, formats, backend in members:
             run = CellRun(
                 cell=cell, status="error", started_at=_now(), finished_at=_now(), fake_quant_backend=backend,
@@ -315,6 +317,7 @@ def _union_calls(
             )
             cell_mem = PeakMemory(ctx.loaded.devices, gpu_period_s=m.telemetry.sample_period_s)
             phases: dict[str, float] = {}
+            shared_with: str | None = None
             try:
                 with cell_mem, fast_modelopt_bookkeeping():  # not across the yields below
                     if on_step is not None:
@@ -328,8 +331,14 @@ def _union_calls(
                         on_step("evaluate")
                     with kv_cache_applied(union.model, cell.kv_cache, ctx.batches(cell.calib_samples),
                                           ctx.loaded.device.type, m.autoquant.fake_quant_backend) as run.kv_cache:
-                        with lean_linear_forwards(union.model):  # the same outputs, without ModelOpt's host time
-                            quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
+                        key = evaluation_key(result.model_state, cell.kv_cache, cell.calib_samples)
+                        earlier = evaluations.lookup(key)  # a cell before it evaluated the same model
+                        if earlier is None:
+                            with lean_linear_forwards(union.model):  # the same outputs, without ModelOpt's host time
+                                quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
+                            evaluations.record(key, cell.key, quality)
+                        else:
+                            shared_with, quality = earlier
                         phases["evaluate"] = time.perf_counter() - t
                         if ctx.lengths:
                             run.long_context = evaluate_long_context(ctx, union.model, cell, cell_mem, phases,
@@ -374,6 +383,7 @@ def _union_calls(
                 "forward_calls": union.forward_calls,
                 "torch_threads": torch.get_num_threads(),
                 "shared": shared_tel,
+                **({"evaluation_shared_with": shared_with} if shared_with is not None else {}),
                 # the union call's span and this cell's own: the cell's amortised timings come from both
                 **hardware_telemetry([mem, cell_mem], m.telemetry),
             }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from quantsweep.execution.stability_pipeline import StabilityPipeline
 from quantsweep.trust.stability import THREAD_PREFIX, GroupScores, bootstrap_stability, budget_cost, clamp, groups_from_layers
@@ -198,3 +199,55 @@ def test_bootstrap_equals_one_solve_per_draw():
     assert res["distinct_resamples"] < 40  # some draws repeat, so the de-duplication was exercised
     assert res["flip_share"] == round(float(np.mean(shares)), 6) and 0 < res["flip_share"] < 1
     assert res["score_ci"] == [float(x) for x in np.percentile(objectives, [2.5, 97.5])]
+
+
+def test_bootstraps_in_solver_processes_equal_the_threads_and_survive_a_dead_worker(monkeypatch):
+    """GPU sweeps solve the bootstraps in spawned solver processes (execution/stability_pipeline.py): the same
+    blocks as in this process, released in order; a pool whose worker died computes them here instead."""
+    import functools
+    import os
+    import signal
+    import time
+
+    from quantsweep.errors import InputError
+    from quantsweep.execution import stability_pipeline
+    from quantsweep.trust.stability import stability_block
+
+    jobs = [functools.partial(stability_block, _groups([1.0] * 12, noise=0.3), 10.0, 30, seed, 0.05, 1)
+            for seed in (1, 2)]
+    expected = [job() for job in jobs]
+    assert expected[0] != expected[1]  # two different blocks, so that an order mix-up shows
+    with StabilityPipeline(processes=2) as pipeline:
+        for name, job in zip("ab", jobs):
+            pipeline.submit(_Run(name), job)
+        runs = list(pipeline.drain())
+    assert [r.name for r in runs] == ["a", "b"]
+    assert [r.trust["stability"] for r in runs] == expected
+    assert all(r.telemetry["stability_s"] > 0 for r in runs)
+    pool = stability_pipeline._process_pool
+    assert pool is not None and {p.pid for p in pool._processes.values()}.isdisjoint({os.getpid()})
+
+    with StabilityPipeline(processes=2) as pipeline:  # the same pool, reused
+        assert pipeline._pool is pool
+        for proc in list(pool._processes.values()):
+            os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not pool._broken and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pipeline.submit(_Run("c"), jobs[0])
+        (c,) = pipeline.drain()
+    assert c.trust["stability"] == expected[0]
+    with StabilityPipeline(processes=2) as pipeline:  # a fresh pool replaces the broken one
+        assert pipeline._pool is not pool
+        pipeline.submit(_Run("d"), jobs[1])
+        (d,) = pipeline.drain()
+    assert d.trust["stability"] == expected[1]
+
+    monkeypatch.delenv(stability_pipeline.PROCESSES_ENV, raising=False)
+    assert stability_pipeline.solver_processes("cpu") == 0
+    assert 1 <= stability_pipeline.solver_processes("cuda") <= stability_pipeline.MAX_PROCESSES
+    monkeypatch.setenv(stability_pipeline.PROCESSES_ENV, "3")
+    assert stability_pipeline.solver_processes("cpu") == 3
+    monkeypatch.setenv(stability_pipeline.PROCESSES_ENV, "many")
+    with pytest.raises(InputError, match="QUANTSWEEP_STABILITY_PROCESSES='many'"):
+        stability_pipeline.solver_processes("cuda")

@@ -6,7 +6,6 @@ tokens divided by the number of cells); the full figures of the union call are k
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ from .shared_evaluations import SharedEvaluations, evaluation_key
 from .telemetry import PeakMemory, by_device_mb, hardware_telemetry
 from . import stability_pipeline
 from .stability_pipeline import StabilityPipeline
-from .trust_checks import stability_for, trust_checks
+from .trust_checks import stability_job, trust_checks
 from .work_units import UnitMember, WorkUnit
 
 
@@ -241,7 +240,7 @@ def execute_shared(
         yield _error_run(cell, CellError(unsolvable_message(cell)), _now())
     cells = [c for c in cells if c not in invalid and c not in unsolvable]
     queue = plan_union_calls(m, ctx.loaded.device.type, cells)
-    with StabilityPipeline() as pipeline:
+    with StabilityPipeline(stability_pipeline.solver_processes(ctx.loaded.device.type)) as pipeline:
         try:
             yield from _union_calls(ctx, queue, pipeline, on_step, on_union)
         except KeyboardInterrupt:
@@ -389,8 +388,9 @@ def _union_calls(
             }
             if len(mem.peak_by_device) > 1:
                 run.telemetry["peak_device_mb_by_device"] = by_device_mb([mem, cell_mem])
-            if run.status == "ok" and m.evaluation.stability.resamples > 0:
-                pipeline.submit(run, functools.partial(stability_for, m, cell, run.result, threads))
+            job = stability_job(m, cell, run.result, threads) if run.status == "ok" else None
+            if job is not None:
+                pipeline.submit(run, job)
             else:
                 pipeline.hold(run)
             yield from pipeline.ready()

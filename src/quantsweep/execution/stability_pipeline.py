@@ -22,20 +22,83 @@ whose kernel launches are the critical path of a GPU sweep, and every extra solv
 (benchmarks/diag/eval_gap.py, benchmarks/results/speed-h200.json run `stability-interference`), the reference
 matrix's cells took 28.3-31.9 s with the resamples on half the torch threads, 24.1 s on one thread, and
 19.7 s with no bootstrap at all; one thread's bootstraps still finish within their union call.
+
+Processes (GPU sweeps): once the cells got faster than one thread's bootstraps (a cell ~0.7 s on that matrix, a
+bootstrap of 8 score batches ~51 HiGHS solves), rows waited for them (`trust` 2.3 s of 19.9 s, run
+`shared-evaluations`). `StabilityPipeline(processes=n)` solves them in a pool of n solver processes instead: each
+bootstrap is a pure function of plain data (trust/stability.py::stability_block), nothing of it takes the main
+process's GIL, and n cells' bootstraps run at once. The pool is spawned (not forked: the parent holds CUDA and
+torch's threads), once per process and reused by every union call and sweep (a spawn imports numpy and scipy,
+~0.5-1 s); the pipeline starts its workers as it is made, so that they are up while the union call calibrates and
+scores. If a worker dies (the pool is broken) the block is computed in the main thread instead: the same function,
+the same result. `solver_processes()` picks n: none on a CPU run (the device is the CPU itself: the thread is the
+lighter neighbour), a quarter of the usable CPUs on a GPU run, 1 to 4; `QUANTSWEEP_STABILITY_PROCESSES` overrides.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ..trust.stability import THREAD_PREFIX  # the background thread is named like the solver pool's
+from ..errors import InputError
+from ..trust.stability import THREAD_PREFIX, default_threads  # the background thread is named like the solver pool's
 
 # how many resamples one bootstrap solves at once beside the GPU work (see the module docstring)
 SOLVER_THREADS = 1
+MAX_PROCESSES = 4
+PROCESSES_ENV = "QUANTSWEEP_STABILITY_PROCESSES"
+
+_pool_lock = threading.Lock()
+_process_pool: ProcessPoolExecutor | None = None
+_process_pool_size = 0
+
+
+def solver_processes(device_type: str) -> int:
+    """How many solver processes a sweep on `device_type` uses (0: the background thread). See the module doc."""
+    override = os.environ.get(PROCESSES_ENV, "").strip()
+    if override:
+        try:
+            return max(0, int(override))
+        except ValueError:
+            raise InputError(f"{PROCESSES_ENV}={override!r}: expected a whole number of solver processes (0: a thread)"
+                             ) from None
+    if device_type == "cpu":
+        return 0
+    return max(1, min(MAX_PROCESSES, default_threads() // 4))
+
+
+def _shared_process_pool(size: int) -> ProcessPoolExecutor:
+    """The process-wide pool of `size` spawned solver processes (made again if its size changed or it broke)."""
+    global _process_pool, _process_pool_size
+    with _pool_lock:
+        pool = _process_pool
+        if pool is None or _process_pool_size != size or getattr(pool, "_broken", False):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            pool = ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"))
+            _process_pool, _process_pool_size = pool, size
+        return pool
+
+
+def _forget_process_pool(pool: Executor) -> None:
+    global _process_pool
+    with _pool_lock:
+        if _process_pool is pool:
+            _process_pool = None
+
+
+def _warm_worker() -> None:
+    """Run in each new solver process: import what a bootstrap needs before the first one arrives."""
+    import scipy.optimize  # noqa: F401
+
+    from ..trust import stability  # noqa: F401
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -52,21 +115,39 @@ class StabilityPipeline:
     can be released now without waiting, `drain()` all of them, waiting. Use as a context manager: leaving it
     (also by an exception or a closed generator) drops what was not drained and stops the thread."""
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_PREFIX)
-        self._pending: deque[tuple[Any, Future[tuple[Any, float]] | None]] = deque()
+    def __init__(self, processes: int = 0) -> None:
+        self._pool: Executor
+        self._owned = processes <= 0  # the thread is the pipeline's own; a process pool is the process's
+        if self._owned:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_PREFIX)
+        else:
+            self._pool = _shared_process_pool(processes)
+            for _ in range(processes):  # spawn the workers now, while the union call calibrates and scores
+                self._pool.submit(_warm_worker)
+        self._pending: deque[tuple[Any, Future[tuple[Any, float]] | None, Callable[[], Any] | None]] = deque()
 
     def __enter__(self) -> StabilityPipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._owned:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        else:  # the pool outlives the pipeline: only this pipeline's queued work is dropped
+            for _run, future, _compute in self._pending:
+                if future is not None:
+                    future.cancel()
 
     def submit(self, run: Any, compute: Callable[[], dict[str, Any] | None]) -> None:
-        self._pending.append((run, self._pool.submit(_timed, compute)))
+        """`compute` must pickle when the pipeline uses processes (stability_job's partial does)."""
+        try:
+            future = self._pool.submit(_timed, compute)
+        except BrokenProcessPool:  # a worker died earlier: computed in this thread when the row is released
+            _forget_process_pool(self._pool)
+            future = None
+        self._pending.append((run, future, compute))
 
     def hold(self, run: Any) -> None:
-        self._pending.append((run, None))
+        self._pending.append((run, None, None))
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -80,14 +161,21 @@ class StabilityPipeline:
             yield self._release()
 
     def _release(self) -> Any:
-        run, future = self._pending[0]  # taken off only once its block is in: a Ctrl-C while waiting keeps it queued
-        if future is None:
+        run, future, compute = self._pending[0]  # taken off only once its block is in: a Ctrl-C while waiting keeps it queued
+        if compute is None:
             self._pending.popleft()
             return run
         t = time.perf_counter()
         try:
-            block, solve_s = future.result()
-        except Exception as exc:  # noqa: BLE001 - stability_for records its own failures; this is a last resort
+            if future is None:  # the process pool was broken when it was submitted
+                block, solve_s = _timed(compute)
+            else:
+                try:
+                    block, solve_s = future.result()
+                except BrokenProcessPool:  # its worker died: the same function, here
+                    _forget_process_pool(self._pool)
+                    block, solve_s = _timed(compute)
+        except Exception as exc:  # noqa: BLE001 - stability_block records its own failures; this is a last resort
             block, solve_s = {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None}, 0.0
         waited = time.perf_counter() - t
         self._pending.popleft()
@@ -100,4 +188,4 @@ class StabilityPipeline:
         return run
 
 
-__all__ = ["SOLVER_THREADS", "StabilityPipeline"]
+__all__ = ["SOLVER_THREADS", "StabilityPipeline", "solver_processes"]

@@ -9,31 +9,38 @@ with its reason.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..engine.autoquant import SearchResult
 from ..planning import Cell
 from ..schema import Matrix
-from ..trust.stability import GroupScores, bootstrap_stability
+from ..trust.stability import GroupScores, stability_block
+
+
+def stability_job(
+    matrix: Matrix, cell: Cell, result: SearchResult, threads: int | None = None
+) -> functools.partial[dict[str, Any]] | None:
+    """The cell's recipe-stability block as a call with its inputs bound (None when `evaluation.stability.resamples`
+    is 0): a pure function of plain data (trust/stability.py::stability_block), so it can run on another thread or in
+    a solver process (execution/stability_pipeline.py); `threads`: how many resamples are solved at once."""
+    spec = matrix.evaluation.stability
+    if spec.resamples == 0:
+        return None
+    groups = None
+    if matrix.autoquant.method == "gradient" and all(g.batch_scores is not None for g in result.groups):
+        groups = [GroupScores(g.name, g.formats, g.costs, g.chosen, g.batch_scores or []) for g in result.groups]
+    return functools.partial(
+        stability_block, groups, cell.budget, spec.resamples, spec.seed, spec.max_flip_share, threads
+    )
 
 
 def stability_for(
     matrix: Matrix, cell: Cell, result: SearchResult, threads: int | None = None
 ) -> dict[str, Any] | None:
-    """The cell's recipe stability, or None when `evaluation.stability.resamples` is 0; `threads`: how many
-    resamples are solved at once (None: trust/stability.py's default)."""
-    spec = matrix.evaluation.stability
-    if spec.resamples == 0:
-        return None
-    settings = {"resamples": spec.resamples, "seed": spec.seed, "max_flip_share": spec.max_flip_share}
-    if matrix.autoquant.method != "gradient" or any(g.batch_scores is None for g in result.groups):
-        return {"computable": False, "reason": "no per-batch scores (the kl_div method's scores are not sums over "
-                                               "batches)", "stable": None, **settings}
-    groups = [GroupScores(g.name, g.formats, g.costs, g.chosen, g.batch_scores or []) for g in result.groups]
-    try:
-        return bootstrap_stability(groups, cell.budget, spec.resamples, spec.seed, spec.max_flip_share, threads)
-    except Exception as exc:  # a check that fails is recorded, the cell stands
-        return {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None, **settings}
+    """The cell's recipe stability, or None when `evaluation.stability.resamples` is 0 (see `stability_job`)."""
+    job = stability_job(matrix, cell, result, threads)
+    return None if job is None else job()
 
 
 def trust_checks(

@@ -158,6 +158,27 @@ def bootstrap_stability(
     }
 
 
+def stability_block(
+    groups: list[GroupScores] | None,
+    effective_bits: float,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    max_flip_share: float = DEFAULT_MAX_FLIP_SHARE,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """A cell's `trust.stability` block, never raising: `groups` None when the search has no per-batch scores
+    (the kl_div method), and a bootstrap that fails is recorded as not computable, with its reason (the cell
+    stands). Plain data in and out, so that it can run in a solver process (execution/stability_pipeline.py)."""
+    settings = {"resamples": resamples, "seed": seed, "max_flip_share": max_flip_share}
+    if groups is None:
+        return {"computable": False, "reason": "no per-batch scores (the kl_div method's scores are not sums over "
+                                               "batches)", "stable": None, **settings}
+    try:
+        return bootstrap_stability(groups, effective_bits, resamples, seed, max_flip_share, threads)
+    except Exception as exc:  # a check that fails is recorded, the cell stands
+        return {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None, **settings}
+
+
 def default_threads() -> int:
     try:
         cpus = len(os.sched_getaffinity(0))

@@ -243,6 +243,15 @@ def test_bootstraps_in_solver_processes_equal_the_threads_and_survive_a_dead_wor
         (d,) = pipeline.drain()
     assert d.trust["stability"] == expected[1]
 
+    # what never reaches the bootstrap, and a bootstrap that raises: recorded, never raised (the cell stands)
+    assert stability_block(None, 10.0, 30, 1, 0.05) == {
+        "computable": False, "reason": "no per-batch scores (the kl_div method's scores are not sums over batches)",
+        "stable": None, "resamples": 30, "seed": 1, "max_flip_share": 0.05}
+    broken = _groups([1.0] * 4, noise=0.3)
+    broken[0].chosen = "w9"  # not one of its formats
+    failed = stability_block(broken, 10.0, 30, 1, 0.05)
+    assert failed["computable"] is False and failed["reason"].startswith("ValueError: 'w9' is not in list")
+
     monkeypatch.delenv(stability_pipeline.PROCESSES_ENV, raising=False)
     assert stability_pipeline.solver_processes("cpu") == 0
     assert 1 <= stability_pipeline.solver_processes("cuda") <= stability_pipeline.MAX_PROCESSES

@@ -171,12 +171,11 @@ def stability_block(
     stands). Plain data in and out, so that it can run in a solver process (execution/stability_pipeline.py)."""
     settings = {"resamples": resamples, "seed": seed, "max_flip_share": max_flip_share}
     if groups is None:
-        return {"computable": False, "reason": "no per-batch scores (the kl_div method's scores are not sums over "
-                                               "batches)", "stable": None, **settings}
+        return _not_computable("no per-batch scores (the kl_div method's scores are not sums over batches)", **settings)
     try:
         return bootstrap_stability(groups, effective_bits, resamples, seed, max_flip_share, threads)
     except Exception as exc:  # a check that fails is recorded, the cell stands
-        return {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None, **settings}
+        return _not_computable(f"{type(exc).__name__}: {exc}", **settings)
 
 
 def default_threads() -> int:

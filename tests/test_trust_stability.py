@@ -107,6 +107,14 @@ def test_threaded_resamples_leave_the_warnings_filters_alone(monkeypatch):
     assert warnings.filters == before
 
 
+def _slow_block(seconds: float, block: dict) -> dict:
+    """A bootstrap that takes a while (module level: a solver process imports it by name)."""
+    import time
+
+    time.sleep(seconds)
+    return block
+
+
 class _Run:
     """The parts of a CellRun the pipeline fills in."""
 
@@ -225,23 +233,30 @@ def test_bootstraps_in_solver_processes_equal_the_threads_and_survive_a_dead_wor
     assert [r.trust["stability"] for r in runs] == expected
     assert all(r.telemetry["stability_s"] > 0 for r in runs)
     pool = stability_pipeline._process_pool
-    assert pool is not None and {p.pid for p in pool._processes.values()}.isdisjoint({os.getpid()})
+    assert pool is not None and len(pool._processes) == 2  # both workers started with the pipeline
 
     with StabilityPipeline(processes=2) as pipeline:  # the same pool, reused
         assert pipeline._pool is pool
+        # Ctrl-C reaches the whole process group: a worker ignores it and its bootstrap still comes back
+        pipeline.submit(_Run("slow"), functools.partial(_slow_block, 1.0, {"stable": True}))
+        time.sleep(0.5)
         for proc in list(pool._processes.values()):
-            os.kill(proc.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while not pool._broken and time.monotonic() < deadline:
-            time.sleep(0.05)
-        pipeline.submit(_Run("c"), jobs[0])
+            os.kill(proc.pid, signal.SIGINT)
+        (slow,) = pipeline.drain()
+        assert slow.trust["stability"] == {"stable": True} and not pool._broken
+        # a worker killed under a running bootstrap: that block is computed here; the pool is replaced
+        pipeline.submit(_Run("c"), functools.partial(_slow_block, 1.0, expected[0]))
+        time.sleep(0.5)
+        for proc in list(pool._processes.values()):
+            proc.kill()
         (c,) = pipeline.drain()
-    assert c.trust["stability"] == expected[0]
-    with StabilityPipeline(processes=2) as pipeline:  # a fresh pool replaces the broken one
-        assert pipeline._pool is not pool
-        pipeline.submit(_Run("d"), jobs[1])
+        assert c.trust["stability"] == expected[0]
+        assert pool._broken and pipeline._pool is not pool
+        pipeline.submit(_Run("d"), jobs[1])  # on the fresh pool
         (d,) = pipeline.drain()
     assert d.trust["stability"] == expected[1]
+    fresh = stability_pipeline._process_pool
+    assert fresh is not pool and not fresh._broken and len(fresh._processes) >= 1
 
     # what never reaches the bootstrap, and a bootstrap that raises: recorded, never raised (the cell stands)
     assert stability_block(None, 10.0, 30, 1, 0.05) == {

@@ -1,4 +1,4 @@
 from quantsweep.cli import main
 
-if __name__ == "__main__":  # not when a spawned solver process imports it (execution/stability_pipeline.py)
+if __name__ == "__main__":  # importing the module runs nothing (a module guard, as the console script has)
     main()

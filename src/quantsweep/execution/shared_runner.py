@@ -240,7 +240,9 @@ def execute_shared(
         yield _error_run(cell, CellError(unsolvable_message(cell)), _now())
     cells = [c for c in cells if c not in invalid and c not in unsolvable]
     queue = plan_union_calls(m, ctx.loaded.device.type, cells)
-    with StabilityPipeline(stability_pipeline.solver_processes(ctx.loaded.device.type)) as pipeline:
+    bootstraps = m.evaluation.stability.resamples > 0  # no solver processes to start for none
+    processes = stability_pipeline.solver_processes(ctx.loaded.device.type) if bootstraps else 0
+    with StabilityPipeline(processes) as pipeline:
         try:
             yield from _union_calls(ctx, queue, pipeline, on_step, on_union)
         except KeyboardInterrupt:
@@ -255,7 +257,8 @@ def _union_calls(
     on_step: Callable[[str], None] | None,
     on_union: Callable[[UnionCall, int], None] | None,
 ) -> Iterator[CellRun]:
-    """execute_shared's union calls, in queue order; each cell's stability is solved on the pipeline's thread."""
+    """execute_shared's union calls, in queue order; each cell's stability is solved on the pipeline's thread or in
+    its solver processes."""
     m = ctx.matrix
     threads = stability_pipeline.SOLVER_THREADS
     while queue:
@@ -335,7 +338,6 @@ def _union_calls(
                         if earlier is None:
                             with lean_linear_forwards(union.model):  # the same outputs, without ModelOpt's host time
                                 quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
-                            evaluations.record(key, cell.key, quality)
                         else:
                             shared_with, quality = earlier
                         phases["evaluate"] = time.perf_counter() - t
@@ -351,6 +353,8 @@ def _union_calls(
                     if ctx.loaded.device.type == "cpu":  # a GPU's tensors are not on the host heap
                         trim_host_memory()
                 run.status, run.result, run.quality = "ok", result, quality
+                if shared_with is None:  # shared only from a cell that finished (not one whose later checks failed)
+                    evaluations.record(key, cell.key, quality)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
@@ -365,7 +369,9 @@ def _union_calls(
             tokens = {
                 "calibration": union.tokens.get("calibrate", 0) // share,
                 "scoring": union.tokens.get("score", 0) // share,
-                "evaluation": sum(int(b["input_ids"].numel()) for b in ctx.eval_batches) if run.status == "ok" else 0,
+                # a cell that took another's evaluation ran none of its own
+                "evaluation": sum(int(b["input_ids"].numel()) for b in ctx.eval_batches)
+                if run.status == "ok" and shared_with is None else 0,
             }
             if run.result is not None:
                 run.result.tokens = {"calibrate": tokens["calibration"], "score": tokens["scoring"]}

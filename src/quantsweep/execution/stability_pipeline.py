@@ -82,7 +82,9 @@ def _shared_process_pool(size: int) -> ProcessPoolExecutor:
         if pool is None or _process_pool_size != size or getattr(pool, "_broken", False):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
-            pool = ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(
+                max_workers=size, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+            )
             _process_pool, _process_pool_size = pool, size
         return pool
 
@@ -94,8 +96,26 @@ def _forget_process_pool(pool: Executor) -> None:
             _process_pool = None
 
 
+def _init_worker() -> None:
+    """Run once in each new solver process. Ctrl-C reaches the whole foreground process group: the workers ignore
+    it, so that the bootstraps under way still come back and the runner records the finished rows before it stops
+    (shared_runner.py). A worker whose parent is gone (killed hard) exits instead of waiting for work forever."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+
+        def watch() -> None:
+            parent.join()
+            os._exit(0)
+
+        threading.Thread(target=watch, name="qs-parent-watch", daemon=True).start()
+
+
 def _warm_worker() -> None:
-    """Run in each new solver process: import what a bootstrap needs before the first one arrives."""
+    """Submitted once per worker as the pipeline starts: spawns the workers and imports what a bootstrap needs
+    before the first one arrives."""
     import scipy.optimize  # noqa: F401
 
     from ..trust import stability  # noqa: F401
@@ -110,13 +130,15 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 class StabilityPipeline:
     """Holds finished cells (`CellRun`s) until their stability block is in; hands them back in submission order.
 
-    `submit(run, compute)` runs `compute()` (the cell's stability block) on the background thread; `hold(run)`
-    queues a run with nothing to wait for (an error row), so that it keeps its place. `ready()` yields the runs that
-    can be released now without waiting, `drain()` all of them, waiting. Use as a context manager: leaving it
-    (also by an exception or a closed generator) drops what was not drained and stops the thread."""
+    `submit(run, compute)` runs `compute()` (the cell's stability block) on the background thread, or in a solver
+    process with `processes` > 0; `hold(run)` queues a run with nothing to wait for (an error row), so that it keeps
+    its place. `ready()` yields the runs that can be released now without waiting, `drain()` all of them, waiting.
+    Use as a context manager: leaving it (also by an exception or a closed generator) drops what was not drained and
+    stops the thread (a process pool outlives it: only its queued work is cancelled)."""
 
     def __init__(self, processes: int = 0) -> None:
         self._pool: Executor
+        self._processes = processes
         self._owned = processes <= 0  # the thread is the pipeline's own; a process pool is the process's
         if self._owned:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_PREFIX)
@@ -139,12 +161,18 @@ class StabilityPipeline:
 
     def submit(self, run: Any, compute: Callable[[], dict[str, Any] | None]) -> None:
         """`compute` must pickle when the pipeline uses processes (stability_job's partial does)."""
-        try:
-            future = self._pool.submit(_timed, compute)
-        except BrokenProcessPool:  # a worker died earlier: computed in this thread when the row is released
-            _forget_process_pool(self._pool)
-            future = None
-        self._pending.append((run, future, compute))
+        future = None
+        for _attempt in range(2):  # a pool broken by a dead worker is replaced once
+            try:
+                future = self._pool.submit(_timed, compute)
+                break
+            except BrokenProcessPool:
+                self._replace_broken_pool()
+        self._pending.append((run, future, compute))  # None: computed in this thread when the row is released
+
+    def _replace_broken_pool(self) -> None:
+        _forget_process_pool(self._pool)
+        self._pool = _shared_process_pool(self._processes)
 
     def hold(self, run: Any) -> None:
         self._pending.append((run, None, None))
@@ -167,14 +195,7 @@ class StabilityPipeline:
             return run
         t = time.perf_counter()
         try:
-            if future is None:  # the process pool was broken when it was submitted
-                block, solve_s = _timed(compute)
-            else:
-                try:
-                    block, solve_s = future.result()
-                except BrokenProcessPool:  # its worker died: the same function, here
-                    _forget_process_pool(self._pool)
-                    block, solve_s = _timed(compute)
+            block, solve_s = self._outcome(future, compute)
         except Exception as exc:  # noqa: BLE001 - stability_block records its own failures; this is a last resort
             block, solve_s = {"computable": False, "reason": f"{type(exc).__name__}: {exc}", "stable": None}, 0.0
         waited = time.perf_counter() - t
@@ -186,6 +207,22 @@ class StabilityPipeline:
         tel["wall_s"] = round(sum(phases.values()), 3)
         tel["stability_s"] = round(solve_s, 3)
         return run
+
+
+    def _outcome(self, future: Future[tuple[Any, float]] | None, compute: Callable[[], Any]) -> tuple[Any, float]:
+        """The block and its seconds. A job whose solver process died (or was not submitted: the pool was broken)
+        is computed here, the same function; a Ctrl-C of this thread while it waits propagates."""
+        if future is None:
+            return _timed(compute)
+        try:
+            return future.result()
+        except BaseException as exc:
+            from_worker = future.done() and not future.cancelled() and future.exception() is exc
+            if isinstance(exc, BrokenProcessPool) or (from_worker and not isinstance(exc, Exception)):
+                if not self._owned:
+                    self._replace_broken_pool()
+                return _timed(compute)
+            raise
 
 
 __all__ = ["SOLVER_THREADS", "StabilityPipeline", "solver_processes"]

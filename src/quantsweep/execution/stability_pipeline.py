@@ -111,14 +111,13 @@ def _init_worker() -> None:
             os._exit(0)
 
         threading.Thread(target=watch, name="qs-parent-watch", daemon=True).start()
-
-
-def _warm_worker() -> None:
-    """Submitted once per worker as the pipeline starts: spawns the workers and imports what a bootstrap needs
-    before the first one arrives."""
-    import scipy.optimize  # noqa: F401
+    import scipy.optimize  # noqa: F401  - what a bootstrap needs, imported before the first one arrives
 
     from ..trust import stability  # noqa: F401
+
+
+def _spawn_now() -> None:
+    """Submitted once per worker as the pipeline starts: the pool spawns a worker per job it cannot place."""
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -145,7 +144,7 @@ class StabilityPipeline:
         else:
             self._pool = _shared_process_pool(processes)
             for _ in range(processes):  # spawn the workers now, while the union call calibrates and scores
-                self._pool.submit(_warm_worker)
+                self._pool.submit(_spawn_now)
         self._pending: deque[tuple[Any, Future[tuple[Any, float]] | None, Callable[[], Any] | None]] = deque()
 
     def __enter__(self) -> StabilityPipeline:
@@ -189,7 +188,8 @@ class StabilityPipeline:
             yield self._release()
 
     def _release(self) -> Any:
-        run, future, compute = self._pending[0]  # taken off only once its block is in: a Ctrl-C while waiting keeps it queued
+        # taken off only once its block is in: a Ctrl-C while waiting keeps it queued
+        run, future, compute = self._pending[0]
         if compute is None:
             self._pending.popleft()
             return run
@@ -207,7 +207,6 @@ class StabilityPipeline:
         tel["wall_s"] = round(sum(phases.values()), 3)
         tel["stability_s"] = round(solve_s, 3)
         return run
-
 
     def _outcome(self, future: Future[tuple[Any, float]] | None, compute: Callable[[], Any]) -> tuple[Any, float]:
         """The block and its seconds. A job whose solver process died (or was not submitted: the pool was broken)

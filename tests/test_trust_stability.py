@@ -221,13 +221,18 @@ def test_bootstraps_in_solver_processes_equal_the_threads_and_survive_a_dead_wor
     from quantsweep.execution import stability_pipeline
     from quantsweep.trust.stability import stability_block
 
-    jobs = [functools.partial(stability_block, _groups([1.0] * 12, noise=0.3), 10.0, 30, seed, 0.05, 1)
-            for seed in (1, 2)]
-    expected = [job() for job in jobs]
+    def job(seed: int, threads: int) -> functools.partial:
+        return functools.partial(stability_block, _groups([1.0] * 12, noise=0.3), 10.0, 30, seed, 0.05, threads)
+
+    jobs = [job(seed, 1) for seed in (1, 2)]
+    expected = [j() for j in jobs]
     assert expected[0] != expected[1]  # two different blocks, so that an order mix-up shows
+    # a worker solves a bootstrap's resamples on its share of the CPUs beside the main process (here: 2 threads)
+    monkeypatch.setattr(stability_pipeline, "default_threads", lambda: 6)
     with StabilityPipeline(processes=2) as pipeline:
-        for name, job in zip("ab", jobs):
-            pipeline.submit(_Run(name), job)
+        assert pipeline.solver_threads == 2
+        for name, seed in zip("ab", (1, 2)):
+            pipeline.submit(_Run(name), job(seed, pipeline.solver_threads))
         runs = list(pipeline.drain())
     assert [r.name for r in runs] == ["a", "b"]
     assert [r.trust["stability"] for r in runs] == expected
@@ -266,6 +271,11 @@ def test_bootstraps_in_solver_processes_equal_the_threads_and_survive_a_dead_wor
     broken[0].chosen = "w9"  # not one of its formats
     failed = stability_block(broken, 10.0, 30, 1, 0.05)
     assert failed["computable"] is False and failed["reason"].startswith("ValueError: 'w9' is not in list")
+
+    with StabilityPipeline(processes=0) as pipeline:  # the background thread: one solve at a time (the GIL)
+        assert pipeline.solver_threads == stability_pipeline.SOLVER_THREADS == 1
+    monkeypatch.setattr(stability_pipeline, "default_threads", lambda: 16)
+    assert StabilityPipeline(processes=4).solver_threads == 3  # 16 CPUs, 2 kept for the main process
 
     monkeypatch.delenv(stability_pipeline.PROCESSES_ENV, raising=False)
     assert stability_pipeline.solver_processes("cpu") == 0

@@ -260,7 +260,7 @@ def _union_calls(
     """execute_shared's union calls, in queue order; each cell's stability is solved on the pipeline's thread or in
     its solver processes."""
     m = ctx.matrix
-    threads = stability_pipeline.SOLVER_THREADS
+    threads = pipeline.solver_threads  # resamples solved at once per bootstrap
     while queue:
         call, members = queue.pop(0)
         if on_union is not None:

@@ -33,6 +33,13 @@ torch's threads), once per process and reused by every union call and sweep (a s
 scores. If a worker dies (the pool is broken) the block is computed in the main thread instead: the same function,
 the same result. `solver_processes()` picks n: none on a CPU run (the device is the CPU itself: the thread is the
 lighter neighbour), a quarter of the usable CPUs on a GPU run, 1 to 4; `QUANTSWEEP_STABILITY_PROCESSES` overrides.
+
+Threads in a solver process (`StabilityPipeline.solver_threads`): a process's resamples were solved one after
+another, like the thread's, so the last cells' bootstraps, which the union call waits for at its end, took a whole
+bootstrap each (`trust` 0.84 s of the 8B matrix's 7.7 s, run `solver-processes`). A worker's solver threads take no
+GIL from the main process, so each now solves its resamples on the CPUs left beside the main process, shared among
+the workers (3 each for 4 workers on a 16-CPU host); the results do not depend on the number of threads
+(trust/stability.py draws every resample before solving any).
 """
 
 from __future__ import annotations
@@ -53,6 +60,9 @@ from ..trust.stability import THREAD_PREFIX, default_threads  # the background t
 # how many resamples one bootstrap solves at once beside the GPU work (see the module docstring)
 SOLVER_THREADS = 1
 MAX_PROCESSES = 4
+# CPUs a GPU sweep's main process keeps for itself (its kernel launches, the evaluation's host work) when the solver
+# processes size their thread pools
+MAIN_PROCESS_CPUS = 2
 PROCESSES_ENV = "QUANTSWEEP_STABILITY_PROCESSES"
 
 _pool_lock = threading.Lock()
@@ -146,6 +156,14 @@ class StabilityPipeline:
             for _ in range(processes):  # spawn the workers now, while the union call calibrates and scores
                 self._pool.submit(_spawn_now)
         self._pending: deque[tuple[Any, Future[tuple[Any, float]] | None, Callable[[], Any] | None]] = deque()
+
+    @property
+    def solver_threads(self) -> int:
+        """How many resamples one bootstrap solves at once: `SOLVER_THREADS` on the background thread (every extra
+        thread takes the main thread's GIL); in solver processes, the CPUs beside the main process's, shared."""
+        if self._owned:
+            return SOLVER_THREADS
+        return max(1, (default_threads() - MAIN_PROCESS_CPUS) // self._processes)
 
     def __enter__(self) -> StabilityPipeline:
         return self

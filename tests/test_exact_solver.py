@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from quantsweep.engine.exact_solver import exact_or_modelopt, solve_exact
+from quantsweep.engine.exact_solver import KnapsackProblem, exact_or_modelopt, solve_exact, start_exact
 
 
 def knapsack(seed: int, groups: int = 30, budget_bits: float = 6.0):
@@ -93,3 +93,16 @@ def test_modelopt_choice_is_kept_when_optimal_and_replaced_when_not():
     kept, ok, record = exact_or_modelopt(stats, max_cost, optimal, True)
     assert kept is optimal and ok and record.used == "modelopt" and record.objective_gap == 0.0
     assert record.groups_differing == 0
+    # the exact solve started beside ModelOpt's (exact_search does so) answers the same, on the solver thread
+    import threading
+
+    names = []
+    original = KnapsackProblem.solve
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(KnapsackProblem, "solve",
+                   lambda self, s: names.append(threading.current_thread().name) or original(self, s))
+        beside = start_exact(stats, max_cost).result()
+    assert beside == solve_exact(scores, costs, max_cost) and beside[0] == exact
+    assert names and names[0].startswith("qs-exact")
+    best2, ok2, record2 = exact_or_modelopt(stats, max_cost, as_best(cbc), True, exact=beside)
+    assert best2 == best and record2.to_dict() == exact_or_modelopt(stats, max_cost, as_best(cbc), True)[2].to_dict()

@@ -133,6 +133,28 @@ def test_config_matching_answers_with_modelopts_own_entries():
     assert algorithms._match_quantizer_cfg is plain
 
 
+def test_modelopts_fnmatch_is_answered_once_per_pair():
+    """get_auto_quantize_config tests every config entry against every quantizer name with `fnmatch.fnmatch`, once
+    per group: inside the shortcuts ModelOpt's module sees an `fnmatch` whose answers are memoised, the same ones."""
+    import fnmatch
+
+    from modelopt.torch.quantization import algorithms
+
+    pairs = [("weight_quantizer", "*weight_quantizer"), ("input_quantizer", "*weight_quantizer"),
+             ("model.layers.3.mlp.down_proj", "*mlp*"), ("lm_head", "*lm_head*"), ("Lm_Head", "*lm_head*"),
+             ("k_bmm_quantizer", "*[kv]_bmm_quantizer")]
+    assert algorithms.fnmatch is fnmatch
+    with fast_modelopt_bookkeeping():
+        view = algorithms.fnmatch
+        assert view is not fnmatch and view.fnmatchcase is fnmatch.fnmatchcase and view.filter is fnmatch.filter
+        for _ in range(3):
+            assert [view.fnmatch(n, p) for n, p in pairs] == [fnmatch.fnmatch(n, p) for n, p in pairs]
+        info = view.fnmatch.cache_info()
+        assert (info.misses, info.hits) == (len(pairs), 2 * len(pairs))
+    assert [fnmatch.fnmatch(n, p) for n, p in pairs] == [True, False, True, True, False, True]
+    assert algorithms.fnmatch is fnmatch  # restored on exit
+
+
 def test_another_thread_gets_modelopts_own_set_up():
     """While the shared engine's thread has the shortcuts installed, hparams built on another thread are configured
     by ModelOpt itself (no copies made for it), with the same result."""

@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import QuantsweepError
 from ..overlay import to_jsonable
 from .host_memory import trim_host_memory
+from .calibrated_weights import calibrated_weights_muted
 from .calibration_twins import CalibrationTwins
 from .captured_scores import CapturedScores
 from .prefix_calibration import PrefixCalibration, shares_calibration_across_sizes
@@ -167,7 +168,10 @@ def counting_forward_step(
 
     `twins` (the shared engine, same condition): a format whose activation quantizers collect what an earlier
     format's did runs no calibration forward either (engine/calibration_twins.py); its steps are counted as
-    `calibrate_shared`."""
+    `calibrate_shared`.
+
+    In the calibration forwards that do run (same condition), the weight quantizers that `max_calibrate` calibrated
+    on their weights already sit out (engine/calibrated_weights.py): the same amax, without collecting it again."""
     needs_data = _calibration_needs_data() if skip_weight_only_calibration else None
 
     def forward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
@@ -188,7 +192,11 @@ def counting_forward_step(
         state["tokens"][phase] = state["tokens"].get(phase, 0) + int(batch["input_ids"].numel())
         if on_step is not None:
             on_step(phase)
-        out = m(input_ids=batch["input_ids"]).logits if method == "kl_div" else m(**batch)
+        if phase == "calibrate" and skip_weight_only_calibration:
+            with calibrated_weights_muted(m):  # engine/calibrated_weights.py: weights collected already
+                out = m(input_ids=batch["input_ids"]).logits if method == "kl_div" else m(**batch)
+        else:
+            out = m(input_ids=batch["input_ids"]).logits if method == "kl_div" else m(**batch)
         if phase == "calibrate":
             if twins is not None:
                 twins.after_forward(m)

@@ -30,6 +30,7 @@ from .calibrated_weights import calibrated_weights_muted
 from .calibration_twins import CalibrationTwins
 from .captured_scores import CapturedScores
 from .prefix_calibration import PrefixCalibration, shares_calibration_across_sizes
+from .quant_linear import lean_linear_forwards
 from .score_memory import ScoreMemory
 
 NONE_LABEL = "none"
@@ -171,7 +172,9 @@ def counting_forward_step(
     `calibrate_shared`.
 
     In the calibration forwards that do run (same condition), the weight quantizers that `max_calibrate` calibrated
-    on their weights already sit out (engine/calibrated_weights.py): the same amax, without collecting it again."""
+    on their weights already sit out (engine/calibrated_weights.py): the same amax, without collecting it again;
+    and the plain quantized linears run `lean_linear_forwards` (the same quantizer calls and GEMM, as in the shared
+    engine's evaluation)."""
     needs_data = _calibration_needs_data() if skip_weight_only_calibration else None
 
     def forward_step(m: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
@@ -193,7 +196,9 @@ def counting_forward_step(
         if on_step is not None:
             on_step(phase)
         if phase == "calibrate" and skip_weight_only_calibration:
-            with calibrated_weights_muted(m):  # engine/calibrated_weights.py: weights collected already
+            # engine/calibrated_weights.py: weights collected already; engine/quant_linear.py: ModelOpt's linears
+            # called directly (its quantizer calls, collecting, without the dynamic-module machinery)
+            with calibrated_weights_muted(m), lean_linear_forwards(m):
                 out = m(input_ids=batch["input_ids"]).logits if method == "kl_div" else m(**batch)
         else:
             out = m(input_ids=batch["input_ids"]).logits if method == "kl_div" else m(**batch)

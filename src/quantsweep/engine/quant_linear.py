@@ -6,11 +6,13 @@ that sets `_enable_weight_quantization` (two dynamic-module attribute writes), t
 calls the weight quantizer, and the output quantizer's call. Each quantizer call runs `TensorQuantizer.forward`'s
 checks even when the quantizer is disabled, which the output quantizer always is in AutoQuantize (and the input
 quantizer of every weight-only format). On a 197-linear Qwen3 shape that is most of a quantized forward's host
-time. Two users:
+time. Three users:
 
   * engine/captured_scores.py replays every candidate format of a scored linear from its captured input;
   * `lean_linear_forwards` runs the shared engine's per-cell evaluation forwards (the cell's recipe switched in)
-    through the same expression.
+    through the same expression,
+  * and its plain-max calibration forwards (engine/autoquant.py), where the quantizers collect instead of
+    quantizing: the same calls, so the same statistics.
 
 Only modules whose forward is exactly that expression qualify (`plain_quantized_linear`): a class with a forward of
 its own anywhere in its MRO (Falcon's x @ W.T + b, real-quant GEMMs, LoRA), a `_forward_pre_dm` patch, an

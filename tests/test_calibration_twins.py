@@ -88,3 +88,15 @@ def test_weight_quantizers_calibrated_already_sit_out_the_calibration_forward():
     assert sum(v[0] is not None for v in states[1].values()) == 4  # inputs and weights; outputs are off
     # the inputs' amax came from the forward (x is 3x wider than the weights' calibration data)
     assert float(states[1]["0.input_quantizer"][0]) == float(x.abs().max())
+    # a linear whose forward is not the plain expression (it might pass another tensor than its weight) keeps
+    # collecting, and so does a weight quantizer with a static bias (a second collection moves its running mean)
+    enable_stats_collection(model)
+    weight_only_quantize(model)
+    with calibrated_weights_muted(model) as n:
+        assert n == 2  # collecting again, both would sit out
+    model[0]._forward_pre_dm = lambda *a: None
+    with calibrated_weights_muted(model) as n:
+        assert n == 1 and not model[0].weight_quantizer._disabled and model[1].weight_quantizer._disabled
+    model[1].weight_quantizer._bias = {-1: None, "type": "static"}
+    with calibrated_weights_muted(model) as n:
+        assert n == 0

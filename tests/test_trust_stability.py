@@ -275,7 +275,9 @@ def test_bootstraps_in_solver_processes_equal_the_threads_and_survive_a_dead_wor
     with StabilityPipeline(processes=0) as pipeline:  # the background thread: one solve at a time (the GIL)
         assert pipeline.solver_threads == stability_pipeline.SOLVER_THREADS == 1
     monkeypatch.setattr(stability_pipeline, "default_threads", lambda: 16)
-    assert StabilityPipeline(processes=4).solver_threads == 3  # 16 CPUs, 2 kept for the main process
+    assert stability_pipeline.threads_per_process(4) == 3  # 16 CPUs, 2 kept for the main process
+    monkeypatch.setattr(stability_pipeline, "default_threads", lambda: 2)
+    assert stability_pipeline.threads_per_process(1) == 1  # never none
 
     monkeypatch.delenv(stability_pipeline.PROCESSES_ENV, raising=False)
     assert stability_pipeline.solver_processes("cpu") == 0

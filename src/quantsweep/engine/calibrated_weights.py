@@ -11,8 +11,10 @@ weight-quantizer calls were 21 % of the calibration forward.
 quantize (`enable_stats_collection` turned quantization off), so it returns its input, and so does a disabled one;
 the running max of the same weight is the same value, so nothing it would have collected is lost; and the one
 attribute a disabled quantizer's forward writes (`_input_dtype`, kept for saving) is put back. Only plain
-`TensorQuantizer`s whose `MaxCalibrator` already holds an amax, with nothing that changes their input with
-quantization off (a pre-quant scale, a rotation), and only in calls whose formats are all plain max calibration
+`TensorQuantizer`s of plain quantized linears (engine/quant_linear.py: their forward passes `self.weight`, the
+tensor `weight_only_quantize` collected; a module that passes another one, a dequantized FP8 checkpoint weight say,
+keeps collecting) whose `MaxCalibrator` already holds an amax, without a static bias, with nothing that changes
+their input with quantization off (a pre-quant scale, a rotation), and only in calls whose formats are all plain max calibration
 (engine/autoquant.py, as the weight-only skip): anything else collects as ModelOpt made it.
 tests/test_shared_engine.py compares the scores, recipes and quality of calls calibrated this way with the naive
 engine's.
@@ -24,6 +26,8 @@ import contextlib
 from collections.abc import Iterator
 
 from torch import nn
+
+from .quant_linear import plain_quantized_linear
 
 _UNSET = object()
 
@@ -37,6 +41,10 @@ def _already_calibrated_weight_quantizers(model: nn.Module) -> list[nn.Module]:
         q = module._modules.get("weight_quantizer")
         if type(q) is not TensorQuantizer or q._disabled or not q._if_calib or q._if_quant or getattr(q, "_dynamic", True):
             continue
+        if not plain_quantized_linear(module):  # its forward might pass another tensor (a dequantized FP8 weight)
+            continue
+        if q.__dict__.get("_bias_calibrator") is not None or q.bias is not None:
+            continue  # a static bias: a second collection would move its running mean
         cal = q._calibrator
         if type(cal) is not MaxCalibrator or cal._calib_amax is None:
             continue

@@ -19,8 +19,8 @@ Three costs of ModelOpt 0.47 grow with modules x formats and do no arithmetic at
   `_match_quantizer_cfg` (fnmatch over every entry, pydantic item access): ~5,300 calls and 1.7 s for the
   reference matrix's formats on the CPU, although the answer depends only on the config and the quantizer's name.
   The shortcut answers each (config, name) once, with the same entry objects ModelOpt's loop returns. The same
-  builder also tests, for every group, every entry of the recipe's config against every per-module quantizer name
-  with `fnmatch.fnmatch` (~29,000 calls per union format on a Qwen3-0.6B-deep shape, 64 % of the builder's time in a CPU
+  builder also tests, for every group, every entry of the recipe's config against each per-module quantizer
+  attribute name (`weight_quantizer`, ...) with `fnmatch.fnmatch` (~29,000 calls per union format on a Qwen3-0.6B-deep shape, 64 % of the builder's time in a CPU
   profile), to find its path-scoped entries: the same few (name, pattern) pairs again and again. The shortcut gives
   ModelOpt's module a view of `fnmatch` whose `fnmatch` answers each pair once (a pure function of the two strings).
 

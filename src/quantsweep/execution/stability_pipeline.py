@@ -84,6 +84,12 @@ def solver_processes(device_type: str) -> int:
     return max(1, min(MAX_PROCESSES, default_threads() // 4))
 
 
+def threads_per_process(processes: int) -> int:
+    """How many resamples each of `processes` solver processes solves at once: the usable CPUs beside the main
+    process's `MAIN_PROCESS_CPUS`, shared among them (at least 1). See the module doc."""
+    return max(1, (default_threads() - MAIN_PROCESS_CPUS) // max(1, processes))
+
+
 def _shared_process_pool(size: int) -> ProcessPoolExecutor:
     """The process-wide pool of `size` spawned solver processes (made again if its size changed or it broke)."""
     global _process_pool, _process_pool_size
@@ -161,9 +167,7 @@ class StabilityPipeline:
     def solver_threads(self) -> int:
         """How many resamples one bootstrap solves at once: `SOLVER_THREADS` on the background thread (every extra
         thread takes the main thread's GIL); in solver processes, the CPUs beside the main process's, shared."""
-        if self._owned:
-            return SOLVER_THREADS
-        return max(1, (default_threads() - MAIN_PROCESS_CPUS) // self._processes)
+        return SOLVER_THREADS if self._owned else threads_per_process(self._processes)
 
     def __enter__(self) -> StabilityPipeline:
         return self
@@ -242,4 +246,4 @@ class StabilityPipeline:
             raise
 
 
-__all__ = ["SOLVER_THREADS", "StabilityPipeline", "solver_processes"]
+__all__ = ["SOLVER_THREADS", "StabilityPipeline", "solver_processes", "threads_per_process"]

@@ -223,6 +223,41 @@ def test_shared_evaluations_hand_out_copies_and_never_share_an_unkeyed_model():
     assert memo.lookup(key)[1]["kl_mean"] == 0.5
 
 
+def test_a_recipe_already_switched_in_is_not_switched_again():
+    """solve_cell's `switch_recipe`: ModelOpt's setter runs unless the very recipe is active with every one of its
+    quantizers in place; a quantizer someone else swapped in between makes it run again."""
+    from quantsweep.engine.shared import switch_recipe
+
+    class Hparam:  # ModelOpt's QuantRecipeHparam, as far as the switch sees it
+        def __init__(self, choices):
+            self._all_quantizer_choices, self._active, self.sets = choices, None, 0
+
+        @property
+        def active(self):
+            return self._active
+
+        @active.setter
+        def active(self, recipe):
+            self.sets += 1
+            self._active = recipe
+            for module, qs in self._all_quantizer_choices[recipe].items():
+                for attr, q in qs.items():
+                    setattr(module, attr, q)
+
+    linear = torch.nn.Linear(2, 2)
+    int4, int8 = "int4", "int8"
+    qs = {r: {"weight_quantizer": torch.nn.Identity(), "input_quantizer": torch.nn.Identity()} for r in (int4, int8)}
+    hp = Hparam({r: {linear: qs[r]} for r in (int4, int8)})
+    switch_recipe(hp, int4)
+    switch_recipe(hp, int4)  # in place already: skipped
+    assert hp.sets == 1 and linear.weight_quantizer is qs[int4]["weight_quantizer"]
+    switch_recipe(hp, int8)
+    assert hp.sets == 2 and linear.input_quantizer is qs[int8]["input_quantizer"]
+    linear.weight_quantizer = torch.nn.Identity()  # swapped by someone else (layer fidelity, a KV-cache check)
+    switch_recipe(hp, int8)
+    assert hp.sets == 3 and linear.weight_quantizer is qs[int8]["weight_quantizer"]
+
+
 def test_a_cell_modelopt_refuses_is_an_error_row_without_sinking_its_union_call(tmp_path):
     """MXFP6 without dynamic blocks is refused by ModelOpt: that cell (only) becomes an error row."""
     data = copy.deepcopy(TINY_MATRIX)

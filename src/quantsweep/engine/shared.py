@@ -137,6 +137,7 @@ class UnionResult:
     recipe_configs: CellRecipeConfigs = field(init=False)
     # per decision group, its modules' weight shapes: the same for every cell of the call (looked up once)
     shapes: dict[str, list[list[int]]] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)  # per decision group, its hparam (looked up once)
 
     def __post_init__(self) -> None:
         self.recipe_configs = CellRecipeConfigs(
@@ -372,8 +373,10 @@ def solve_cell(
     for name, info in best.items():
         stat = cell_stats[name]
         chosen = info["format"]
-        hparam = get_hparam(union.model, name)
-        hparam.active = union.recipes[chosen.checkpoint_signature]
+        hparam = union.hparams.get(name)
+        if hparam is None:
+            hparam = union.hparams[name] = get_hparam(union.model, name)  # the call's model keeps its structure
+        switch_recipe(hparam, union.recipes[chosen.checkpoint_signature])
         prefix = None
         if union.prefixes is not None and chosen != none:
             if union.prefixes.apply(recipe_quantizers(hparam, chosen), calib_steps):
@@ -407,6 +410,23 @@ def solve_cell(
         solver=records[-1].to_dict() if records else None,
         model_state=tuple(state),
     )
+
+
+def switch_recipe(hparam: Any, recipe: Any) -> None:
+    """`hparam.active = recipe`, skipped when it is so already. ModelOpt's setter checks the recipe against every
+    choice and sets each quantizer of each of the group's modules again through the dynamic module's `__setattr__`
+    (~0.2 ms a group on an H200 host, every group of every cell), although consecutive cells mostly keep a group's
+    recipe. Skipped only when the active recipe is this very object and every one of its quantizers is the module's
+    own already (whoever switched what in between, e.g. the layer-fidelity check, switches back the same way)."""
+    choices = getattr(hparam, "_all_quantizer_choices", None)
+    if (
+        choices is not None
+        and getattr(hparam, "_active", None) is recipe
+        and recipe in choices
+        and all(module._modules.get(attr) is q for module, qs in choices[recipe].items() for attr, q in qs.items())
+    ):
+        return
+    hparam.active = recipe
 
 
 def _shapes(union: UnionResult, name: str, stat: dict[str, Any]) -> list[list[int]]:

@@ -258,6 +258,30 @@ def test_a_recipe_already_switched_in_is_not_switched_again():
     assert hp.sets == 3 and linear.weight_quantizer is qs[int8]["weight_quantizer"]
 
 
+def test_cell_plans_are_made_once_ahead_or_in_turn_and_fail_in_their_own_turn():
+    """execution/cell_plans.py: the runner plans cell i+1 while cell i is evaluated; each plan is made once, and a
+    plan that fails raises in its own cell's turn (an error row of that cell, not of the one being evaluated)."""
+    from quantsweep.engine.autoquant import CellError
+    from quantsweep.execution.cell_plans import CellPlans
+
+    made: list[int] = []
+
+    def plan(i: int):
+        made.append(i)
+        if i == 1:
+            raise CellError("budget below the format's bits")
+        return f"plan-{i}"
+
+    plans = CellPlans(3, plan)
+    assert plans.take(0) == "plan-0"
+    assert plans.prepare(1) >= 0.0 and made == [0, 1]  # ahead of its turn: its failure is kept, not raised
+    assert plans.prepare(1) == 0.0 and made == [0, 1]  # not made twice
+    with pytest.raises(CellError, match="budget below"):
+        plans.take(1)
+    assert plans.prepare(3) == 0.0  # past the last cell: nothing to plan
+    assert plans.take(2) == "plan-2" and made == [0, 1, 2]
+
+
 def test_a_cell_modelopt_refuses_is_an_error_row_without_sinking_its_union_call(tmp_path):
     """MXFP6 without dynamic blocks is refused by ModelOpt: that cell (only) becomes an error row."""
     data = copy.deepcopy(TINY_MATRIX)

@@ -158,10 +158,35 @@ def per_cluster_means(values: torch.Tensor, clusters: torch.Tensor) -> list[floa
     return [float(v) for v in sums / counts]
 
 
-@torch.no_grad()
 def compare_to_baseline(
     model: nn.Module, batches: list[dict[str, torch.Tensor]], base: BaselineOutputs
 ) -> dict[str, Any]:
+    return start_comparison(model, batches, base).finish()
+
+
+@dataclass
+class PendingComparison:
+    """A comparison whose per-token results are still on the model's device (`start_comparison`): `finish()` brings
+    them to the host (the one wait for the device) and computes the statistics. In between, the host is free for
+    work that does not touch the model (the shared engine plans the next cell's solve meanwhile)."""
+
+    kls: list[torch.Tensor]
+    nll: list[torch.Tensor]
+    hits: list[torch.Tensor]
+    seq: list[torch.Tensor]
+    total: int
+    base: BaselineOutputs
+
+    def finish(self) -> dict[str, Any]:
+        return _statistics(self.kls, self.nll, self.hits, self.seq, self.total, self.base)
+
+
+@torch.no_grad()
+def start_comparison(
+    model: nn.Module, batches: list[dict[str, torch.Tensor]], base: BaselineOutputs
+) -> PendingComparison:
+    """Queue the model's forwards over `batches` and their comparison with the baseline (see `compare_to_baseline`);
+    nothing waits for the device here."""
     kls: list[torch.Tensor] = []
     nll: list[torch.Tensor] = []
     hits: list[torch.Tensor] = []
@@ -189,6 +214,14 @@ def compare_to_baseline(
         hits.append((q_logp.argmax(-1) == _on(base.argmax, bi, device)).flatten())
         total += target.numel()
         del q_logp, kl
+    return PendingComparison(kls, nll, hits, seq, total, base)
+
+
+@torch.no_grad()
+def _statistics(
+    kls: list[torch.Tensor], nll: list[torch.Tensor], hits: list[torch.Tensor], seq: list[torch.Tensor], total: int,
+    base: BaselineOutputs,
+) -> dict[str, Any]:
     kl_all, nll_q, top1 = (torch.cat(x).cpu().double() for x in (kls, nll, hits))
     agree = int(top1.sum())
     clusters = torch.cat(seq)

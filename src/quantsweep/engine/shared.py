@@ -263,6 +263,25 @@ def run_union(
     )
 
 
+@dataclass
+class CellPlan:
+    """A cell's solve before it touches the model (`plan_cell`): its candidate lists, ModelOpt's (or the exact)
+    choice per group, its recipe config and the solver's record. `apply_plan` switches it into the union model."""
+
+    label_of: dict[str, str]
+    calib_steps: int
+    none: Any
+    cell_stats: dict[str, dict[str, Any]]
+    raw_by_group: dict[str, list[float]]
+    batch_by_group: dict[str, list[list[float]] | None]
+    best: dict[str, dict[str, Any]]
+    satisfied: bool
+    total: float
+    recipe_config: dict[str, Any]
+    solver: dict[str, Any] | None
+    seconds: float
+
+
 def solve_cell(
     union: UnionResult,
     formats: list[tuple[str, dict[str, Any]]],
@@ -273,7 +292,21 @@ def solve_cell(
 ) -> SearchResult:
     """Rebuild what AutoQuantize called with the cell's `formats` = [(label, config)] (one format, or a menu's
     members) would hand its solver, solve it with ModelOpt's solver, and switch the union model's layers to the
-    chosen recipe, calibrated on the cell's own `calib_steps` batches (ready for evaluation).
+    chosen recipe, calibrated on the cell's own `calib_steps` batches (ready for evaluation). The two halves,
+    `plan_cell` and `apply_plan`, may be called apart: the shared runner plans the next cell while the device
+    still evaluates this one (the plan reads only the union call's scores and state, never the model)."""
+    return apply_plan(union, plan_cell(union, formats, budget, score_steps, method, calib_steps))
+
+
+def plan_cell(
+    union: UnionResult,
+    formats: list[tuple[str, dict[str, Any]]],
+    budget: float,
+    score_steps: int,
+    method: str,
+    calib_steps: int | None = None,
+) -> CellPlan:
+    """`solve_cell`'s first half: the cell's solve, without the model (raises CellError as the solve would).
 
     Per decision group, ModelOpt's solver sees the candidates in `QuantRecipe` order (compression, then config
     signature: `hparam.choices` is a sorted set), their scores clamped to be non-increasing in that order
@@ -281,7 +314,6 @@ def solve_cell(
     (weight size x compression, independent of the other candidates). The union call's order restricted to the
     cell's formats and 16 bits is that order, and each format's raw score is its own (docs/shared-engine.md), so
     the rebuilt lists are those of a call with exactly these formats."""
-    from modelopt.torch.opt.utils import get_hparam
     from modelopt.torch.quantization.algorithms import (
         AutoQuantizeGradientSearcher,
         AutoQuantizeKLDivSearcher,
@@ -363,6 +395,33 @@ def solve_cell(
     with contextlib.redirect_stdout(io.StringIO()), _quiet_warnings(), solve as records:
         best, satisfied = searcher.run_search_with_stats(total * budget / 16.0, verbose=False)
 
+    recipe_config = union.recipe_configs.config_for({n: i["format"] for n, i in best.items()}, none)
+    return CellPlan(
+        label_of=label_of,
+        calib_steps=calib_steps,
+        none=none,
+        cell_stats=cell_stats,
+        raw_by_group=raw_by_group,
+        batch_by_group=batch_by_group,
+        best=best,
+        satisfied=bool(satisfied),
+        total=total,
+        recipe_config=recipe_config,
+        solver=records[-1].to_dict() if records else None,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def apply_plan(union: UnionResult, plan: CellPlan) -> SearchResult:
+    """`solve_cell`'s second half: switch the union model's groups to the plan's recipe, with the cell's own
+    calibration size for data-dependent formats, and describe the solve (its `search` phase: both halves)."""
+    from modelopt.torch.opt.utils import get_hparam
+
+    t0 = time.perf_counter()
+    none, label_of, calib_steps = plan.none, plan.label_of, plan.calib_steps
+    cell_stats, raw_by_group, batch_by_group = plan.cell_stats, plan.raw_by_group, plan.batch_by_group
+    best, satisfied, total = plan.best, plan.satisfied, plan.total
+
     def label(recipe: Any) -> str:
         return NONE_LABEL if recipe == none else label_of[recipe.checkpoint_signature]
 
@@ -399,15 +458,14 @@ def solve_cell(
                 batch_scores=batch_by_group[name],
             )
         )
-    recipe_config = union.recipe_configs.config_for({n: i["format"] for n, i in best.items()}, none)
     return SearchResult(
         groups=groups,
         achieved_bits=float(chosen_cost / total * 16),
         total_score=float(chosen_score),
         satisfied=bool(satisfied),
-        recipe_config=recipe_config,
-        phases={"search": time.perf_counter() - t0},
-        solver=records[-1].to_dict() if records else None,
+        recipe_config=plan.recipe_config,
+        phases={"search": plan.seconds + time.perf_counter() - t0},
+        solver=plan.solver,
         model_state=tuple(state),
     )
 
@@ -469,5 +527,8 @@ __all__ = [
     "run_union",
     "shares_calibration_across_sizes",
     "solve_cell",
+    "plan_cell",
+    "apply_plan",
+    "CellPlan",
     "sys",
 ]

@@ -16,7 +16,7 @@ import torch
 from ..engine.autoquant import CellError
 from ..engine.host_memory import release_memory, trim_host_memory
 from ..engine.kv_cache import kv_cache_applied
-from ..engine.quality import compare_to_baseline
+from ..engine.quality import start_comparison
 from ..engine.modelopt_bookkeeping import fast_modelopt_bookkeeping
 from ..engine.quant_linear import lean_linear_forwards
 from ..engine.shared import (
@@ -25,12 +25,13 @@ from ..engine.shared import (
     UnionResult,
     calibration_depends_on_data,
     calibration_rescales_weights,
+    apply_plan,
     run_union,
     shares_calibration_across_sizes,
-    solve_cell,
 )
 from ..planning import Cell
 from ..schema import Matrix
+from .cell_plans import CellPlans
 from .cell_runner import CellRun, _now, describe_failure, evaluate_long_context, formats_for
 from .context import SweepContext
 from .shared_evaluations import SharedEvaluations, evaluation_key
@@ -312,7 +313,8 @@ def _union_calls(
         if len(mem.peak_by_device) > 1:
             shared_tel["peak_device_mb_by_device"] = by_device_mb([mem])
         evaluations = SharedEvaluations()
-        for cell, formats, backend in members:
+        plans = CellPlans.for_members(union, members, m.autoquant.method)  # execution/cell_plans.py
+        for index, (cell, formats, backend) in enumerate(members):
             run = CellRun(
                 cell=cell, status="error", started_at=_now(), finished_at=_now(), fake_quant_backend=backend,
                 engine="shared",
@@ -324,9 +326,7 @@ def _union_calls(
                 with cell_mem, fast_modelopt_bookkeeping():  # not across the yields below
                     if on_step is not None:
                         on_step("solve")
-                    result = solve_cell(
-                        union, formats, cell.budget, cell.score_steps, m.autoquant.method, cell.calib_steps
-                    )
+                    result = apply_plan(union, plans.take(index))
                     phases["search"] = result.phases["search"]
                     t = time.perf_counter()
                     if on_step is not None:
@@ -335,12 +335,15 @@ def _union_calls(
                                           ctx.loaded.device.type, m.autoquant.fake_quant_backend) as run.kv_cache:
                         key = evaluation_key(result.model_state, cell.kv_cache, cell.calib_samples)
                         earlier = evaluations.lookup(key)  # a cell before it evaluated the same model
+                        planned = 0.0
                         if earlier is None:
                             with lean_linear_forwards(union.model):  # the same outputs, without ModelOpt's host time
-                                quality = compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline)
+                                pending = start_comparison(union.model, ctx.eval_batches, ctx.baseline)
+                            planned = plans.prepare(index + 1)  # the next cell's plan, while the device evaluates
+                            quality = pending.finish()
                         else:
                             shared_with, quality = earlier
-                        phases["evaluate"] = time.perf_counter() - t
+                        phases["evaluate"] = time.perf_counter() - t - planned  # the plan is the next cell's search
                         if ctx.lengths:
                             run.long_context = evaluate_long_context(ctx, union.model, cell, cell_mem, phases,
                                                                      on_step)

@@ -253,7 +253,7 @@ def test_a_recipe_already_switched_in_is_not_switched_again():
     assert hp.sets == 1 and linear.weight_quantizer is qs[int4]["weight_quantizer"]
     switch_recipe(hp, int8)
     assert hp.sets == 2 and linear.input_quantizer is qs[int8]["input_quantizer"]
-    linear.weight_quantizer = torch.nn.Identity()  # swapped by someone else (layer fidelity, a KV-cache check)
+    linear.weight_quantizer = torch.nn.Identity()  # another quantizer object swapped in by someone else
     switch_recipe(hp, int8)
     assert hp.sets == 3 and linear.weight_quantizer is qs[int8]["weight_quantizer"]
 
@@ -280,6 +280,9 @@ def test_cell_plans_are_made_once_ahead_or_in_turn_and_fail_in_their_own_turn():
         plans.take(1)
     assert plans.prepare(3) == 0.0  # past the last cell: nothing to plan
     assert plans.take(2) == "plan-2" and made == [0, 1, 2]
+    assert plans.prepare(2) == 0.0 and made == [0, 1, 2]  # taken: never made again
+    with pytest.raises(ValueError, match="taken already"):
+        plans.take(2)
 
 
 def test_a_cell_modelopt_refuses_is_an_error_row_without_sinking_its_union_call(tmp_path):

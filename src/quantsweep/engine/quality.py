@@ -186,7 +186,7 @@ def start_comparison(
     model: nn.Module, batches: list[dict[str, torch.Tensor]], base: BaselineOutputs
 ) -> PendingComparison:
     """Queue the model's forwards over `batches` and their comparison with the baseline (see `compare_to_baseline`);
-    nothing waits for the device here."""
+    nothing waits for the device here, except copies of baseline batches too large to be pinned (see `_on`)."""
     kls: list[torch.Tensor] = []
     nll: list[torch.Tensor] = []
     hits: list[torch.Tensor] = []

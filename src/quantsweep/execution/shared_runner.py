@@ -210,7 +210,7 @@ def work_units(matrix: Matrix, device_type: str, engine: str, cells: list[Cell])
 
 def _prepare_for(union: UnionResult, calib_steps: int) -> Any:
     """For layer fidelity: a format switched on in a group brings its quantizers to the cell's calibration size
-    first, as `solve_cell` does for the groups the cell quantizes."""
+    first, as `apply_plan` (engine/shared.py) does for the groups the cell quantizes."""
     if union.prefixes is None:
         return None
     from ..engine.captured_scores import recipe_quantizers

@@ -224,7 +224,7 @@ def test_shared_evaluations_hand_out_copies_and_never_share_an_unkeyed_model():
 
 
 def test_a_recipe_already_switched_in_is_not_switched_again():
-    """solve_cell's `switch_recipe`: ModelOpt's setter runs unless the very recipe is active with every one of its
+    """apply_plan's `switch_recipe`: ModelOpt's setter runs unless the very recipe is active with every one of its
     quantizers in place; a quantizer someone else swapped in between makes it run again."""
     from quantsweep.engine.shared import switch_recipe
 

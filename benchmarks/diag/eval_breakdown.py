@@ -90,7 +90,7 @@ def main() -> None:
     from quantsweep.engine.modelopt_bookkeeping import fast_modelopt_bookkeeping
     from quantsweep.engine.quality import _logits, compare_to_baseline
     from quantsweep.engine.quant_linear import lean_linear_forwards
-    from quantsweep.engine.shared import run_union, solve_cell
+    from quantsweep.engine.shared import apply_plan, plan_cell, run_union
     from quantsweep.execution.context import prepare_context
     from quantsweep.execution.shared_runner import plan_union_calls
     from quantsweep.execution.sweep import Reporter, RunOptions, Sweep
@@ -130,7 +130,7 @@ def main() -> None:
         cells = []
         for cell, formats, _backend in members[:3]:
             t = time.perf_counter()
-            solve_cell(union, formats, cell.budget, cell.score_steps, "gradient", cell.calib_steps)
+            apply_plan(union, plan_cell(union, formats, cell.budget, cell.score_steps, "gradient", cell.calib_steps))
             row = {"cell": cell.id, "solve_s": time.perf_counter() - t}
             row["modelopt_forward_s"] = timed(lambda: _logits(union.model, ids))
             row["compare_s"] = timed(lambda: compare_to_baseline(union.model, ctx.eval_batches, ctx.baseline))

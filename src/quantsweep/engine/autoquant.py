@@ -87,7 +87,7 @@ class SearchResult:
     forward_calls: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     solver: dict[str, Any] | None = None  # exact vs ModelOpt solve of this cell (engine/exact_solver.py)
-    # the shared engine's model after this solve (engine/shared.py::solve_cell): equal keys, the same model
+    # the shared engine's model after this solve (engine/shared.py::apply_plan): equal keys, the same model
     model_state: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
     @property

@@ -177,8 +177,46 @@ class PendingComparison:
     total: int
     base: BaselineOutputs
 
+    @torch.no_grad()
     def finish(self) -> dict[str, Any]:
-        return _statistics(self.kls, self.nll, self.hits, self.seq, self.total, self.base)
+        kls, nll, hits, seq, total, base = self.kls, self.nll, self.hits, self.seq, self.total, self.base
+        kl_all, nll_q, top1 = (torch.cat(x).cpu().double() for x in (kls, nll, hits))
+        agree = int(top1.sum())
+        clusters = torch.cat(seq)
+        d_nll = nll_q - base.nll.double()  # per-token log perplexity ratio, paired on the same tokens
+        n = kl_all.numel()
+        ln_ratio_se = clustered_stderr(d_nll, clusters)
+        s = kl_all.sort().values
+        ppl_q = float(torch.exp(nll_q.mean()))
+        ppl_b = base.perplexity
+        return {
+            "kl_mean": float(kl_all.mean()),
+            "kl_stderr": clustered_stderr(kl_all, clusters),
+            "kl_stderr_iid": float(kl_all.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0,
+            "kl_p50": _percentile(s, 0.50),
+            "kl_p90": _percentile(s, 0.90),
+            "kl_p99": _percentile(s, 0.99),
+            "kl_max": float(s[-1]),
+            "kl_method": base.method,
+            "ppl_base": ppl_b,
+            "ppl_quant": ppl_q,
+            "ppl_quant_stderr": ppl_q * clustered_stderr(nll_q, clusters),  # delta method on the mean NLL
+            "ppl_ratio": ppl_q / ppl_b,
+            "ppl_ratio_stderr": ppl_q / ppl_b * ln_ratio_se,  # delta method on the log ratio
+            "ln_ppl_ratio": float(d_nll.mean()),  # paired, in float64 (a difference of float32 means loses ~1e-6)
+            "ln_ppl_ratio_stderr": ln_ratio_se,
+            "top1_agreement": agree / total if total else float("nan"),
+            "top1_stderr": clustered_stderr(top1, clusters),
+            "eval_tokens": n,
+            "eval_sequences": int(clusters.unique().numel()),
+            "stderr_method": "clustered by held-out sequence (CR1)",
+            # per held-out sequence means, for paired comparisons between cells (same tokens, same order)
+            "per_sequence": {
+                "kl": per_cluster_means(kl_all, clusters),
+                "ln_ppl_ratio": per_cluster_means(d_nll, clusters),
+                "top1": per_cluster_means(top1, clusters),
+            },
+        }
 
 
 @torch.no_grad()
@@ -215,47 +253,3 @@ def start_comparison(
         total += target.numel()
         del q_logp, kl
     return PendingComparison(kls, nll, hits, seq, total, base)
-
-
-@torch.no_grad()
-def _statistics(
-    kls: list[torch.Tensor], nll: list[torch.Tensor], hits: list[torch.Tensor], seq: list[torch.Tensor], total: int,
-    base: BaselineOutputs,
-) -> dict[str, Any]:
-    kl_all, nll_q, top1 = (torch.cat(x).cpu().double() for x in (kls, nll, hits))
-    agree = int(top1.sum())
-    clusters = torch.cat(seq)
-    d_nll = nll_q - base.nll.double()  # per-token log perplexity ratio, paired on the same tokens
-    n = kl_all.numel()
-    ln_ratio_se = clustered_stderr(d_nll, clusters)
-    s = kl_all.sort().values
-    ppl_q = float(torch.exp(nll_q.mean()))
-    ppl_b = base.perplexity
-    return {
-        "kl_mean": float(kl_all.mean()),
-        "kl_stderr": clustered_stderr(kl_all, clusters),
-        "kl_stderr_iid": float(kl_all.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0,
-        "kl_p50": _percentile(s, 0.50),
-        "kl_p90": _percentile(s, 0.90),
-        "kl_p99": _percentile(s, 0.99),
-        "kl_max": float(s[-1]),
-        "kl_method": base.method,
-        "ppl_base": ppl_b,
-        "ppl_quant": ppl_q,
-        "ppl_quant_stderr": ppl_q * clustered_stderr(nll_q, clusters),  # delta method on the mean NLL
-        "ppl_ratio": ppl_q / ppl_b,
-        "ppl_ratio_stderr": ppl_q / ppl_b * ln_ratio_se,  # delta method on the log ratio
-        "ln_ppl_ratio": float(d_nll.mean()),  # paired, in float64 (a difference of float32 means loses ~1e-6)
-        "ln_ppl_ratio_stderr": ln_ratio_se,
-        "top1_agreement": agree / total if total else float("nan"),
-        "top1_stderr": clustered_stderr(top1, clusters),
-        "eval_tokens": n,
-        "eval_sequences": int(clusters.unique().numel()),
-        "stderr_method": "clustered by held-out sequence (CR1)",
-        # per held-out sequence means, for paired comparisons between cells (same tokens, same order)
-        "per_sequence": {
-            "kl": per_cluster_means(kl_all, clusters),
-            "ln_ppl_ratio": per_cluster_means(d_nll, clusters),
-            "top1": per_cluster_means(top1, clusters),
-        },
-    }

@@ -282,22 +282,6 @@ class CellPlan:
     seconds: float
 
 
-def solve_cell(
-    union: UnionResult,
-    formats: list[tuple[str, dict[str, Any]]],
-    budget: float,
-    score_steps: int,
-    method: str,
-    calib_steps: int | None = None,
-) -> SearchResult:
-    """Rebuild what AutoQuantize called with the cell's `formats` = [(label, config)] (one format, or a menu's
-    members) would hand its solver, solve it with ModelOpt's solver, and switch the union model's layers to the
-    chosen recipe, calibrated on the cell's own `calib_steps` batches (ready for evaluation). The two halves,
-    `plan_cell` and `apply_plan`, may be called apart: the shared runner plans the next cell while the device
-    still evaluates this one (the plan reads only the union call's scores and state, never the model)."""
-    return apply_plan(union, plan_cell(union, formats, budget, score_steps, method, calib_steps))
-
-
 def plan_cell(
     union: UnionResult,
     formats: list[tuple[str, dict[str, Any]]],
@@ -306,7 +290,11 @@ def plan_cell(
     method: str,
     calib_steps: int | None = None,
 ) -> CellPlan:
-    """`solve_cell`'s first half: the cell's solve, without the model (raises CellError as the solve would).
+    """Rebuild what AutoQuantize called with the cell's `formats` = [(label, config)] (one format, or a menu's
+    members) would hand its solver and solve it with ModelOpt's solver, without touching the model (raises
+    CellError as that call would). `apply_plan` then switches the union model's layers to the chosen recipe,
+    calibrated on the cell's own `calib_steps` batches (ready for evaluation); the two may be called apart: the
+    shared runner plans the next cell while the device still evaluates this one (execution/cell_plans.py).
 
     Per decision group, ModelOpt's solver sees the candidates in `QuantRecipe` order (compression, then config
     signature: `hparam.choices` is a sorted set), their scores clamped to be non-increasing in that order
@@ -413,7 +401,7 @@ def plan_cell(
 
 
 def apply_plan(union: UnionResult, plan: CellPlan) -> SearchResult:
-    """`solve_cell`'s second half: switch the union model's groups to the plan's recipe, with the cell's own
+    """A cell's solve, second half (after `plan_cell`): switch the union model's groups to the plan's recipe, with the cell's own
     calibration size for data-dependent formats, and describe the solve (its `search` phase: both halves)."""
     from modelopt.torch.opt.utils import get_hparam
 
@@ -526,7 +514,6 @@ __all__ = [
     "PrefixCalibrationMismatch",
     "run_union",
     "shares_calibration_across_sizes",
-    "solve_cell",
     "plan_cell",
     "apply_plan",
     "CellPlan",

@@ -1,7 +1,7 @@
 """Cells of one union call that evaluate the same model share one evaluation (shared engine).
 
 Why: a cell's quality is its model's held-out forward against the baseline, and in a union call that model is fully
-determined by the solve (engine/shared.py::solve_cell): per decision group, the recipe switched in, and for a
+determined by the solve (engine/shared.py::apply_plan): per decision group, the recipe switched in, and for a
 format whose activation scales depend on the data, the calibration prefix its quantizers were given. Cells that
 differ only in what does not reach that model evaluate the same forward on the same batches, the same bits: most
 often the dataset sizes of a weight-only format whose recipe does not change with the size (its weight scales are

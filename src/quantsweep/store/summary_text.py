@@ -21,13 +21,14 @@ import json
 from typing import Any
 
 from .atomic import dumps
+from .json_text import indented_json
 
 _TOKEN = "\x00quantsweep-rows\x00"  # stands for the rows in the rest of the document (JSON-escaped: unique)
 _INDENT = "    "  # a row is an item of a list inside the top-level object: two levels of two spaces
 
 
 def _encode(row: dict[str, Any]) -> str:
-    return json.dumps(row, indent=2, sort_keys=True, allow_nan=True, default=str).replace("\n", "\n" + _INDENT)
+    return indented_json(row, level=2)  # = dumps(row) without its newline, every further line indented by _INDENT
 
 
 class SummaryText:

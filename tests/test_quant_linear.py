@@ -58,3 +58,41 @@ def test_lean_forward_equals_modelopts(cfg, monkeypatch):
     assert len(direct) == 3 * 3  # model[0] and model[2] in the model's forward, model[0] alone: 3 quantizers each
     # the lean path does quantize: the first layer's output is not the unquantized product
     assert not torch.equal(first, torch.nn.functional.linear(x, model[0].weight, model[0].bias))
+
+
+def test_fp8_kernel_amax_is_taken_only_where_modelopts_forward_would_call_the_kernel_alone():
+    """`fp8_kernel_amax` (the direct FP8 kernel call on a GPU; bit-identity in tests/test_gpu_cuda.py): the
+    quantizer's own amax where TensorQuantizer's forward would only fake-quantize through ModelOpt's kernel, and
+    None for every branch that would do more or something else."""
+    from quantsweep.engine.quant_linear import fp8_kernel_amax
+
+    per_tensor = _model(mtq.FP8_DEFAULT_CFG)
+    cfg = {"quant_cfg": [{"quantizer_name": "*", "enable": False},
+                         {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": (4, 3), "axis": 0}}],
+           "algorithm": "max"}
+    per_channel = _model(cfg)
+    x = torch.randn(4, 64)
+    wq, iq = per_tensor[0].weight_quantizer, per_tensor[0].input_quantizer
+    with torch.no_grad():
+        assert fp8_kernel_amax(wq, per_tensor[0].weight) is wq._amax
+        assert fp8_kernel_amax(iq, x) is iq._amax
+        channel = fp8_kernel_amax(per_channel[0].weight_quantizer, per_channel[0].weight)
+        assert channel is per_channel[0].weight_quantizer._amax and channel.squeeze().ndim == 1
+        assert fp8_kernel_amax(per_channel[0].input_quantizer, x) is None  # disabled
+        assert fp8_kernel_amax(_model(mtq.INT8_DEFAULT_CFG)[0].weight_quantizer, x) is None  # integer
+        assert fp8_kernel_amax(iq, x.as_subclass(_Tagged)) is None  # not a plain tensor
+        assert fp8_kernel_amax(iq, x[:0]) is None  # empty: ModelOpt returns it as it is
+        iq.disable_quant()
+        iq.enable_calib()
+        assert fp8_kernel_amax(iq, x) is None  # calibrating
+        iq.enable_quant()
+        iq.disable_calib()
+        handle = iq.register_forward_hook(lambda *a: None)
+        assert fp8_kernel_amax(iq, x) is None  # a hook ModelOpt's call would run
+        handle.remove()
+        assert fp8_kernel_amax(iq, x) is iq._amax
+    assert fp8_kernel_amax(iq, x) is None  # autograd: ModelOpt's Function records a backward
+
+
+class _Tagged(torch.Tensor):
+    pass

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 QUANTIZERS = frozenset({"input_quantizer", "weight_quantizer", "output_quantizer"})
 
@@ -50,7 +51,8 @@ def plain_quantized_linear(module: nn.Module) -> bool:
 
 def quantize(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`quantizer(x)`, without the call when TensorQuantizer's forward would return `x` untouched (disabled, no
-    pre-quant scale, no rotation): each call costs tens of microseconds of Python."""
+    pre-quant scale, no rotation): each call costs tens of microseconds of Python; and FP8 fake quantization on
+    a GPU handed to ModelOpt's kernel directly (`fp8_kernel_amax`)."""
     if (
         getattr(quantizer, "_disabled", False)
         and type(quantizer).__name__ == "TensorQuantizer"
@@ -60,7 +62,105 @@ def quantize(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         and not isinstance(x, _wrapped_types())
     ):
         return x
+    if x.is_cuda:
+        amax = fp8_kernel_amax(quantizer, x)
+        if amax is not None:
+            ext = _fp8_extension()
+            if ext is not None:
+                return _fp8_kernel(ext, x, amax)
     return quantizer(x)
+
+
+def fp8_kernel_amax(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The amax with which TensorQuantizer's forward would fake-quantize `x` to FP8 E4M3 through ModelOpt's CUDA
+    kernel (`tensor_quant.scaled_e4m3_impl`: `fake_e4m3fy`, or `fake_e4m3fy_with_axis` for a per-channel amax), or
+    None when its forward would do anything else or anything more.
+
+    Why: that forward reaches the kernel through the quantizer's checks, `ScaledE4M3Function.apply`, the
+    `tensorrt::quantize_op` custom-op dispatch and `_quantize_impl`: ~2/3 of an FP8 cell's quantizer time on an
+    H200 host, around a kernel call that is the same whoever makes it. Taken only where every branch of
+    `TensorQuantizer.forward` and `_fake_quantize` that could change the result or add a side effect is off: a
+    plain TensorQuantizer (no subclass) with no hooks, enabled, quantizing (not calibrating), fake quant, E4M3,
+    no block sizes, no backend, no constant amax, no bias, no pre-quant scale, no rotation, a static amax on `x`'s
+    device; `x` a plain tensor (no DTensor, no quantized-tensor wrapper), not empty, on the current device; no
+    autograd (ModelOpt's Function records a straight-through backward), no ONNX export, no compilation.
+    tests/test_quant_linear.py checks the test; tests/test_gpu_cuda.py the outputs, bit for bit, on a GPU."""
+    if type(quantizer) is not _tensor_quantizer() or type(x) not in _PLAIN_TENSORS:
+        return None
+    d = quantizer.__dict__
+    if (
+        d.get("_disabled", True)
+        or not d.get("_if_quant", False)
+        or d.get("_if_calib", True)
+        or not d.get("_fake_quant", False)
+        or d.get("_num_bits") != (4, 3)
+        or d.get("_block_sizes") is not None
+        or d.get("backend") is not None
+        or d.get("_use_constant_amax", True)
+        or d.get("_constant_amax") is not None
+        or d.get("_bias") is not None
+        or d.get("_bias_calibrator") is not None
+        or d.get("_rotate", True) is not False
+        or quantizer.pre_quant_scale is not None
+        or quantizer._forward_hooks
+        or quantizer._forward_pre_hooks
+        or _global_module_hooks()
+        or torch.is_grad_enabled()
+        or x.numel() == 0
+        or _onnx_export_or_compiling()
+    ):
+        return None
+    amax = quantizer._buffers.get("_amax")
+    if amax is None or amax.device != x.device or amax.squeeze().ndim > 1:
+        return None
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        return None  # ModelOpt would switch devices around the call (same_device_as)
+    return amax
+
+
+def _fp8_kernel(ext: Any, x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """`scaled_e4m3_impl(x, amax)`'s CUDA branch."""
+    if amax.numel() == 1:
+        return ext.fake_e4m3fy(x, amax)
+    return ext.fake_e4m3fy_with_axis(x, amax.squeeze(), amax.shape.index(amax.numel()))
+
+
+_PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
+_extension: list[Any] = []  # [ModelOpt's FP8 extension or None], looked up once
+
+
+def _fp8_extension() -> Any:
+    if not _extension:
+        from modelopt.torch.quantization import tensor_quant
+
+        _extension.append(tensor_quant.get_cuda_ext_fp8(raise_if_failed=False))
+    return _extension[0]
+
+
+@functools.cache
+def _tensor_quantizer() -> type:
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    return TensorQuantizer
+
+
+def _global_module_hooks() -> bool:
+    return bool(
+        _torch_module._global_forward_hooks
+        or _torch_module._global_forward_pre_hooks
+        or _torch_module._global_forward_hooks_always_called
+    )
+
+
+def _onnx_export_or_compiling() -> bool:
+    return bool(_onnx_globals().in_onnx_export) or torch.compiler.is_compiling()
+
+
+@functools.cache
+def _onnx_globals() -> Any:
+    from modelopt.torch.quantization.nn.modules.tensor_quantizer import GLOBALS
+
+    return GLOBALS
 
 
 @functools.cache

@@ -30,26 +30,47 @@ def test_deferred_collect_gives_modelopts_running_amax(axis):
         fast = MaxCalibrator(axis=axis, track_amax=True)
         for x in batches:
             fast.collect(x)
-        assert "_deferred_invalid" in vars(fast)
+        assert vars(fast)["_deferred_max"] is fast._calib_amax  # the running amax answers the deferred checks
         amax = fast.compute_amax()
     assert MaxCalibrator.collect is not calibrator_syncs._collect  # uninstalled
     assert amax.dtype == own.compute_amax().dtype and torch.equal(amax, own.compute_amax())
     assert [a.tolist() for a in fast.amaxs] == [a.tolist() for a in own.amaxs]
-    assert "_deferred_invalid" not in vars(fast)  # read once, with the amax
+    assert "_deferred_max" not in vars(fast)  # read once, with the amax
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_bad_tensor_still_fails_when_the_amax_is_read(bad):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("axis", [None, 0])
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_bad_tensor_still_fails_when_the_amax_is_read(bad, axis, reset):
+    """Also when the running amax is replaced after the bad tensor (reset, as a prefix snapshot would): ModelOpt
+    would have failed at that tensor."""
     with deferred_max_checks():
-        cal = MaxCalibrator(axis=None)
+        cal = MaxCalibrator(axis=axis)
         x = _batches(2)[0]
         cal.collect(x)
         x = x.clone()
         x[0, 0, 0] = bad
         cal.collect(x)  # ModelOpt's own collect would raise here
+        if reset:
+            cal.reset()
         cal.collect(_batches(3)[0])
         with pytest.raises(AssertionError, match="nan, inf or negative"):
             cal.compute_amax()
+
+
+def test_an_integer_tensor_keeps_modelopts_reduction_and_checks():
+    """|x| of the most negative integer overflows to a negative value: ModelOpt's negative-amax check catches it."""
+    own = MaxCalibrator(axis=None)
+    with pytest.raises(AssertionError, match="negative"):
+        own.collect(torch.tensor([-128, -128], dtype=torch.int8))
+    with deferred_max_checks():
+        cal = MaxCalibrator(axis=None)
+        cal.collect(torch.tensor([-128, -128], dtype=torch.int8))
+        with pytest.raises(AssertionError, match="nan, inf or negative"):
+            cal.compute_amax()
+        fine = MaxCalibrator(axis=None)
+        fine.collect(torch.tensor([-7, 3], dtype=torch.int8))
+        assert fine.compute_amax().item() == 7
 
 
 def test_another_modelopt_keeps_its_own_collect(monkeypatch):
@@ -88,3 +109,49 @@ def test_the_shared_engines_shortcuts_install_it_and_an_unreadable_source_leaves
     monkeypatch.setattr(calibrator_syncs, "collect_source_hash", lambda: None)  # inspect could not read it
     with deferred_max_checks() as active:
         assert not active and MaxCalibrator.collect is original
+
+
+def test_calibrates_closing_validations_are_asked_together_and_warn_as_modelopts(monkeypatch):
+    """Inside the shortcuts `mtq.calibrate`'s loop of validations is queued and asked at its end: the same amax
+    as ModelOpt's own call; a bad value gives ModelOpt's warnings, in its order."""
+    import warnings
+
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.quantization import model_quant
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+
+    data = _batches(4)[0].reshape(-1, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        own = mtq.quantize(model(), mtq.INT8_DEFAULT_CFG, lambda m: m(data))
+        queued = []
+        real = calibrator_syncs.validate_together
+        monkeypatch.setattr(calibrator_syncs, "validate_together", lambda p: queued.append(len(p)) or real(p))
+        fast = model()
+        with deferred_max_checks():
+            assert model_quant.calibrate is calibrator_syncs._calibrate_validated_together
+            mtq.quantize(fast, mtq.INT8_DEFAULT_CFG, lambda m: m(data))
+        assert model_quant.calibrate is not calibrator_syncs._calibrate_validated_together
+    assert queued == [4]  # two linears' input and weight amax (their output quantizers have none)
+    assert own.state_dict().keys() == fast.state_dict().keys()
+    assert all(torch.equal(v, fast.state_dict()[k]) for k, v in own.state_dict().items())
+
+    q = TensorQuantizer()
+    pending = [(q, torch.rand(3), "_amax", "a.q"), (q, torch.tensor([1.0, float("nan")]), "_amax", "b.q"),
+               (q, torch.tensor([-2.0]), "_pre_quant_scale", "c.q"), (q, torch.tensor([float("inf")]), "_amax", "d.q")]
+    with warnings.catch_warnings(record=True) as expected:
+        warnings.simplefilter("always")
+        for quantizer, value, attr, name in pending:
+            quantizer.validate_attr(attr_value=value, attr_name=attr, warn_error=True, name=name)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        real(pending)
+    assert [str(w.message) for w in got] == [str(w.message) for w in expected] and len(got) == 3
+    with warnings.catch_warnings(record=True) as none:
+        warnings.simplefilter("always")
+        real(pending[:1] + [(q, torch.zeros(2, dtype=torch.bfloat16), "_amax", "e.q")])
+    assert none == []

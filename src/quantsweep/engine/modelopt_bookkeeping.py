@@ -24,8 +24,10 @@ Three costs of ModelOpt 0.47 grow with modules x formats and do no arithmetic at
   profile), to find its path-scoped entries: the same few (name, pattern) pairs again and again. The shortcut gives
   ModelOpt's module a view of `fnmatch` whose `fnmatch` answers each pair once (a pure function of the two strings).
 
-It also defers the max calibrator's three host syncs per collected tensor to the moment its amax is read
-(engine/calibrator_syncs.py).
+It also defers the max calibrator's three host syncs per collected tensor to the moment its amax is read, and asks
+`mtq.calibrate`'s closing validations together (engine/calibrator_syncs.py); and leaves out two walks of
+`max_calibrate` that cannot change anything in a process without torch.distributed or without NVFP4 quantizers
+(engine/calibration_walks.py).
 
 `fast_modelopt_bookkeeping()` installs all of them around the shared engine's own ModelOpt work (a union call; a cell's solve
 and evaluation), never across the runner's yields: the naive engine stays plain ModelOpt, the reference it is
@@ -47,6 +49,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
+from .calibration_walks import short_calibration_walks
 from .calibrator_syncs import deferred_max_checks
 
 _lock = threading.Lock()
@@ -80,7 +83,8 @@ def fast_modelopt_bookkeeping() -> Iterator[QuantizerTemplates]:
             algorithms._match_quantizer_cfg = _MemoisedMatch(algorithms._match_quantizer_cfg)
         templates = _saved["templates"]
     try:
-        with deferred_max_checks():  # engine/calibrator_syncs.py
+        # engine/calibrator_syncs.py, engine/calibration_walks.py
+        with deferred_max_checks(), short_calibration_walks():
             yield templates
     finally:
         with _lock:

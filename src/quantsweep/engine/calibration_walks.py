@@ -1,0 +1,112 @@
+"""Two walks of ModelOpt's max calibration over every module that cannot change anything in the shared engine's
+process, left out; the calibration is ModelOpt's own otherwise.
+
+AutoQuantize calibrates each candidate format with `max_calibrate` (ModelOpt 0.47), so a union call of n formats
+walks the model n times for each of these, on top of the calibration itself:
+
+* **The distributed amax sync.** With `distributed_sync=True` (`MaxCalibConfig`'s default) `max_calibrate` walks
+  every quantized module three times after collecting: the data/expert-parallel sync of every quantizer, the
+  tensor-parallel sync of parallel linears and the KV-cache quantizers, and an expert-parallel completeness check.
+  Every one of them acts only through a process group that is initialized (`DistributedProcessGroup.is_initialized`
+  is `backend() == "torch"`, i.e. `torch.distributed` initialized); then it reaches the same
+  `_finalize_with_shared_state` as `distributed_sync=False`. In a process where `torch.distributed` is not
+  initialized (a sweep's process; a Ray worker does not initialize it either) the call is made with
+  `distributed_sync=False`: the same steps minus the walks.
+* **The NVFP4 sibling check.** `_finalize_with_shared_state` ends with `_check_grouped_weight_global_amax_synced`,
+  an assertion that q/k/v and gate/up siblings whose weight quantizers are calibrated NVFP4-static share one
+  global amax. It finds the groups by trying seven attribute names on every module (~3 ms a format on a
+  Qwen3-0.6B shape, mostly failed look-ups through the dynamic modules). With no calibrated NVFP4-static quantizer
+  in the model no group can form and the check asserts nothing; it runs as before whenever there is one.
+
+`short_calibration_walks()` installs both while the shared engine's ModelOpt work runs (engine/modelopt_bookkeeping.py),
+only when the functions are the ones this was written against (their source's hash): another ModelOpt keeps its
+own. tests/test_calibration_walks.py compares the calibrated quantizers with ModelOpt's, and the shared engine's
+tests its results with the naive engine's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .calibrator_syncs import _source_hash
+
+# sha256 of the sources (nvidia-modelopt 0.47.0) of max_calibrate, and of the NVFP4 sibling check with the two
+# helpers it reads
+KNOWN_MAX_CALIBRATE = "c79ec1e830a43e47cff96501aab4a7b06f218a984e0d37f7358eb8de8b470cfa"
+KNOWN_SIBLING_CHECK = "41e005fd36de3d6bf9ed306703c12d51fa23459daa3d30da29f3886109843e96"
+
+_lock = threading.Lock()
+_depth = 0
+_saved: dict[str, Any] = {}
+
+
+@functools.cache
+def max_calibrate_source_hash() -> str | None:
+    from modelopt.torch.quantization import model_calib
+
+    return _source_hash(model_calib.max_calibrate)
+
+
+@functools.cache
+def sibling_check_source_hash() -> str | None:
+    from modelopt.torch.quantization import model_calib as mc
+
+    return _source_hash(mc._check_grouped_weight_global_amax_synced, mc._collect_grouped_linears,
+                        mc._is_calibrated_nvfp4_static)
+
+
+@contextlib.contextmanager
+def short_calibration_walks() -> Iterator[tuple[bool, bool]]:
+    """Install both shortcuts (re-entrant); yields which are installed (single-process max calibration, sibling
+    check). Module- and class-level: every thread sees them while installed (the shared engine's other threads run
+    no ModelOpt calibration)."""
+    global _depth
+    from modelopt.torch.quantization import mode
+    from modelopt.torch.quantization import model_calib as mc
+
+    with _lock:
+        if _depth == 0:
+            sync_ok = max_calibrate_source_hash() == KNOWN_MAX_CALIBRATE
+            sync_ok = sync_ok and mode.MaxCalibrateModeDescriptor.__dict__.get("_calib_func") is mc.max_calibrate
+            check_ok = sibling_check_source_hash() == KNOWN_SIBLING_CHECK
+            _saved["sync"], _saved["check"] = sync_ok, check_ok
+            if sync_ok:
+                _saved["max_calibrate"] = mc.max_calibrate
+                mode.MaxCalibrateModeDescriptor._calib_func = _single_process_max_calibrate
+            if check_ok:
+                _saved["sibling_check"] = mc._check_grouped_weight_global_amax_synced
+                mc._check_grouped_weight_global_amax_synced = _sibling_check_where_nvfp4
+        _depth += 1
+        installed = (_saved["sync"], _saved["check"])
+    try:
+        yield installed
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                if _saved.pop("sync"):
+                    mode.MaxCalibrateModeDescriptor._calib_func = _saved.pop("max_calibrate")
+                if _saved.pop("check"):
+                    mc._check_grouped_weight_global_amax_synced = _saved.pop("sibling_check")
+
+
+def _single_process_max_calibrate(model: Any, forward_loop: Any = None, distributed_sync: Any = True,
+                                  **kwargs: Any) -> Any:
+    """`max_calibrate`, told `distributed_sync=False` where no process group can be initialized (see above)."""
+    from modelopt.torch.utils import distributed
+
+    if not distributed.is_initialized():
+        distributed_sync = False
+    return _saved["max_calibrate"](model, forward_loop=forward_loop, distributed_sync=distributed_sync, **kwargs)
+
+
+def _sibling_check_where_nvfp4(model: Any) -> None:
+    """ModelOpt's check, when the model holds a calibrated NVFP4-static quantizer (the only possible members)."""
+    from modelopt.torch.quantization import model_calib as mc
+
+    if any(mc._is_calibrated_nvfp4_static(m) for m in model.modules()):
+        _saved["sibling_check"](model)

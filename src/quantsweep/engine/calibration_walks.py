@@ -10,7 +10,7 @@ walks the model n times for each of these, on top of the calibration itself:
   Every one of them acts only through a process group that is initialized (`DistributedProcessGroup.is_initialized`
   is `backend() == "torch"`, i.e. `torch.distributed` initialized); then it reaches the same
   `_finalize_with_shared_state` as `distributed_sync=False`. In a process where `torch.distributed` is not
-  initialized (a sweep's process; a Ray worker does not initialize it either) the call is made with
+  initialized (quantsweep never initializes it; asked at each call) the call is made with
   `distributed_sync=False`: the same steps minus the walks.
 * **The NVFP4 sibling check.** `_finalize_with_shared_state` ends with `_check_grouped_weight_global_amax_synced`,
   an assertion that q/k/v and gate/up siblings whose weight quantizers are calibrated NVFP4-static share one

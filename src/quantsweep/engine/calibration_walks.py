@@ -27,12 +27,11 @@ tests its results with the naive engine's.
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-from .calibrator_syncs import _source_hash
+from .calibrator_syncs import source_hash
 
 # sha256 of the sources (nvidia-modelopt 0.47.0) of max_calibrate, and of the NVFP4 sibling check with the two
 # helpers it reads
@@ -42,21 +41,6 @@ KNOWN_SIBLING_CHECK = "41e005fd36de3d6bf9ed306703c12d51fa23459daa3d30da29f388610
 _lock = threading.Lock()
 _depth = 0
 _saved: dict[str, Any] = {}
-
-
-@functools.cache
-def max_calibrate_source_hash() -> str | None:
-    from modelopt.torch.quantization import model_calib
-
-    return _source_hash(model_calib.max_calibrate)
-
-
-@functools.cache
-def sibling_check_source_hash() -> str | None:
-    from modelopt.torch.quantization import model_calib as mc
-
-    return _source_hash(mc._check_grouped_weight_global_amax_synced, mc._collect_grouped_linears,
-                        mc._is_calibrated_nvfp4_static)
 
 
 @contextlib.contextmanager
@@ -70,9 +54,10 @@ def short_calibration_walks() -> Iterator[tuple[bool, bool]]:
 
     with _lock:
         if _depth == 0:
-            sync_ok = max_calibrate_source_hash() == KNOWN_MAX_CALIBRATE
+            sync_ok = source_hash(mc.max_calibrate) == KNOWN_MAX_CALIBRATE
             sync_ok = sync_ok and mode.MaxCalibrateModeDescriptor.__dict__.get("_calib_func") is mc.max_calibrate
-            check_ok = sibling_check_source_hash() == KNOWN_SIBLING_CHECK
+            check_ok = source_hash(mc._check_grouped_weight_global_amax_synced, mc._collect_grouped_linears,
+                                   mc._is_calibrated_nvfp4_static) == KNOWN_SIBLING_CHECK
             _saved["sync"], _saved["check"] = sync_ok, check_ok
             if sync_ok:
                 _saved["max_calibrate"] = mc.max_calibrate

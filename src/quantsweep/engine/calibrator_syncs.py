@@ -52,25 +52,20 @@ _saved: dict[str, Any] = {}
 def collect_source_hash() -> str | None:
     from modelopt.torch.quantization.calib.max import MaxCalibrator
 
-    return _source_hash(MaxCalibrator.collect, MaxCalibrator.compute_amax)
+    return source_hash(MaxCalibrator.collect, MaxCalibrator.compute_amax)
 
 
 @functools.cache
 def validate_source_hash() -> str | None:
     from modelopt.torch.quantization.nn import TensorQuantizer
 
-    return _source_hash(TensorQuantizer.validate_attr)
+    return source_hash(TensorQuantizer.validate_attr)
 
 
 @functools.cache
-def calibrate_source_hash() -> str | None:
-    from modelopt.torch.quantization import model_quant
-
-    return _source_hash(model_quant.calibrate)
-
-
-def _source_hash(*functions: Any) -> str | None:
-    """The methods' source hashed, or None where it cannot be read (then nothing is replaced)."""
+def source_hash(*functions: Any) -> str | None:
+    """The functions' source hashed (once per process), or None where it cannot be read (then nothing is
+    replaced): the guard of every replacement of a ModelOpt function in the shared engine."""
     try:
         text = "".join(inspect.getsource(f) for f in functions)
     except (OSError, TypeError):
@@ -93,7 +88,7 @@ def deferred_max_checks() -> Iterator[bool]:
         if _depth == 0:
             collect_ok = collect_source_hash() == KNOWN_COLLECT  # both read before anything is replaced
             validate_ok = validate_source_hash() == KNOWN_VALIDATE
-            together = validate_ok and calibrate_source_hash() == KNOWN_CALIBRATE
+            together = validate_ok and source_hash(model_quant.calibrate) == KNOWN_CALIBRATE
             _saved["active"], _saved["validate"], _saved["together"] = collect_ok, validate_ok, together
             if collect_ok:
                 _saved["collect"] = MaxCalibrator.__dict__["collect"]

@@ -53,7 +53,15 @@ def _quantizer_states(model):
 
 @pytest.mark.parametrize("cfg", ["INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "FP8_DEFAULT_CFG", "INT8_DEFAULT_CFG"])
 def test_calibration_without_the_walks_gives_modelopts_quantizers(cfg, monkeypatch):
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    syncs = []
+    real_sync = TensorQuantizer.sync_amax_across_distributed_group
+    monkeypatch.setattr(TensorQuantizer, "sync_amax_across_distributed_group",
+                        lambda self, group: syncs.append(group) or real_sync(self, group))
     own = _quantizer_states(_calibrated(getattr(mtq, cfg)))
+    assert syncs  # ModelOpt's own calibration walks its (uninitialized) groups...
+    syncs.clear()
     calls = []
     real = calibration_walks._single_process_max_calibrate
     monkeypatch.setattr(calibration_walks, "_single_process_max_calibrate",
@@ -64,6 +72,7 @@ def test_calibration_without_the_walks_gives_modelopts_quantizers(cfg, monkeypat
         fast = _quantizer_states(_calibrated(getattr(mtq, cfg)))
     assert mode.MaxCalibrateModeDescriptor._calib_func is original
     assert calls == [True]  # the config's distributed_sync, turned off inside for this process
+    assert syncs == []  # ...this one does not
     assert fast.keys() == own.keys() and len(own) == 12
     for name, (cls, state, tensors) in own.items():
         f_cls, f_state, f_tensors = fast[name]
@@ -80,8 +89,12 @@ def test_the_sibling_check_runs_and_fails_where_an_nvfp4_static_quantizer_exists
     attention = _Attention()
     for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
         getattr(attention, name).weight_quantizer = Fake(1.0 + i)  # siblings that disagree
-    with short_calibration_walks():
+    looked = []
+    real_collect = mc._collect_grouped_linears
+    with short_calibration_walks():  # installed first: the spy below would change the sources it checks
+        monkeypatch.setattr(mc, "_collect_grouped_linears", lambda m: looked.append(m) or real_collect(m))
         mc._check_grouped_weight_global_amax_synced(attention)  # no calibrated NVFP4-static quantizer: nothing
+        assert looked == []  # not even ModelOpt's search for groups
         monkeypatch.setattr(mc, "_is_calibrated_nvfp4_static", lambda q: isinstance(q, Fake))
         with pytest.raises(AssertionError, match="not unified"):
             mc._check_grouped_weight_global_amax_synced(attention)
@@ -94,3 +107,24 @@ def test_another_modelopt_keeps_its_own_walks(monkeypatch):
     with short_calibration_walks() as installed:
         assert installed == (False, False)
         assert (mode.MaxCalibrateModeDescriptor._calib_func, mc._check_grouped_weight_global_amax_synced) == original
+
+
+def test_the_sync_walks_run_where_they_could_warn_or_fail():
+    """A Megatron-style parallel linear, a dynamic KV-cache quantizer holding an amax: modules whose walks act
+    without a process group keep them."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    from quantsweep.engine.calibration_walks import sync_walks_inert
+
+    model = _calibrated(mtq.INT8_DEFAULT_CFG)
+    assert sync_walks_inert(model)
+    model[1]._is_column_parallel = True
+    assert not sync_walks_inert(model)
+    del model[1]._is_column_parallel
+    holder = torch.nn.Module()
+    holder.k_bmm_quantizer, holder.v_bmm_quantizer = TensorQuantizer(), TensorQuantizer()
+    model.append(holder)
+    assert sync_walks_inert(model)
+    holder.k_bmm_quantizer._dynamic = True
+    holder.k_bmm_quantizer.register_buffer("_amax", torch.tensor(1.0))
+    assert not sync_walks_inert(model)

@@ -155,3 +155,44 @@ def test_calibrates_closing_validations_are_asked_together_and_warn_as_modelopts
         warnings.simplefilter("always")
         real(pending[:1] + [(q, torch.zeros(2, dtype=torch.bfloat16), "_amax", "e.q")])
     assert none == []
+
+
+def test_a_running_check_that_cannot_take_the_next_amax_restarts_and_float8_values_are_asked_at_once():
+    """After a reset a calibrator may see another shape (ModelOpt accepts it); the deferred running maximum
+    restarts there, keeping what it had seen. float8 values (torch.cat promotes none, and ModelOpt's own question
+    fails on them) are asked at once, as ModelOpt asks them."""
+    import warnings
+
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    own = MaxCalibrator(axis=-1)
+    with deferred_max_checks():
+        fast = MaxCalibrator(axis=-1)
+        first, second = torch.randn(4, 8), torch.randn(4, 16)
+        for cal in (own, fast):
+            cal.collect(first)
+            cal.reset()
+            cal.collect(second)
+        assert torch.equal(fast.compute_amax(), own.compute_amax()) and own.compute_amax().shape == (1, 16)
+        bad = MaxCalibrator(axis=-1)
+        bad.collect(torch.full((4, 8), float("inf")))
+        bad.reset()
+        bad.collect(torch.randn(4, 16))
+        with pytest.raises(AssertionError, match="nan, inf or negative"):
+            bad.compute_amax()  # ModelOpt would have failed at the infinite tensor
+    q = TensorQuantizer()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        calibrator_syncs.validate_together([(q, torch.rand(3, dtype=torch.bfloat16), "_amax", "a"),
+                                            (q, torch.rand(2, dtype=torch.float64), "_amax", "b")])
+    assert seen == []  # mixed floating types are promoted exactly
+    float8 = torch.tensor([2.0, 448.0]).to(torch.float8_e4m3fn)
+    with pytest.raises(NotImplementedError):
+        q.validate_attr(attr_value=float8, warn_error=True)  # ModelOpt's own question fails on float8...
+    calibrator_syncs._batch.pending = []
+    try:
+        with deferred_max_checks(), pytest.raises(NotImplementedError):
+            q.validate_attr(attr_value=float8, warn_error=True)  # ...so it is asked at once, not queued
+        assert calibrator_syncs._batch.pending == []
+    finally:
+        calibrator_syncs._batch.pending = None

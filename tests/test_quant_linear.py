@@ -4,6 +4,7 @@ ModelOpt's forward, and every forward is restored on exit."""
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import pytest
@@ -96,3 +97,50 @@ def test_fp8_kernel_amax_is_taken_only_where_modelopts_forward_would_call_the_ke
 
 class _Tagged(torch.Tensor):
     pass
+
+
+def _changed(q, change):
+    """One of the branches of TensorQuantizer.forward that `fp8_kernel_amax` must leave to ModelOpt, switched on."""
+    from modelopt.torch.quantization.nn.modules import tensor_quantizer as tq
+
+    if change == "pre_quant_scale":
+        q._enable_pre_quant_scale = True
+        q.register_buffer("_pre_quant_scale", torch.ones(64))
+    elif change == "rotate":
+        q._rotate = True
+    elif change == "backend":
+        q.backend = "somebody"
+    elif change == "block_sizes":
+        q._block_sizes = {-1: 32}
+    elif change == "constant_amax":
+        q._use_constant_amax = True
+    elif change == "bias":
+        q._bias = {-1: None, "type": "static"}
+    elif change == "instance_forward":
+        q.forward = q.forward
+    elif change == "global_hook":
+        return torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    elif change == "amax_elsewhere":
+        q._amax = q._amax.to("meta")
+    elif change == "onnx_export":
+        tq.GLOBALS.in_onnx_export = True
+        return types.SimpleNamespace(remove=lambda: setattr(tq.GLOBALS, "in_onnx_export", False))
+    return None
+
+
+@pytest.mark.parametrize("change", ["pre_quant_scale", "rotate", "backend", "block_sizes", "constant_amax", "bias",
+                                    "instance_forward", "global_hook", "amax_elsewhere", "onnx_export"])
+def test_fp8_kernel_amax_leaves_every_other_branch_to_modelopt(change):
+    from quantsweep.engine.quant_linear import fp8_kernel_amax, fp8_path_known
+
+    assert fp8_path_known()  # the installed ModelOpt is the one the branches were read from
+    q = _model(mtq.FP8_DEFAULT_CFG)[0].input_quantizer
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        assert fp8_kernel_amax(q, x) is q._amax
+        handle = _changed(q, change)
+        try:
+            assert fp8_kernel_amax(q, x) is None
+        finally:
+            if handle is not None:
+                handle.remove()

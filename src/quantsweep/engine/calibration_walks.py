@@ -1,5 +1,5 @@
-"""Two walks of ModelOpt's max calibration over every module that cannot change anything in the shared engine's
-process, left out; the calibration is ModelOpt's own otherwise.
+"""Two walks of ModelOpt's max calibration over every module, left out where they cannot act; the calibration is
+ModelOpt's own otherwise.
 
 AutoQuantize calibrates each candidate format with `max_calibrate` (ModelOpt 0.47), so a union call of n formats
 walks the model n times for each of these, on top of the calibration itself:
@@ -7,15 +7,17 @@ walks the model n times for each of these, on top of the calibration itself:
 * **The distributed amax sync.** With `distributed_sync=True` (`MaxCalibConfig`'s default) `max_calibrate` walks
   every quantized module three times after collecting: the data/expert-parallel sync of every quantizer, the
   tensor-parallel sync of parallel linears and the KV-cache quantizers, and an expert-parallel completeness check.
-  Every one of them acts only through a process group that is initialized (`DistributedProcessGroup.is_initialized`
-  is `backend() == "torch"`, i.e. `torch.distributed` initialized); then it reaches the same
-  `_finalize_with_shared_state` as `distributed_sync=False`. In a process where `torch.distributed` is not
-  initialized (quantsweep never initializes it; asked at each call) the call is made with
-  `distributed_sync=False`: the same steps minus the walks.
+  Their syncs act only through a process group that is initialized (`DistributedProcessGroup.is_initialized` is
+  `backend() == "torch"`, i.e. `torch.distributed` initialized); then it reaches the same
+  `_finalize_with_shared_state` as `distributed_sync=False`. Besides the syncs the walks can only fail or warn, for
+  modules quantsweep's models do not have (`sync_walks_inert`: a quantized module without its parallel state, a
+  Megatron-style parallel linear, a dynamic KV-cache quantizer holding an amax). Where `torch.distributed` is not
+  initialized (quantsweep never initializes it; asked at each call) and no such module exists, the call is made
+  with `distributed_sync=False`: the same steps minus the walks.
 * **The NVFP4 sibling check.** `_finalize_with_shared_state` ends with `_check_grouped_weight_global_amax_synced`,
   an assertion that q/k/v and gate/up siblings whose weight quantizers are calibrated NVFP4-static share one
-  global amax. It finds the groups by trying seven attribute names on every module (~3 ms a format on a
-  Qwen3-0.6B shape, mostly failed look-ups through the dynamic modules). With no calibrated NVFP4-static quantizer
+  global amax. It finds the groups by trying seven attribute names on every module (~20 ms a format on the
+  28-layer `cpu-deep` proxy on the 2-core box, mostly failed look-ups through the dynamic modules). With no calibrated NVFP4-static quantizer
   in the model no group can form and the check asserts nothing; it runs as before whenever there is one.
 
 `short_calibration_walks()` installs both while the shared engine's ModelOpt work runs (engine/modelopt_bookkeeping.py),
@@ -81,12 +83,37 @@ def short_calibration_walks() -> Iterator[tuple[bool, bool]]:
 
 def _single_process_max_calibrate(model: Any, forward_loop: Any = None, distributed_sync: Any = True,
                                   **kwargs: Any) -> Any:
-    """`max_calibrate`, told `distributed_sync=False` where no process group can be initialized (see above)."""
+    """`max_calibrate`, told `distributed_sync=False` where its sync walks cannot act (`sync_walks_inert`)."""
     from modelopt.torch.utils import distributed
 
-    if not distributed.is_initialized():
+    if distributed_sync and not distributed.is_initialized() and sync_walks_inert(model):
         distributed_sync = False
     return _saved["max_calibrate"](model, forward_loop=forward_loop, distributed_sync=distributed_sync, **kwargs)
+
+
+def sync_walks_inert(model: Any) -> bool:
+    """Whether `max_calibrate`'s sync walks would do nothing but look, with no process group initialized: no
+    quantized module without its parallel state (the walk reads `module.parallel_state.data_parallel_group`), no
+    column- or row-parallel quantized linear (their walk warns about padded block quantizers before its no-op sync),
+    no KV-cache quantizer whose `amax` getter would assert (a dynamic one holding an `_amax`). One look at every
+    module, instead of the walks' three."""
+    from modelopt.torch.quantization.nn import QuantModule, TensorQuantizer
+
+    for module in model.modules():
+        if isinstance(module, QuantModule):
+            state = module.__dict__
+            if state.get("_parallel_state") is None and getattr(module, "_parallel_state", None) is None:
+                return False
+            kind = type(module)
+            if (getattr(kind, "_is_column_parallel", False) or getattr(kind, "_is_row_parallel", False)
+                    or state.get("_is_column_parallel") or state.get("_is_row_parallel")):
+                return False
+        children = module._modules
+        for attr in ("k_bmm_quantizer", "v_bmm_quantizer"):
+            q = children.get(attr)
+            if isinstance(q, TensorQuantizer) and q.__dict__.get("_dynamic") and "_amax" in q._buffers:
+                return False
+    return True
 
 
 def _sibling_check_where_nvfp4(model: Any) -> None:

@@ -18,7 +18,8 @@ hash): another version keeps its own.
 After each format's calibration, `mtq.calibrate` validates every quantizer's amax and pre-quant scale with
 `TensorQuantizer.validate_attr`: three more syncs each (non-negative, no infinity, no NaN). `_validate_attr` asks
 the same question with one (the three reductions combined on the device), same answer, same warning or error.
-Inside `mtq.calibrate` (replaced, while installed, by `_calibrate_validated_together`) its loop's validations —
+Inside `model_quant.calibrate` (the function AutoQuantize's searcher imports; while installed, replaced by
+`_calibrate_validated_together`; a call through the `mtq.calibrate` name keeps ModelOpt's loop) its validations —
 warn, never raise, return value unused — are asked together when the call ends: every value's elements in one
 tensor per device, one sync (~2,400 quantizers a union call on the reference matrix, one sync each before). When
 any value is invalid, each is asked again one by one, which gives ModelOpt's warnings, in its order.
@@ -122,28 +123,29 @@ def deferred_max_checks() -> Iterator[bool]:
 def _collect(self: Any, x: torch.Tensor) -> None:
     """MaxCalibrator.collect (ModelOpt 0.47), its three asserts deferred to `compute_amax`.
 
-    For a floating-point `x` (every tensor a quantizer calibrates on) the amax is `|x|`'s maximum, which is
-    `reduce_amax`'s max(|max x|, |min x|) exactly (a maximum rounds nothing; NaN propagates through both); it is
-    never negative, so ModelOpt's three checks ask whether it is finite. A non-finite value survives every later
-    maximum, so `_deferred_max`, the running maximum of the local amaxes (the running amax itself until something
-    else sets `_calib_amax`: `reset`, a prefix snapshot), answers them for every collected tensor at once: three
-    operations a call instead of thirteen. Other dtypes take ModelOpt's reduction and a per-call flag."""
+    The amax is ModelOpt's `reduce_amax` (max(|max x|, |min x|), without a copy of `x`). For a floating-point `x`
+    (every tensor a quantizer calibrates on) it is never negative, so ModelOpt's three checks ask whether it is
+    finite; a non-finite value survives every later maximum, so `_deferred_max`, the running maximum of the local
+    amaxes (the running amax itself until something else sets `_calib_amax`: `reset`, a twin's copy), answers them
+    for every collected tensor at once: six device operations a collect instead of thirteen. A running maximum that
+    cannot take the next amax (its shape or device changed after a reset) is folded into `_deferred_invalid` and
+    restarted. Integer tensors (|x| of the most negative value overflows) keep a per-call flag of the three checks."""
     from modelopt.torch.quantization import utils as quant_utils
 
     reduce_axis = quant_utils.convert_quantization_axis_to_reduce_axis(x, self._axis)
-    floating = x.is_floating_point() and x.dtype not in _FP8_DTYPES
-    local_amax = _abs_max(x, reduce_axis) if floating else quant_utils.reduce_amax(x, axis=reduce_axis).detach()
+    local_amax = quant_utils.reduce_amax(x, axis=reduce_axis).detach()
     if x.device.type == "meta":
         self._calib_amax = local_amax
         return
     state = self.__dict__
-    if floating:
-        running = state.get("_deferred_max")
-        tied = running is not None and running is self._calib_amax
-    else:
-        invalid = (torch.isnan(local_amax) | (local_amax < 0) | torch.isinf(local_amax)).any()
-        pending = state.get("_deferred_invalid")
-        self._deferred_invalid = invalid if pending is None else pending | invalid
+    floating = x.is_floating_point()
+    running = state.get("_deferred_max") if floating else None
+    tied = running is not None and running is self._calib_amax
+    if not floating:
+        _flag(self, (torch.isnan(local_amax) | (local_amax < 0) | torch.isinf(local_amax)).any())
+    elif running is not None and not tied and (running.shape != local_amax.shape or running.device != local_amax.device):
+        _flag(self, ~torch.isfinite(running).all())
+        running = None
     if self._calib_amax is None:
         self._calib_amax = local_amax
     else:
@@ -152,7 +154,7 @@ def _collect(self: Any, x: torch.Tensor) -> None:
         self._calib_amax = torch.max(self._calib_amax, local_amax)
     if floating:
         if running is None:
-            self._deferred_max = local_amax  # the running amax itself on a first collect: tied from here on
+            self._deferred_max = local_amax  # the running amax itself after a first collect: tied from here on
         elif tied:
             self._deferred_max = self._calib_amax
         else:
@@ -161,18 +163,9 @@ def _collect(self: Any, x: torch.Tensor) -> None:
         self._amaxs.append(local_amax.cpu().numpy())
 
 
-_FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
-                    if hasattr(torch, n))
-
-
-def _abs_max(x: torch.Tensor, reduce_axis: Any) -> torch.Tensor:
-    """`reduce_amax(x, axis=reduce_axis)` (keepdims, a one-element result squeezed), as |x|'s maximum."""
-    if reduce_axis is None:
-        return x.abs().amax()
-    out = x.abs().amax(dim=(reduce_axis,) if isinstance(reduce_axis, int) else reduce_axis, keepdim=True)
-    if out.numel() == 1:
-        out.squeeze_()
-    return out
+def _flag(calibrator: Any, invalid: torch.Tensor) -> None:
+    pending = calibrator.__dict__.get("_deferred_invalid")
+    calibrator._deferred_invalid = invalid if pending is None else pending | invalid
 
 
 def _compute_amax(self: Any) -> Any:
@@ -198,7 +191,10 @@ def _validate_attr(
     if attr_value is None or (isinstance(attr_value, torch.Tensor) and attr_value.is_meta):
         return True
     pending = getattr(_batch, "pending", None)
-    if pending is not None and isinstance(attr_value, torch.Tensor) and warn_error and not raise_error:
+    if (
+        pending is not None and isinstance(attr_value, torch.Tensor) and warn_error and not raise_error
+        and attr_value.dtype not in _FP8_DTYPES  # asked now: ModelOpt's comparison is not implemented for them
+    ):
         pending.append((self, attr_value, attr_name, name))  # mtq.calibrate's loop: asked when the call ends
         return True
     if isinstance(attr_value, torch.Tensor):
@@ -236,6 +232,10 @@ def _calibrate_validated_together(*args: Any, **kwargs: Any) -> Any:
         _batch.pending = None
     validate_together(pending)
     return model
+
+
+_FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+                    if hasattr(torch, n))  # torch.cat promotes none of them
 
 
 def validate_together(pending: list[tuple[Any, torch.Tensor, str, str]]) -> None:

@@ -62,7 +62,7 @@ def quantize(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         and not isinstance(x, _wrapped_types())
     ):
         return x
-    if x.is_cuda:
+    if x.is_cuda and fp8_path_known():
         amax = fp8_kernel_amax(quantizer, x)
         if amax is not None:
             ext = _fp8_extension()
@@ -89,7 +89,8 @@ def fp8_kernel_amax(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor | Non
         return None
     d = quantizer.__dict__
     if (
-        d.get("_disabled", True)
+        "forward" in d  # an instance-level forward (a hook library's wrapper): the call is theirs
+        or d.get("_disabled", True)
         or not d.get("_if_quant", False)
         or d.get("_if_calib", True)
         or not d.get("_fake_quant", False)
@@ -116,6 +117,23 @@ def fp8_kernel_amax(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor | Non
     if x.is_cuda and x.device.index != torch.cuda.current_device():
         return None  # ModelOpt would switch devices around the call (same_device_as)
     return amax
+
+
+# sha256 of the sources (nvidia-modelopt 0.47.0) of the path `fp8_kernel_amax` was written against: the
+# quantizer's forward, _fake_quantize and _get_amax, ScaledE4M3Function.forward, _quantize_impl, scaled_e4m3_impl
+KNOWN_FP8_PATH = "1640e05b88389f669752a1ca5d4aedbdeb9ce16998211d721c1fd500066108de"
+
+
+@functools.cache
+def fp8_path_known() -> bool:
+    """Whether ModelOpt's FP8 path is the one whose branches `fp8_kernel_amax` mirrors (another version: its own)."""
+    from modelopt.torch.quantization import tensor_quant
+
+    from .calibrator_syncs import source_hash
+
+    q = _tensor_quantizer()
+    return source_hash(q.forward, q._fake_quantize, q._get_amax, tensor_quant.ScaledE4M3Function.forward,
+                       tensor_quant._quantize_impl, tensor_quant.scaled_e4m3_impl) == KNOWN_FP8_PATH
 
 
 def _fp8_kernel(ext: Any, x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:

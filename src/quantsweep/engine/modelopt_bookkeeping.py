@@ -26,8 +26,8 @@ Three costs of ModelOpt 0.47 grow with modules x formats and do no arithmetic at
 
 It also defers the max calibrator's three host syncs per collected tensor to the moment its amax is read, and asks
 `mtq.calibrate`'s closing validations together (engine/calibrator_syncs.py); and leaves out two walks of
-`max_calibrate` that cannot change anything in a process without torch.distributed or without NVFP4 quantizers
-(engine/calibration_walks.py).
+`max_calibrate` where they cannot act: its distributed syncs without torch.distributed, its NVFP4 sibling check
+without NVFP4-static quantizers (engine/calibration_walks.py).
 
 `fast_modelopt_bookkeeping()` installs all of them around the shared engine's own ModelOpt work (a union call; a cell's solve
 and evaluation), never across the runner's yields: the naive engine stays plain ModelOpt, the reference it is

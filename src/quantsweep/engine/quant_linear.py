@@ -144,15 +144,14 @@ def _fp8_kernel(ext: Any, x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
 
 
 _PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
-_extension: list[Any] = []  # [ModelOpt's FP8 extension or None], looked up once
 
 
+@functools.cache
 def _fp8_extension() -> Any:
-    if not _extension:
-        from modelopt.torch.quantization import tensor_quant
+    """ModelOpt's FP8 extension, or None where it could not be built (looked up once)."""
+    from modelopt.torch.quantization import tensor_quant
 
-        _extension.append(tensor_quant.get_cuda_ext_fp8(raise_if_failed=False))
-    return _extension[0]
+    return tensor_quant.get_cuda_ext_fp8(raise_if_failed=False)
 
 
 @functools.cache

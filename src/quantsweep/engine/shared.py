@@ -401,8 +401,9 @@ def plan_cell(
 
 
 def apply_plan(union: UnionResult, plan: CellPlan) -> SearchResult:
-    """A cell's solve, second half (after `plan_cell`): switch the union model's groups to the plan's recipe, with the cell's own
-    calibration size for data-dependent formats, and describe the solve (its `search` phase: both halves)."""
+    """A cell's solve, second half (after `plan_cell`): switch the union model's groups to the plan's recipe, with
+    the cell's own calibration size for data-dependent formats, and describe the solve (its `search` phase: both
+    halves)."""
     from modelopt.torch.opt.utils import get_hparam
 
     t0 = time.perf_counter()

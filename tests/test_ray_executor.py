@@ -137,7 +137,9 @@ def test_ray_rows_equal_local_rows_with_calibrated_formats_and_artifacts_sent_to
     # over the two workers; each half is planned again by its worker, so the rows are still the local ones
     assert ex["artifacts"] == "driver" and ex["work_units"] == units and ex["units_split"] == split
     assert sum(w["cells"] for w in ex["workers"]) == 12
-    assert all(w["units"] > 0 for w in ex["workers"])  # both workers did work
+    # every unit ran once; which worker took it depends on when the second one finished starting (no canary here to
+    # give it time), so the split over workers is asserted where the canary runs first (the test above)
+    assert sum(w["units"] for w in ex["workers"]) == units
 
 
 class KillFirstWorkerOnAssignment(Reporter):

@@ -311,3 +311,63 @@ def test_fp8_quantizers_called_through_the_kernel_directly_give_modelopts_bits(m
                 got = model(x)
         assert torch.equal(got, want)
     assert {1, 384} <= set(calls)  # per-tensor and per-channel amax both went to the kernel directly
+
+
+@pytest.mark.gpu
+def test_axis_fake_quant_kernel_gives_modelopts_bits():
+    """engine/axis_fake_quant.py: the Triton kernel returns what ModelOpt's `fake_tensor_quant_with_axis` CUDA
+    kernel returns, bit for bit: per row, per column, a middle axis, blocks of 128 and 64, INT4 and INT8, narrow and
+    full range, bf16 / fp16 / fp32, with exact ties (x * scale = k + 1/2), values far beyond amax (clamped), a zero
+    and a sub-2^-24 amax; and ModelOpt's own quantizers (INT8 per channel, INT4 blocks), called inside
+    `fast_axis_fake_quant()`, reach it and give what they give outside."""
+    import warnings
+
+    import torch
+
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.quantization.extensions import get_cuda_ext
+    from quantsweep.engine import axis_fake_quant as afq
+
+    ext = get_cuda_ext(raise_if_failed=True)
+    assert afq.sources_hash() == afq.KNOWN_SOURCES  # the ModelOpt this was written against is the one here
+    g = torch.Generator().manual_seed(0)
+    cases = 0
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for shape, axis in (((512, 640), 0), ((96, 4096), 0), ((640, 512), 1), ((6, 50, 33), 1), ((3001, 128), 0),
+                            ((4099, 64), 0)):
+            for num_bits, narrow in ((4, True), (8, True), (8, False)):
+                x = torch.randn(shape, generator=g) * 2
+                amax = torch.rand(shape[axis], generator=g) * 3 + 0.05
+                amax[0], amax[1], amax[2] = 0.0, 1e-9, 0.5  # zero, below 2^-24, most values clamped
+                bound = float(2 ** (num_bits - 1) - 1)
+                idx = [slice(None)] * len(shape)
+                idx[axis] = 3
+                steps = torch.randint(-2 * int(bound), 2 * int(bound), x[tuple(idx)].shape, generator=g)
+                x[tuple(idx)] = (steps + 0.5) * (amax[3] / bound)  # ties at x * scale = k + 1/2 (up to rounding)
+                x, amax = x.to("cuda", dtype), amax.to("cuda")
+                want = ext.fake_tensor_quant_with_axis(x, amax, axis, num_bits, False, narrow)
+                assert afq.eligible(x, amax.view([-1 if d == axis else 1 for d in range(len(shape))]), num_bits,
+                                    False) == axis
+                got = afq.fake_quant_axis(x, amax, axis, num_bits, narrow)
+                bits = {torch.float32: torch.int32}.get(dtype, torch.int16)
+                assert torch.equal(got.view(bits), want.view(bits)), (dtype, shape, axis, num_bits, narrow)
+                cases += 1
+    assert cases == 54
+    per_channel = {"quant_cfg": [{"quantizer_name": "*", "enable": False},
+                                 {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}}],
+                   "algorithm": "max"}
+    for cfg in (per_channel, mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(1024, 768)).to("cuda", torch.bfloat16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mtq.quantize(model, cfg, lambda m: m(torch.randn(4, 1024).to("cuda", torch.bfloat16)))
+        q, w = model[0].weight_quantizer, model[0].weight
+        with torch.no_grad():
+            want = q(w)
+            before = afq.calls
+            with afq.fast_axis_fake_quant() as on:
+                got = q(w)
+        assert on and afq.calls == before + 1, cfg
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), cfg
+        assert not torch.equal(got, w)  # it did quantize

@@ -27,7 +27,8 @@ Three costs of ModelOpt 0.47 grow with modules x formats and do no arithmetic at
 It also defers the max calibrator's three host syncs per collected tensor to the moment its amax is read, and asks
 `mtq.calibrate`'s closing validations together (engine/calibrator_syncs.py); and leaves out two walks of
 `max_calibrate` where they cannot act: its distributed syncs without torch.distributed, its NVFP4 sibling check
-without NVFP4-static quantizers (engine/calibration_walks.py).
+without NVFP4-static quantizers (engine/calibration_walks.py). And on a GPU it hands ModelOpt's per-channel and
+per-block integer fake quantization to a faster kernel of the same bits (engine/axis_fake_quant.py).
 
 `fast_modelopt_bookkeeping()` installs all of them around the shared engine's own ModelOpt work (a union call; a cell's solve
 and evaluation), never across the runner's yields: the naive engine stays plain ModelOpt, the reference it is
@@ -49,6 +50,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
+from .axis_fake_quant import fast_axis_fake_quant
 from .calibration_walks import short_calibration_walks
 from .calibrator_syncs import deferred_max_checks
 
@@ -83,8 +85,8 @@ def fast_modelopt_bookkeeping() -> Iterator[QuantizerTemplates]:
             algorithms._match_quantizer_cfg = _MemoisedMatch(algorithms._match_quantizer_cfg)
         templates = _saved["templates"]
     try:
-        # engine/calibrator_syncs.py, engine/calibration_walks.py
-        with deferred_max_checks(), short_calibration_walks():
+        # engine/calibrator_syncs.py, engine/calibration_walks.py, engine/axis_fake_quant.py
+        with deferred_max_checks(), short_calibration_walks(), fast_axis_fake_quant():
             yield templates
     finally:
         with _lock:

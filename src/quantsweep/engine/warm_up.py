@@ -4,7 +4,8 @@ The first fake-quant call of a process, for each kind of quantizer, builds or lo
 compiles kernels (seconds to a minute on a fresh GPU machine). Left alone, that lands in the first cell's (or the
 first union call's) timings, and with the Ray executor in every worker's first unit. Quantizing a 256 x 256 layer
 once per format of the sweep, on the model's device and dtype, pays it up front, with the compilation of the
-shared engine's fused score kernel (engine/score_kernel.py); `setup.warm_up_s` reports it.
+shared engine's fused score kernel (engine/score_kernel.py) and per-axis fake quantization kernel
+(engine/axis_fake_quant.py); `setup.warm_up_s` reports it.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def warm_up_formats(configs: list[dict[str, Any]], device: torch.device, dtype: 
         except Exception:  # noqa: BLE001 - a warm-up never decides a cell's fate
             continue
     if device.type == "cuda":
-        from . import score_kernel
+        from . import axis_fake_quant, score_kernel
 
         score_kernel.warm(device, dtype)  # the shared engine's fused score kernel (compiled once per process)
+        axis_fake_quant.warm(device, dtype)  # and its per-axis fake quantization kernel
         torch.cuda.synchronize(device)
     return done

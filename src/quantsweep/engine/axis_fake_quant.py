@@ -1,0 +1,221 @@
+"""ModelOpt's per-channel / per-block integer fake quantization, the same bits from a faster kernel (Triton).
+
+Every INT weight format with more than one amax (INT8 per channel, INT4 in blocks of 128 or 64) reaches ModelOpt
+0.47's CUDA kernel `fake_tensor_quant_with_axis_cuda_kernel` (`tensor_quant.fake_quant_impl`). Each thread of that
+kernel handles four consecutive elements one after another (a strided access pattern), and each element does a
+32-bit integer division and modulo to find its amax. On an H200 it moves ~0.8 TB/s of the ~4.8 TB/s the memory
+can: the weight quantization of one format over a Llama-3-8B shape takes ~37 ms. The shared engine quantizes every
+weight once per (format, score batch) in its score replays and once per evaluation batch, so on the 8B matrix that
+kernel was ~0.6 s of a 2.1 s GPU-bound score phase and a third of the evaluations' GPU time (benchmarks/diag/
+gpu_busy.py; `gpu-busy` in benchmarks/results/speed-h200.json).
+
+`fake_quant_axis` computes, per element, exactly what that kernel computes, in the same float32 operations in the
+same order, over coalesced blocks:
+
+    amax = float(amax[(i / outer_size) % axis_size])
+    out  = 0                                   if amax < 2**-24 (the kernel's EPSILON)
+    out  = T(rint(x * s) clamped to [min_bound, max_bound] / s)   with s = max_bound / amax
+
+with IEEE round-to-nearest division (`div_rn`; the extension is built without fast math), `rint` (round half to
+even), and the conversion to the tensor's dtype rounding to nearest even, as `c10::BFloat16(float)` and
+`__float2half` do. No intermediate can be subnormal where it matters (amax >= 2**-24 bounds the scale, and a
+subnormal input rounds to a signed zero either way), so flush-to-zero settings cannot change a bit.
+tests/test_gpu_cuda.py compares the two kernels bit for bit on a GPU (rows, blocks, every axis, ties, zero and
+tiny amax, clamping, bf16/fp16/fp32); tests/test_axis_fake_quant.py checks the arithmetic in Triton's interpreter.
+
+It replaces ModelOpt's kernel only where that kernel is well defined and this one is compiled: a contiguous CUDA
+input of a float dtype with fewer than 2**31 elements (the kernel's indices are 32-bit ints), on the current device,
+16-byte aligned, a signed format (the unsigned kernel asserts on negative inputs), an amax with one entry per
+index of the axis; and only for the ModelOpt source it was written against (`KNOWN_SOURCES`: the Python wrapper
+and the .cu file). Anything else, and every CPU tensor, goes to ModelOpt. `fast_axis_fake_quant()` installs it for
+the shared engine's own ModelOpt work (engine/modelopt_bookkeeping.py); the naive engine keeps ModelOpt's kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BLOCK = 2048  # elements per program
+EPSILON = 2.0**-24  # the CUDA kernel's `EPSILON (1. / (1 << 24))`
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_WARMED: set[tuple[int, torch.dtype]] = set()  # (device index, dtype) the kernel was compiled and run for
+_FAILED: dict[tuple[int, torch.dtype], str] = {}
+calls = 0  # fake quantizations this module computed (the tests read it)
+
+# sha256 of nvidia-modelopt 0.47.0's `tensor_quant.fake_quant_impl` source + the text of tensor_quant_gpu.cu
+KNOWN_SOURCES = "b87bce51de7dca2321c3be8abab15de017da828f170ca3a6a92a28907146b111"
+
+_lock = threading.Lock()
+_depth = 0
+_saved: dict[str, Any] = {}
+
+
+@functools.cache
+def _kernel() -> Any:
+    """The Triton kernel, or None where Triton cannot be imported."""
+    try:
+        import triton
+        import triton.language as tl
+    except Exception:  # noqa: BLE001 - no Triton: ModelOpt's kernel
+        return None
+
+    @triton.jit(do_not_specialize=["n", "outer", "axis_size"])
+    def fake_quant_axis(x_ptr, amax_ptr, out_ptr, n, outer, axis_size, max_bound, min_bound,
+                        BLOCK: tl.constexpr, WHOLE_AXIS: tl.constexpr, INTERPRETED: tl.constexpr):  # noqa: N803
+        pid = tl.program_id(0)
+        offs = pid * BLOCK + tl.arange(0, BLOCK)  # int32, as the CUDA kernel's `int idx` (n < 2**31)
+        mask = offs < n
+        axis_idx = offs // outer
+        if not WHOLE_AXIS:  # the axis is not the outermost dimension
+            axis_idx = axis_idx % axis_size
+        amax = tl.load(amax_ptr + axis_idx, mask=mask, other=1.0)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        scale = tl.math.div_rn(tl.zeros(amax.shape, tl.float32) + max_bound, amax)
+        v = x * scale
+        if INTERPRETED:  # Triton's CPU interpreter (the tests) has no libdevice: rint from exact operations
+            t = tl.math.floor(v)
+            d = v - t
+            odd = (t - 2.0 * tl.math.floor(t * 0.5)) != 0.0
+            q = tl.where((d > 0.5) | ((d == 0.5) & odd), t + 1.0, t)
+        else:
+            q = tl.extra.cuda.libdevice.rint(v)  # cvt.rni.f32.f32, what CUDA's rint compiles to
+        q = tl.where(q > max_bound, max_bound, q)
+        q = tl.where(q < min_bound, min_bound, q)
+        out = tl.math.div_rn(q, scale)
+        out = tl.where(amax < 5.960464477539063e-08, 0.0, out)  # EPSILON
+        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
+
+    return fake_quant_axis
+
+
+def bounds(num_bits: int, narrow_range: bool) -> tuple[float, float]:
+    """The CUDA kernel's (max_bound, min_bound) for a signed format."""
+    bound = float((1 << (num_bits - 1)) - 1)
+    return bound, -(bound + (0.0 if narrow_range else 1.0))
+
+
+def fake_quant_axis(inputs: torch.Tensor, amax: torch.Tensor, axis: int, num_bits: int,
+                    narrow_range: bool) -> torch.Tensor:
+    """`cuda_ext.fake_tensor_quant_with_axis(inputs, amax, axis, num_bits, False, narrow_range)`'s result. The
+    caller checks `eligible` first. Works on CPU tensors too under TRITON_INTERPRET=1 (the tests)."""
+    global calls
+    n = inputs.numel()
+    out = torch.empty_like(inputs)
+    if n == 0:
+        return out
+    outer, axis_size = inputs.stride(axis), inputs.size(axis)
+    max_bound, min_bound = bounds(num_bits, narrow_range)
+    amax32 = amax.to(torch.float32).contiguous()  # as the extension's `amax.to(at::ScalarType::Float)`
+    with torch.cuda.device(inputs.device) if inputs.is_cuda else contextlib.nullcontext():
+        _kernel()[(-(-n // BLOCK),)](inputs, amax32, out, n, outer, axis_size, max_bound, min_bound,
+                                    BLOCK=BLOCK, WHOLE_AXIS=outer * axis_size == n,
+                                    INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1")
+    calls += 1
+    return out
+
+
+def eligible(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any, unsigned: bool) -> int | None:
+    """The axis `fake_quant_impl` would pass to ModelOpt's per-axis kernel, when this module computes that call
+    (see the module doc); None: ModelOpt's kernel."""
+    if (
+        type(inputs) not in (torch.Tensor, torch.nn.Parameter)
+        or not inputs.is_cuda
+        or inputs.dtype not in _DTYPES
+        or unsigned
+        or type(num_bits) is not int
+        or not 2 <= num_bits <= 24
+        or amax.numel() <= 1
+        or amax.device != inputs.device
+        or not inputs.is_contiguous()
+        or inputs.numel() > 2**31 - 2 * BLOCK  # int32 indices, in both kernels (with the last block's overshoot)
+        or inputs.data_ptr() % 16
+        or inputs.device.index != torch.cuda.current_device()
+    ):
+        return None
+    axis = amax.shape.index(amax.numel())
+    if inputs.dim() <= axis or inputs.size(axis) != amax.numel():
+        return None
+    if (inputs.device.index, inputs.dtype) not in _WARMED:
+        if torch.cuda.is_current_stream_capturing() or not warm(inputs.device, inputs.dtype):
+            return None  # never compiled inside a CUDA graph capture
+    return axis
+
+
+def warm(device: torch.device, dtype: torch.dtype) -> bool:
+    """Compile, load and run the kernel for `dtype` on `device` (once per process); False where that failed."""
+    key = (device.index if device.index is not None else torch.cuda.current_device(), dtype)
+    if key in _WARMED:
+        return True
+    if key in _FAILED or _kernel() is None:
+        return False
+    try:
+        x = torch.zeros(4, BLOCK, dtype=dtype, device=device)
+        fake_quant_axis(x, torch.ones(4, device=device), 0, 8, True)
+        _WARMED.add(key)
+        return True
+    except Exception as exc:  # noqa: BLE001 - ModelOpt's kernel is always there
+        _FAILED[key] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return False
+
+
+def _fake_quant_impl(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any = 8, unsigned: bool = False,
+                     narrow_range: bool = True) -> torch.Tensor:
+    """ModelOpt's `fake_quant_impl`, its per-axis kernel replaced where `eligible`."""
+    if amax.numel() > 1:
+        axis = eligible(inputs, amax, num_bits, unsigned)
+        if axis is not None:
+            return fake_quant_axis(inputs, amax.squeeze(), axis, num_bits, narrow_range)
+    return _saved["fake_quant_impl"](inputs, amax, num_bits, unsigned, narrow_range)
+
+
+def sources_hash() -> str | None:
+    """The hash `KNOWN_SOURCES` is compared with (None where a source cannot be read)."""
+    from modelopt.torch.quantization import tensor_quant
+
+    from .calibrator_syncs import source_hash
+
+    python = source_hash(tensor_quant.fake_quant_impl)
+    cu = Path(tensor_quant.__file__).parent.parent / "kernels" / "quantization" / "gemm" / "tensor_quant_gpu.cu"
+    try:
+        text = cu.read_bytes()
+    except OSError:
+        return None
+    return None if python is None else hashlib.sha256(python.encode() + text).hexdigest()
+
+
+@functools.cache
+def _known() -> bool:
+    return sources_hash() == KNOWN_SOURCES and _kernel() is not None
+
+
+@contextlib.contextmanager
+def fast_axis_fake_quant() -> Iterator[bool]:
+    """Install the replacement (re-entrant; module-level, so every thread sees it while installed); yields whether
+    it is installed (False: another ModelOpt, or no Triton)."""
+    global _depth
+    from modelopt.torch.quantization import tensor_quant
+
+    with _lock:
+        if _depth == 0:
+            _saved["on"] = _known() and torch.cuda.is_available()
+            if _saved["on"]:
+                _saved["fake_quant_impl"] = tensor_quant.fake_quant_impl
+                tensor_quant.fake_quant_impl = _fake_quant_impl
+        _depth += 1
+        on = _saved["on"]
+    try:
+        yield on
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _saved.pop("on"):
+                tensor_quant.fake_quant_impl = _saved.pop("fake_quant_impl")

@@ -19,7 +19,7 @@ pytest.importorskip("triton")
 SCRIPT = textwrap.dedent(
     """
     import json, torch
-    from quantsweep.engine.axis_fake_quant import BLOCK, bounds, fake_quant_axis
+    from quantsweep.engine.axis_fake_quant import TILE, bounds, fake_quant_axis
 
     def cuda_kernel(x, amax, axis, num_bits, narrow):
         # tensor_quant_gpu.cu's fake_tensor_quant_device, element by element, in float32 torch operations
@@ -36,12 +36,15 @@ SCRIPT = textwrap.dedent(
     g = torch.Generator().manual_seed(0)
     for dt in (torch.float32, torch.float16):
         for shape, axis, bits, narrow in (((7, 300), 0, 4, True), ((300, 7), 1, 8, False), ((3, 11, 5), 1, 8, True),
-                                          ((2 * BLOCK // 128 + 3, 128), 0, 4, True)):
+                                          ((2 * TILE // 128 + 3, 128), 0, 4, True), ((5, 1500), 0, 8, True)):
             x = (torch.randn(shape, generator=g) * 3).to(dt)
             amax = torch.rand(shape[axis], generator=g) * 4 + 0.01
             amax[0], amax[1], amax[2] = 0.0, 1e-9, 0.5  # zero, below 2^-24, most values clamped
-            got, want = fake_quant_axis(x, amax, axis, bits, narrow), cuda_kernel(x, amax, axis, bits, narrow)
-            out[f"{dt}{shape}{axis}"] = [bool(torch.equal(got, want)), int((got != x).sum())]
+            want = cuda_kernel(x, amax, axis, bits, narrow)
+            for shortcut in (True, False):
+                got = fake_quant_axis(x, amax, axis, bits, narrow, zero_shortcut=shortcut)
+                out[f"{dt}{shape}{axis}{shortcut}"] = [bool(torch.equal(got, want)), int((got != x).sum()),
+                                                       int((got == 0).sum())]
     # ties go to even; beyond amax clamps to +-bound (INT4 narrow: 7 steps of 1.0 for amax 7)
     x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -2.5, 6.5, 100.0, -100.0, 3.4999998]])
     out["ties"] = fake_quant_axis(x, torch.tensor([7.0]), 0, 4, True).tolist()[0]
@@ -57,10 +60,10 @@ def test_axis_kernel_computes_modelopts_cuda_arithmetic_in_the_interpreter():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     ties = out.pop("ties")
     assert ties == [0.0, 2.0, 2.0, -0.0, -2.0, 6.0, 7.0, -7.0, 3.0]
-    assert len(out) == 8
-    for case, (equal, changed) in out.items():
+    assert len(out) == 20
+    for case, (equal, changed, zeros) in out.items():
         assert equal, case
-        assert changed > 0, case  # the reference is not the identity
+        assert changed > 0 and zeros > 0, case  # the reference is not the identity; zeros took the shortcut
 
 
 def test_the_replacement_is_guarded_by_the_modelopt_it_was_written_against():

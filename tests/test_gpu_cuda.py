@@ -348,9 +348,11 @@ def test_axis_fake_quant_kernel_gives_modelopts_bits():
                 want = ext.fake_tensor_quant_with_axis(x, amax, axis, num_bits, False, narrow)
                 assert afq.eligible(x, amax.view([-1 if d == axis else 1 for d in range(len(shape))]), num_bits,
                                     False) == axis
-                got = afq.fake_quant_axis(x, amax, axis, num_bits, narrow)
                 bits = {torch.float32: torch.int32}.get(dtype, torch.int16)
-                assert torch.equal(got.view(bits), want.view(bits)), (dtype, shape, axis, num_bits, narrow)
+                for shortcut in (True, False):
+                    got = afq.fake_quant_axis(x, amax, axis, num_bits, narrow, zero_shortcut=shortcut)
+                    assert torch.equal(got.view(bits), want.view(bits)), (dtype, shape, axis, num_bits, narrow,
+                                                                           shortcut)
                 cases += 1
     assert cases == 54
     per_channel = {"quant_cfg": [{"quantizer_name": "*", "enable": False},

@@ -46,7 +46,7 @@ def main() -> None:
     from quantsweep.engine import axis_fake_quant as afq
 
     ext = get_cuda_ext(raise_if_failed=True)
-    afq.warm(torch.device("cuda"), torch.bfloat16)
+    assert afq.warm(torch.device("cuda"), torch.bfloat16)
     rows = []
     for name, out_f, in_f in SHAPES:
         w = torch.randn(out_f, in_f, device="cuda", dtype=torch.bfloat16)
@@ -57,14 +57,17 @@ def main() -> None:
             bits = 8 if fmt.startswith("int8") else 4
             modelopt_ms = _time(lambda: ext.fake_tensor_quant_with_axis(x, amax, 0, bits, False, True), args.calls)
             ours_ms = _time(lambda: afq.fake_quant_axis(x, amax, 0, bits, True), args.calls)
-            same = torch.equal(afq.fake_quant_axis(x, amax, 0, bits, True).view(torch.int16),
-                               ext.fake_tensor_quant_with_axis(x, amax, 0, bits, False, True).view(torch.int16))
+            plain_ms = _time(lambda: afq.fake_quant_axis(x, amax, 0, bits, True, zero_shortcut=False), args.calls)
+            want = ext.fake_tensor_quant_with_axis(x, amax, 0, bits, False, True).view(torch.int16)
+            same = all(torch.equal(afq.fake_quant_axis(x, amax, 0, bits, True, zero_shortcut=z).view(torch.int16),
+                                   want) for z in (True, False))
             gbytes = 2 * x.numel() * x.element_size() / 1e9
             rows.append({"linear": name, "format": fmt, "elements": x.numel(), "modelopt_ms": round(modelopt_ms, 4),
-                         "triton_ms": round(ours_ms, 4), "speedup": round(modelopt_ms / ours_ms, 2),
+                         "triton_ms": round(ours_ms, 4),
+                         "triton_no_zero_shortcut_ms": round(plain_ms, 4), "speedup": round(modelopt_ms / ours_ms, 2),
                          "modelopt_tb_s": round(gbytes / modelopt_ms, 3), "triton_tb_s": round(gbytes / ours_ms, 3),
                          "bit_identical": same})
-            print(f"{name:10s} {fmt:17s} ModelOpt {modelopt_ms:7.3f} ms  Triton {ours_ms:7.3f} ms  "
+            print(f"{name:10s} {fmt:17s} ModelOpt {modelopt_ms:7.3f} ms  Triton {ours_ms:7.3f} ms (no zero shortcut {plain_ms:7.3f})  "
                   f"x{modelopt_ms / ours_ms:5.2f}  identical {same}", flush=True)
     result = {"device": torch.cuda.get_device_name(0), "dtype": "bfloat16", "rows": rows}
     if args.out:

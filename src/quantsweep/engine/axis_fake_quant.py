@@ -44,11 +44,12 @@ from typing import Any
 
 import torch
 
-BLOCK = 2048  # elements per program
+TILE = 4096  # elements per program
+ZERO_SHORTCUT = True
 EPSILON = 2.0**-24  # the CUDA kernel's `EPSILON (1. / (1 << 24))`
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_WARMED: set[tuple[int, torch.dtype]] = set()  # (device index, dtype) the kernel was compiled and run for
-_FAILED: dict[tuple[int, torch.dtype], str] = {}
+_WARMED: set[tuple[int, torch.dtype, int]] = set()  # (device index, dtype, tile width) compiled and run
+_FAILED: dict[tuple[int, torch.dtype, int], str] = {}
 calls = 0  # fake quantizations this module computed (the tests read it)
 
 # sha256 of nvidia-modelopt 0.47.0's `tensor_quant.fake_quant_impl` source + the text of tensor_quant_gpu.cu
@@ -61,26 +62,32 @@ _saved: dict[str, Any] = {}
 
 @functools.cache
 def _kernel() -> Any:
-    """The Triton kernel, or None where Triton cannot be imported."""
+    """The Triton kernel, or None where Triton cannot be imported.
+
+    The input is viewed as (P, R, C): R the quantized axis (one amax per index), C the elements after it (its
+    stride), P the elements before it (1 when the axis is the outermost, as for every weight). A program takes a
+    tile of BR rows x BC columns of one P slice: each row's scale is computed once, and no element divides its
+    index by anything (the CUDA kernel does `(i / outer_size) % axis_size` per element)."""
     try:
         import triton
         import triton.language as tl
     except Exception:  # noqa: BLE001 - no Triton: ModelOpt's kernel
         return None
 
-    @triton.jit(do_not_specialize=["n", "outer", "axis_size"])
-    def fake_quant_axis(x_ptr, amax_ptr, out_ptr, n, outer, axis_size, max_bound, min_bound,
-                        BLOCK: tl.constexpr, WHOLE_AXIS: tl.constexpr, INTERPRETED: tl.constexpr):  # noqa: N803
-        pid = tl.program_id(0)
-        offs = pid * BLOCK + tl.arange(0, BLOCK)  # int32, as the CUDA kernel's `int idx` (n < 2**31)
-        mask = offs < n
-        axis_idx = offs // outer
-        if not WHOLE_AXIS:  # the axis is not the outermost dimension
-            axis_idx = axis_idx % axis_size
-        amax = tl.load(amax_ptr + axis_idx, mask=mask, other=1.0)
+    @triton.jit(do_not_specialize=["R", "C", "col_tiles"])
+    def fake_quant_rows(x_ptr, amax_ptr, out_ptr, R, C, col_tiles, max_bound, min_bound,  # noqa: N803
+                        BR: tl.constexpr, BC: tl.constexpr, ZERO_SHORTCUT: tl.constexpr,  # noqa: N803
+                        INTERPRETED: tl.constexpr):  # noqa: N803
+        rows = tl.program_id(0) * BR + tl.arange(0, BR)
+        p = tl.program_id(1) // col_tiles
+        cols = (tl.program_id(1) % col_tiles) * BC + tl.arange(0, BC)
+        row_ok = rows < R
+        amax = tl.load(amax_ptr + rows, mask=row_ok, other=1.0)
+        scale = tl.math.div_rn(tl.zeros([BR], tl.float32) + max_bound, amax)  # IEEE division, once per row
+        offs = p * R * C + rows[:, None] * C + cols[None, :]  # int32, as the CUDA kernel's `int idx` (n < 2**31)
+        mask = row_ok[:, None] & (cols[None, :] < C)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        scale = tl.math.div_rn(tl.zeros(amax.shape, tl.float32) + max_bound, amax)
-        v = x * scale
+        v = x * scale[:, None]
         if INTERPRETED:  # Triton's CPU interpreter (the tests) has no libdevice: rint from exact operations
             t = tl.math.floor(v)
             d = v - t
@@ -90,11 +97,20 @@ def _kernel() -> Any:
             q = tl.extra.cuda.libdevice.rint(v)  # cvt.rni.f32.f32, what CUDA's rint compiles to
         q = tl.where(q > max_bound, max_bound, q)
         q = tl.where(q < min_bound, min_bound, q)
-        out = tl.math.div_rn(q, scale)
-        out = tl.where(amax < 5.960464477539063e-08, 0.0, out)  # EPSILON
+        if ZERO_SHORTCUT:  # +-0 / scale is +-0 for a positive scale: no division of a zero
+            out = tl.where(q == 0.0, q, tl.math.div_rn(tl.where(q == 0.0, 1.0, q), scale[:, None]))
+        else:
+            out = tl.math.div_rn(q, scale[:, None])
+        out = tl.where(amax[:, None] < 5.960464477539063e-08, 0.0, out)  # the CUDA kernel's EPSILON, 2**-24
         tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
 
-    return fake_quant_axis
+    return fake_quant_rows
+
+
+def tile(columns: int) -> tuple[int, int]:
+    """(BR, BC): BC the power of two >= the columns (16 to 1024), BR rows to make a tile of TILE elements."""
+    bc = min(1024, max(16, 1 << max(0, columns - 1).bit_length()))
+    return max(1, TILE // bc), bc
 
 
 def bounds(num_bits: int, narrow_range: bool) -> tuple[float, float]:
@@ -103,8 +119,8 @@ def bounds(num_bits: int, narrow_range: bool) -> tuple[float, float]:
     return bound, -(bound + (0.0 if narrow_range else 1.0))
 
 
-def fake_quant_axis(inputs: torch.Tensor, amax: torch.Tensor, axis: int, num_bits: int,
-                    narrow_range: bool) -> torch.Tensor:
+def fake_quant_axis(inputs: torch.Tensor, amax: torch.Tensor, axis: int, num_bits: int, narrow_range: bool,
+                    zero_shortcut: bool | None = None) -> torch.Tensor:
     """`cuda_ext.fake_tensor_quant_with_axis(inputs, amax, axis, num_bits, False, narrow_range)`'s result. The
     caller checks `eligible` first. Works on CPU tensors too under TRITON_INTERPRET=1 (the tests)."""
     global calls
@@ -112,13 +128,17 @@ def fake_quant_axis(inputs: torch.Tensor, amax: torch.Tensor, axis: int, num_bit
     out = torch.empty_like(inputs)
     if n == 0:
         return out
-    outer, axis_size = inputs.stride(axis), inputs.size(axis)
+    r, c = inputs.size(axis), inputs.stride(axis)
+    br, bc = tile(c)
+    col_tiles = -(-c // bc)
     max_bound, min_bound = bounds(num_bits, narrow_range)
     amax32 = amax.to(torch.float32).contiguous()  # as the extension's `amax.to(at::ScalarType::Float)`
     with torch.cuda.device(inputs.device) if inputs.is_cuda else contextlib.nullcontext():
-        _kernel()[(-(-n // BLOCK),)](inputs, amax32, out, n, outer, axis_size, max_bound, min_bound,
-                                    BLOCK=BLOCK, WHOLE_AXIS=outer * axis_size == n,
-                                    INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1")
+        _kernel()[(-(-r // br), n // (r * c) * col_tiles)](
+            inputs, amax32, out, r, c, col_tiles, max_bound, min_bound, BR=br, BC=bc,
+            ZERO_SHORTCUT=ZERO_SHORTCUT if zero_shortcut is None else zero_shortcut,
+            INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1",
+        )
     calls += 1
     return out
 
@@ -136,7 +156,7 @@ def eligible(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any, unsigned: 
         or amax.numel() <= 1
         or amax.device != inputs.device
         or not inputs.is_contiguous()
-        or inputs.numel() > 2**31 - 2 * BLOCK  # int32 indices, in both kernels (with the last block's overshoot)
+        or inputs.numel() > 2**31 - 2 * TILE  # int32 indices, in both kernels (with the last tile's overshoot)
         or inputs.data_ptr() % 16
         or inputs.device.index != torch.cuda.current_device()
     ):
@@ -144,27 +164,40 @@ def eligible(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any, unsigned: 
     axis = amax.shape.index(amax.numel())
     if inputs.dim() <= axis or inputs.size(axis) != amax.numel():
         return None
-    if (inputs.device.index, inputs.dtype) not in _WARMED:
-        if torch.cuda.is_current_stream_capturing() or not warm(inputs.device, inputs.dtype):
-            return None  # never compiled inside a CUDA graph capture
+    columns = inputs.stride(axis)
+    if inputs.numel() // (amax.numel() * columns) * -(-columns // tile(columns)[1]) > 65535:
+        return None  # more (P slice x column tile) programs than a grid's second dimension takes
+    if not warm(inputs.device, inputs.dtype, tile(columns)[1]):
+        return None
     return axis
 
 
-def warm(device: torch.device, dtype: torch.dtype) -> bool:
-    """Compile, load and run the kernel for `dtype` on `device` (once per process); False where that failed."""
-    key = (device.index if device.index is not None else torch.cuda.current_device(), dtype)
-    if key in _WARMED:
-        return True
-    if key in _FAILED or _kernel() is None:
+WARM_COLUMNS = (64, 128, 1024)  # INT4 blocks of 64 and 128, rows of 1024 and more: compiled in the set-up
+
+
+def warm(device: torch.device, dtype: torch.dtype, columns: int | None = None) -> bool:
+    """Compile, load and run the kernel's variant for `columns` (a tile width; None: every WARM_COLUMNS) and
+    `dtype` on `device`, once per process; False where that failed, or where it is not compiled yet and the
+    current stream is capturing a CUDA graph (nothing is compiled inside a capture)."""
+    if _kernel() is None:
         return False
-    try:
-        x = torch.zeros(4, BLOCK, dtype=dtype, device=device)
-        fake_quant_axis(x, torch.ones(4, device=device), 0, 8, True)
-        _WARMED.add(key)
-        return True
-    except Exception as exc:  # noqa: BLE001 - ModelOpt's kernel is always there
-        _FAILED[key] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    ok = True
+    for c in WARM_COLUMNS if columns is None else (columns,):
+        key = (index, dtype, tile(c)[1])
+        if key in _WARMED:
+            continue
+        if key in _FAILED or torch.cuda.is_current_stream_capturing():
+            ok = False
+            continue
+        try:
+            x = torch.zeros(4, tile(c)[1], dtype=dtype, device=device)
+            fake_quant_axis(x, torch.ones(4, device=device), 0, 8, True)
+            _WARMED.add(key)
+        except Exception as exc:  # noqa: BLE001 - ModelOpt's kernel is always there
+            _FAILED[key] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            ok = False
+    return ok
 
 
 def _fake_quant_impl(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any = 8, unsigned: bool = False,

@@ -58,16 +58,18 @@ def main() -> None:
             modelopt_ms = _time(lambda: ext.fake_tensor_quant_with_axis(x, amax, 0, bits, False, True), args.calls)
             ours_ms = _time(lambda: afq.fake_quant_axis(x, amax, 0, bits, True), args.calls)
             plain_ms = _time(lambda: afq.fake_quant_axis(x, amax, 0, bits, True, zero_shortcut=False), args.calls)
+            warps8_ms = _time(lambda: afq.fake_quant_axis(x, amax, 0, bits, True, num_warps=8), args.calls)
             want = ext.fake_tensor_quant_with_axis(x, amax, 0, bits, False, True).view(torch.int16)
             same = all(torch.equal(afq.fake_quant_axis(x, amax, 0, bits, True, zero_shortcut=z).view(torch.int16),
                                    want) for z in (True, False))
             gbytes = 2 * x.numel() * x.element_size() / 1e9
             rows.append({"linear": name, "format": fmt, "elements": x.numel(), "modelopt_ms": round(modelopt_ms, 4),
                          "triton_ms": round(ours_ms, 4),
-                         "triton_no_zero_shortcut_ms": round(plain_ms, 4), "speedup": round(modelopt_ms / ours_ms, 2),
+                         "triton_no_zero_shortcut_ms": round(plain_ms, 4), "triton_8_warps_ms": round(warps8_ms, 4),
+                         "speedup": round(modelopt_ms / ours_ms, 2),
                          "modelopt_tb_s": round(gbytes / modelopt_ms, 3), "triton_tb_s": round(gbytes / ours_ms, 3),
                          "bit_identical": same})
-            print(f"{name:10s} {fmt:17s} ModelOpt {modelopt_ms:7.3f} ms  Triton {ours_ms:7.3f} ms (no zero shortcut {plain_ms:7.3f})  "
+            print(f"{name:10s} {fmt:17s} ModelOpt {modelopt_ms:7.3f} ms  Triton {ours_ms:7.3f} ms (no zero shortcut {plain_ms:7.3f}, 8 warps {warps8_ms:7.3f})  "
                   f"x{modelopt_ms / ours_ms:5.2f}  identical {same}", flush=True)
     result = {"device": torch.cuda.get_device_name(0), "dtype": "bfloat16", "rows": rows}
     if args.out:

@@ -48,8 +48,8 @@ TILE = 4096  # elements per program
 ZERO_SHORTCUT = True
 EPSILON = 2.0**-24  # the CUDA kernel's `EPSILON (1. / (1 << 24))`
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_WARMED: set[tuple[int, torch.dtype, int]] = set()  # (device index, dtype, tile width) compiled and run
-_FAILED: dict[tuple[int, torch.dtype, int], str] = {}
+_WARMED: set[tuple[int, torch.dtype, int, bool]] = set()  # (device index, dtype, *_variant) compiled and run
+_FAILED: dict[tuple[int, torch.dtype, int, bool], str] = {}
 calls = 0  # fake quantizations this module computed (the tests read it)
 
 # sha256 of nvidia-modelopt 0.47.0's `tensor_quant.fake_quant_impl` source + the text of tensor_quant_gpu.cu
@@ -74,7 +74,8 @@ def _kernel() -> Any:
     except Exception:  # noqa: BLE001 - no Triton: ModelOpt's kernel
         return None
 
-    @triton.jit(do_not_specialize=["R", "C", "col_tiles"])
+    # C is specialized (its divisibility by 16): rows that start 16-byte aligned load and store as vectors
+    @triton.jit(do_not_specialize=["R", "col_tiles"])
     def fake_quant_rows(x_ptr, amax_ptr, out_ptr, R, C, col_tiles, max_bound, min_bound,  # noqa: N803
                         BR: tl.constexpr, BC: tl.constexpr, ZERO_SHORTCUT: tl.constexpr,  # noqa: N803
                         INTERPRETED: tl.constexpr):  # noqa: N803
@@ -120,9 +121,10 @@ def bounds(num_bits: int, narrow_range: bool) -> tuple[float, float]:
 
 
 def fake_quant_axis(inputs: torch.Tensor, amax: torch.Tensor, axis: int, num_bits: int, narrow_range: bool,
-                    zero_shortcut: bool | None = None) -> torch.Tensor:
+                    zero_shortcut: bool | None = None, num_warps: int = 4) -> torch.Tensor:
     """`cuda_ext.fake_tensor_quant_with_axis(inputs, amax, axis, num_bits, False, narrow_range)`'s result. The
-    caller checks `eligible` first. Works on CPU tensors too under TRITON_INTERPRET=1 (the tests)."""
+    caller checks `eligible` first. Works on CPU tensors too under TRITON_INTERPRET=1 (the tests). The last two
+    arguments are for benchmarks/diag/axis_kernel.py (other variants of the same arithmetic)."""
     global calls
     n = inputs.numel()
     out = torch.empty_like(inputs)
@@ -137,7 +139,7 @@ def fake_quant_axis(inputs: torch.Tensor, amax: torch.Tensor, axis: int, num_bit
         _kernel()[(-(-r // br), n // (r * c) * col_tiles)](
             inputs, amax32, out, r, c, col_tiles, max_bound, min_bound, BR=br, BC=bc,
             ZERO_SHORTCUT=ZERO_SHORTCUT if zero_shortcut is None else zero_shortcut,
-            INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1",
+            INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps,
         )
     calls += 1
     return out
@@ -167,7 +169,7 @@ def eligible(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any, unsigned: 
     columns = inputs.stride(axis)
     if inputs.numel() // (amax.numel() * columns) * -(-columns // tile(columns)[1]) > 65535:
         return None  # more (P slice x column tile) programs than a grid's second dimension takes
-    if not warm(inputs.device, inputs.dtype, tile(columns)[1]):
+    if not warm(inputs.device, inputs.dtype, columns):
         return None
     return axis
 
@@ -175,8 +177,13 @@ def eligible(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any, unsigned: 
 WARM_COLUMNS = (64, 128, 1024)  # INT4 blocks of 64 and 128, rows of 1024 and more: compiled in the set-up
 
 
+def _variant(columns: int) -> tuple[int, bool]:
+    """What Triton compiles a variant of the kernel for: the tile width, and C's divisibility by 16."""
+    return tile(columns)[1], columns % 16 == 0
+
+
 def warm(device: torch.device, dtype: torch.dtype, columns: int | None = None) -> bool:
-    """Compile, load and run the kernel's variant for `columns` (a tile width; None: every WARM_COLUMNS) and
+    """Compile, load and run the kernel's variant for rows of `columns` elements (None: every WARM_COLUMNS) and
     `dtype` on `device`, once per process; False where that failed, or where it is not compiled yet and the
     current stream is capturing a CUDA graph (nothing is compiled inside a capture)."""
     if _kernel() is None:
@@ -184,14 +191,14 @@ def warm(device: torch.device, dtype: torch.dtype, columns: int | None = None) -
     index = device.index if device.index is not None else torch.cuda.current_device()
     ok = True
     for c in WARM_COLUMNS if columns is None else (columns,):
-        key = (index, dtype, tile(c)[1])
+        key = (index, dtype, *_variant(c))
         if key in _WARMED:
             continue
         if key in _FAILED or torch.cuda.is_current_stream_capturing():
             ok = False
             continue
         try:
-            x = torch.zeros(4, tile(c)[1], dtype=dtype, device=device)
+            x = torch.zeros(4, c, dtype=dtype, device=device)
             fake_quant_axis(x, torch.ones(4, device=device), 0, 8, True)
             _WARMED.add(key)
         except Exception as exc:  # noqa: BLE001 - ModelOpt's kernel is always there

@@ -314,7 +314,7 @@ def test_fp8_quantizers_called_through_the_kernel_directly_give_modelopts_bits(m
 
 
 @pytest.mark.gpu
-def test_axis_fake_quant_kernel_gives_modelopts_bits():
+def test_axis_fake_quant_kernel_gives_modelopts_bits(monkeypatch):
     """engine/axis_fake_quant.py: the Triton kernel returns what ModelOpt's `fake_tensor_quant_with_axis` CUDA
     kernel returns, bit for bit: per row, per column, a middle axis, blocks of 128 and 64, INT4 and INT8, narrow and
     full range, bf16 / fp16 / fp32, with exact ties (x * scale = k + 1/2), values far beyond amax (clamped), a zero
@@ -330,6 +330,9 @@ def test_axis_fake_quant_kernel_gives_modelopts_bits():
 
     ext = get_cuda_ext(raise_if_failed=True)
     assert afq.sources_hash() == afq.KNOWN_SOURCES  # the ModelOpt this was written against is the one here
+    small = torch.zeros(64, 128, device="cuda", dtype=torch.bfloat16)
+    assert afq.eligible(small, torch.ones(64, 1, device="cuda"), 4, False) is None  # below MIN_ELEMENTS: ModelOpt's
+    monkeypatch.setattr(afq, "MIN_ELEMENTS", 0)  # these test tensors are small
     g = torch.Generator().manual_seed(0)
     cases = 0
     for dtype in (torch.bfloat16, torch.float16, torch.float32):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -45,11 +46,14 @@ from typing import Any
 import torch
 
 TILE = 4096  # elements per program
-ZERO_SHORTCUT = True
+NUM_WARPS = 8
+# Below this many elements ModelOpt's kernel stays: its C++ launch costs less host time than Triton's, which
+# matters on small, host-bound models (a Qwen3-0.6B shape's linears are 1-3 M elements: only its lm_head comes here)
+MIN_ELEMENTS = 1 << 22
 EPSILON = 2.0**-24  # the CUDA kernel's `EPSILON (1. / (1 << 24))`
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_WARMED: set[tuple[int, torch.dtype, int, bool]] = set()  # (device index, dtype, *_variant) compiled and run
-_FAILED: dict[tuple[int, torch.dtype, int, bool], str] = {}
+_WARMED: set[tuple[int, torch.dtype, int, bool, bool]] = set()  # (device index, dtype, *_variant) compiled and run
+_FAILED: dict[tuple[int, torch.dtype, int, bool, bool], str] = {}
 calls = 0  # fake quantizations this module computed (the tests read it)
 
 # sha256 of nvidia-modelopt 0.47.0's `tensor_quant.fake_quant_impl` source + the text of tensor_quant_gpu.cu
@@ -120,8 +124,14 @@ def bounds(num_bits: int, narrow_range: bool) -> tuple[float, float]:
     return bound, -(bound + (0.0 if narrow_range else 1.0))
 
 
+def zero_shortcut(num_bits: int) -> bool:
+    """Whether the kernel leaves zeros out of its division: faster for 4-bit formats, where many weights round to
+    zero (a zero dividend takes the division's slow path), slower for 8-bit ones (benchmarks/diag/axis_kernel.py)."""
+    return num_bits <= 4
+
+
 def fake_quant_axis(inputs: torch.Tensor, amax: torch.Tensor, axis: int, num_bits: int, narrow_range: bool,
-                    zero_shortcut: bool | None = None, num_warps: int = 4) -> torch.Tensor:
+                    zero_shortcut: bool | None = None, num_warps: int = NUM_WARPS) -> torch.Tensor:
     """`cuda_ext.fake_tensor_quant_with_axis(inputs, amax, axis, num_bits, False, narrow_range)`'s result. The
     caller checks `eligible` first. Works on CPU tensors too under TRITON_INTERPRET=1 (the tests). The last two
     arguments are for benchmarks/diag/axis_kernel.py (other variants of the same arithmetic)."""
@@ -138,7 +148,7 @@ def fake_quant_axis(inputs: torch.Tensor, amax: torch.Tensor, axis: int, num_bit
     with torch.cuda.device(inputs.device) if inputs.is_cuda else contextlib.nullcontext():
         _kernel()[(-(-r // br), n // (r * c) * col_tiles)](
             inputs, amax32, out, r, c, col_tiles, max_bound, min_bound, BR=br, BC=bc,
-            ZERO_SHORTCUT=ZERO_SHORTCUT if zero_shortcut is None else zero_shortcut,
+            ZERO_SHORTCUT=globals()["zero_shortcut"](num_bits) if zero_shortcut is None else zero_shortcut,
             INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps,
         )
     calls += 1
@@ -158,6 +168,7 @@ def eligible(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any, unsigned: 
         or amax.numel() <= 1
         or amax.device != inputs.device
         or not inputs.is_contiguous()
+        or inputs.numel() < MIN_ELEMENTS
         or inputs.numel() > 2**31 - 2 * TILE  # int32 indices, in both kernels (with the last tile's overshoot)
         or inputs.data_ptr() % 16
         or inputs.device.index != torch.cuda.current_device()
@@ -169,7 +180,7 @@ def eligible(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any, unsigned: 
     columns = inputs.stride(axis)
     if inputs.numel() // (amax.numel() * columns) * -(-columns // tile(columns)[1]) > 65535:
         return None  # more (P slice x column tile) programs than a grid's second dimension takes
-    if not warm(inputs.device, inputs.dtype, columns):
+    if not warm(inputs.device, inputs.dtype, columns, zero_shortcut(num_bits)):
         return None
     return axis
 
@@ -177,21 +188,23 @@ def eligible(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any, unsigned: 
 WARM_COLUMNS = (64, 128, 1024)  # INT4 blocks of 64 and 128, rows of 1024 and more: compiled in the set-up
 
 
-def _variant(columns: int) -> tuple[int, bool]:
-    """What Triton compiles a variant of the kernel for: the tile width, and C's divisibility by 16."""
-    return tile(columns)[1], columns % 16 == 0
+def _variant(columns: int, shortcut: bool) -> tuple[int, bool, bool]:
+    """What Triton compiles a variant of the kernel for: the tile width, C's divisibility by 16, the shortcut."""
+    return tile(columns)[1], columns % 16 == 0, shortcut
 
 
-def warm(device: torch.device, dtype: torch.dtype, columns: int | None = None) -> bool:
-    """Compile, load and run the kernel's variant for rows of `columns` elements (None: every WARM_COLUMNS) and
-    `dtype` on `device`, once per process; False where that failed, or where it is not compiled yet and the
-    current stream is capturing a CUDA graph (nothing is compiled inside a capture)."""
+def warm(device: torch.device, dtype: torch.dtype, columns: int | None = None, shortcut: bool | None = None) -> bool:
+    """Compile, load and run the kernel's variant for rows of `columns` elements (None: every WARM_COLUMNS), with
+    or without the zero shortcut (None: both) and `dtype` on `device`, once per process; False where that failed,
+    or where it is not compiled yet and the current stream is capturing a CUDA graph (nothing is compiled inside a
+    capture)."""
     if _kernel() is None:
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     ok = True
-    for c in WARM_COLUMNS if columns is None else (columns,):
-        key = (index, dtype, *_variant(c))
+    widths = WARM_COLUMNS if columns is None else (columns,)
+    for c, z in itertools.product(widths, (True, False) if shortcut is None else (shortcut,)):
+        key = (index, dtype, *_variant(c, z))
         if key in _WARMED:
             continue
         if key in _FAILED or torch.cuda.is_current_stream_capturing():
@@ -199,7 +212,7 @@ def warm(device: torch.device, dtype: torch.dtype, columns: int | None = None) -
             continue
         try:
             x = torch.zeros(4, c, dtype=dtype, device=device)
-            fake_quant_axis(x, torch.ones(4, device=device), 0, 8, True)
+            fake_quant_axis(x, torch.ones(4, device=device), 0, 8, True, zero_shortcut=z)
             _WARMED.add(key)
         except Exception as exc:  # noqa: BLE001 - ModelOpt's kernel is always there
             _FAILED[key] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

@@ -89,9 +89,11 @@ def busy_by_marker(prof) -> dict:
     device: list[tuple[int, int, str]] = []
     for e in events:
         name = e.name()
+        on_gpu = e.device_type().name == "CUDA"
         if name.startswith("qs::"):
-            ranges[name[4:]].append((e.start_ns(), e.start_ns() + e.duration_ns()))
-        elif e.device_type().name == "CUDA":
+            if not on_gpu:  # the host's range (kineto also records each as an annotation on the GPU timeline)
+                ranges[name[4:]].append((e.start_ns(), e.start_ns() + e.duration_ns()))
+        elif on_gpu:
             device.append((e.start_ns(), e.start_ns() + e.duration_ns(), name))
     device.sort()
     starts = [d[0] for d in device]

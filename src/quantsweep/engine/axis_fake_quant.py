@@ -46,12 +46,12 @@ import functools
 import hashlib
 import itertools
 import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .reentrant_patches import ReentrantPatches
 
 TILE = 4096  # elements per program
 NUM_WARPS = 8
@@ -67,9 +67,6 @@ calls = 0  # fake quantizations this module computed (the tests read it)
 # sha256 of nvidia-modelopt 0.47.0's `tensor_quant.fake_quant_impl` source + the text of tensor_quant_gpu.cu
 KNOWN_SOURCES = "b87bce51de7dca2321c3be8abab15de017da828f170ca3a6a92a28907146b111"
 
-_lock = threading.Lock()
-_depth = 0
-_saved: dict[str, Any] = {}
 
 
 @functools.cache
@@ -237,7 +234,9 @@ def _fake_quant_impl(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any = 8
         axis = eligible(inputs, amax, num_bits, unsigned)
         if axis is not None:
             return fake_quant_axis(inputs, amax.squeeze(), axis, num_bits, narrow_range)
-    return _saved["fake_quant_impl"](inputs, amax, num_bits, unsigned, narrow_range)
+    from modelopt.torch.quantization import tensor_quant
+
+    return _PATCHES.original(tensor_quant, "fake_quant_impl")(inputs, amax, num_bits, unsigned, narrow_range)
 
 
 def sources_hash() -> str | None:
@@ -260,25 +259,17 @@ def _known() -> bool:
     return sources_hash() == KNOWN_SOURCES and _kernel() is not None
 
 
-@contextlib.contextmanager
-def fast_axis_fake_quant() -> Iterator[bool]:
-    """Install the replacement (re-entrant; module-level, so every thread sees it while installed); yields whether
-    it is installed (False: another ModelOpt, or no Triton)."""
-    global _depth
+def _decide() -> tuple[bool, list[Any]]:
     from modelopt.torch.quantization import tensor_quant
 
-    with _lock:
-        if _depth == 0:
-            _saved["on"] = _known() and torch.cuda.is_available()
-            if _saved["on"]:
-                _saved["fake_quant_impl"] = tensor_quant.fake_quant_impl
-                tensor_quant.fake_quant_impl = _fake_quant_impl
-        _depth += 1
-        on = _saved["on"]
-    try:
-        yield on
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0 and _saved.pop("on"):
-                tensor_quant.fake_quant_impl = _saved.pop("fake_quant_impl")
+    on = _known() and torch.cuda.is_available()
+    return on, [(tensor_quant, "fake_quant_impl", _fake_quant_impl)] if on else []
+
+
+_PATCHES = ReentrantPatches(_decide)
+
+
+def fast_axis_fake_quant() -> contextlib.AbstractContextManager[bool]:
+    """Install the replacement (re-entrant; module-level, so every thread sees it while installed); yields whether
+    it is installed (False: another ModelOpt, or no Triton, or no GPU)."""
+    return _PATCHES.active()

@@ -29,56 +29,41 @@ tests its results with the naive engine's.
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 from .calibrator_syncs import source_hash
+from .reentrant_patches import ReentrantPatches
 
 # sha256 of the sources (nvidia-modelopt 0.47.0) of max_calibrate, and of the NVFP4 sibling check with the two
 # helpers it reads
 KNOWN_MAX_CALIBRATE = "c79ec1e830a43e47cff96501aab4a7b06f218a984e0d37f7358eb8de8b470cfa"
 KNOWN_SIBLING_CHECK = "41e005fd36de3d6bf9ed306703c12d51fa23459daa3d30da29f3886109843e96"
 
-_lock = threading.Lock()
-_depth = 0
-_saved: dict[str, Any] = {}
 
-
-@contextlib.contextmanager
-def short_calibration_walks() -> Iterator[tuple[bool, bool]]:
-    """Install both shortcuts (re-entrant); yields which are installed (single-process max calibration, sibling
-    check). Module- and class-level: every thread sees them while installed (the shared engine's other threads run
-    no ModelOpt calibration)."""
-    global _depth
+def _decide() -> tuple[tuple[bool, bool], list[Any]]:
     from modelopt.torch.quantization import mode
     from modelopt.torch.quantization import model_calib as mc
 
-    with _lock:
-        if _depth == 0:
-            sync_ok = source_hash(mc.max_calibrate) == KNOWN_MAX_CALIBRATE
-            sync_ok = sync_ok and mode.MaxCalibrateModeDescriptor.__dict__.get("_calib_func") is mc.max_calibrate
-            check_ok = source_hash(mc._check_grouped_weight_global_amax_synced, mc._collect_grouped_linears,
-                                   mc._is_calibrated_nvfp4_static) == KNOWN_SIBLING_CHECK
-            _saved["sync"], _saved["check"] = sync_ok, check_ok
-            if sync_ok:
-                _saved["max_calibrate"] = mc.max_calibrate
-                mode.MaxCalibrateModeDescriptor._calib_func = _single_process_max_calibrate
-            if check_ok:
-                _saved["sibling_check"] = mc._check_grouped_weight_global_amax_synced
-                mc._check_grouped_weight_global_amax_synced = _sibling_check_where_nvfp4
-        _depth += 1
-        installed = (_saved["sync"], _saved["check"])
-    try:
-        yield installed
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                if _saved.pop("sync"):
-                    mode.MaxCalibrateModeDescriptor._calib_func = _saved.pop("max_calibrate")
-                if _saved.pop("check"):
-                    mc._check_grouped_weight_global_amax_synced = _saved.pop("sibling_check")
+    sync_ok = source_hash(mc.max_calibrate) == KNOWN_MAX_CALIBRATE
+    sync_ok = sync_ok and mode.MaxCalibrateModeDescriptor.__dict__.get("_calib_func") is mc.max_calibrate
+    check_ok = source_hash(mc._check_grouped_weight_global_amax_synced, mc._collect_grouped_linears,
+                           mc._is_calibrated_nvfp4_static) == KNOWN_SIBLING_CHECK
+    replacements: list[Any] = []
+    if sync_ok:
+        replacements.append((mode.MaxCalibrateModeDescriptor, "_calib_func", _single_process_max_calibrate))
+    if check_ok:
+        replacements.append((mc, "_check_grouped_weight_global_amax_synced", _sibling_check_where_nvfp4))
+    return (sync_ok, check_ok), replacements
+
+
+_PATCHES = ReentrantPatches(_decide)
+
+
+def short_calibration_walks() -> contextlib.AbstractContextManager[tuple[bool, bool]]:
+    """Install both shortcuts (re-entrant); yields which are installed (single-process max calibration, sibling
+    check). Module- and class-level: every thread sees them while installed (the shared engine's other threads run
+    no ModelOpt calibration)."""
+    return _PATCHES.active()
 
 
 def _single_process_max_calibrate(model: Any, forward_loop: Any = None, distributed_sync: Any = True,
@@ -88,7 +73,10 @@ def _single_process_max_calibrate(model: Any, forward_loop: Any = None, distribu
 
     if distributed_sync and not distributed.is_initialized() and sync_walks_inert(model):
         distributed_sync = False
-    return _saved["max_calibrate"](model, forward_loop=forward_loop, distributed_sync=distributed_sync, **kwargs)
+    from modelopt.torch.quantization import mode
+
+    max_calibrate = _PATCHES.original(mode.MaxCalibrateModeDescriptor, "_calib_func")
+    return max_calibrate(model, forward_loop=forward_loop, distributed_sync=distributed_sync, **kwargs)
 
 
 def sync_walks_inert(model: Any) -> bool:
@@ -121,4 +109,4 @@ def _sibling_check_where_nvfp4(model: Any) -> None:
     from modelopt.torch.quantization import model_calib as mc
 
     if any(mc._is_calibrated_nvfp4_static(m) for m in model.modules()):
-        _saved["sibling_check"](model)
+        _PATCHES.original(mc, "_check_grouped_weight_global_amax_synced")(model)

@@ -32,10 +32,11 @@ import functools
 import hashlib
 import inspect
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from .reentrant_patches import ReentrantPatches
 
 # sha256 of the source of MaxCalibrator.collect + compute_amax, and of TensorQuantizer.validate_attr, in
 # nvidia-modelopt 0.47.0: the methods replaced here
@@ -43,11 +44,6 @@ KNOWN_COLLECT = "96e5926caf33cc9c4e964fed2e40c8693e2a8efb6291d0c6833214d1c253733
 KNOWN_VALIDATE = "bd2a8c2dd287a787def77b7d287d79d0b37bbb740f68915d3ab64eb7553364d7"
 # ...and of mtq.calibrate (model_quant.calibrate), whose closing validations are asked together
 KNOWN_CALIBRATE = "b1c5ed5f5cd48e392dcb66a37795b7c138f637f8b35b0121c48e001b7703d8db"
-
-_lock = threading.Lock()
-_depth = 0
-_saved: dict[str, Any] = {}
-
 
 @functools.cache
 def collect_source_hash() -> str | None:
@@ -74,49 +70,33 @@ def source_hash(*functions: Any) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@contextlib.contextmanager
-def deferred_max_checks() -> Iterator[bool]:
-    """Install the sync-free `collect` (re-entrant); yields whether it is installed (False: another ModelOpt).
-
-    Class-level, so every thread sees it while it is installed; the shared engine's only other thread solves
-    stability bootstraps (numpy and HiGHS, no ModelOpt), and the naive engine never runs inside it."""
-    global _depth
+def _decide() -> tuple[bool, list[Any]]:
     from modelopt.torch.quantization import model_quant
     from modelopt.torch.quantization.calib.max import MaxCalibrator
     from modelopt.torch.quantization.nn import TensorQuantizer
 
-    with _lock:
-        if _depth == 0:
-            collect_ok = collect_source_hash() == KNOWN_COLLECT  # both read before anything is replaced
-            validate_ok = validate_source_hash() == KNOWN_VALIDATE
-            together = validate_ok and source_hash(model_quant.calibrate) == KNOWN_CALIBRATE
-            _saved["active"], _saved["validate"], _saved["together"] = collect_ok, validate_ok, together
-            if collect_ok:
-                _saved["collect"] = MaxCalibrator.__dict__["collect"]
-                _saved["compute_amax"] = MaxCalibrator.__dict__["compute_amax"]
-                MaxCalibrator.collect = _collect
-                MaxCalibrator.compute_amax = _compute_amax
-            if validate_ok:
-                _saved["validate_attr"] = TensorQuantizer.__dict__["validate_attr"]
-                TensorQuantizer.validate_attr = _validate_attr
-            if together:
-                _saved["calibrate"] = model_quant.calibrate
-                model_quant.calibrate = _calibrate_validated_together
-        _depth += 1
-        active = _saved["active"]
-    try:
-        yield active
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                if _saved.pop("active"):
-                    MaxCalibrator.collect = _saved.pop("collect")
-                    MaxCalibrator.compute_amax = _saved.pop("compute_amax")
-                if _saved.pop("validate"):
-                    TensorQuantizer.validate_attr = _saved.pop("validate_attr")
-                if _saved.pop("together"):
-                    model_quant.calibrate = _saved.pop("calibrate")
+    collect_ok = collect_source_hash() == KNOWN_COLLECT  # all read before anything is replaced
+    validate_ok = validate_source_hash() == KNOWN_VALIDATE
+    together = validate_ok and source_hash(model_quant.calibrate) == KNOWN_CALIBRATE
+    replacements: list[Any] = []
+    if collect_ok:
+        replacements += [(MaxCalibrator, "collect", _collect), (MaxCalibrator, "compute_amax", _compute_amax)]
+    if validate_ok:
+        replacements.append((TensorQuantizer, "validate_attr", _validate_attr))
+    if together:
+        replacements.append((model_quant, "calibrate", _calibrate_validated_together))
+    return collect_ok, replacements
+
+
+_PATCHES = ReentrantPatches(_decide)
+
+
+def deferred_max_checks() -> contextlib.AbstractContextManager[bool]:
+    """Install the sync-free `collect` (re-entrant); yields whether it is installed (False: another ModelOpt).
+
+    Class-level, so every thread sees it while it is installed; the shared engine's only other thread solves
+    stability bootstraps (numpy and HiGHS, no ModelOpt), and the naive engine never runs inside it."""
+    return _PATCHES.active()
 
 
 @torch.no_grad()
@@ -222,11 +202,14 @@ _batch = threading.local()  # .pending: the validations of the `mtq.calibrate` c
 def _calibrate_validated_together(*args: Any, **kwargs: Any) -> Any:
     """`mtq.calibrate` whose closing validations (`validate_attr(..., warn_error=True)` of every quantizer's amax
     and pre-quant scale) are asked together when it returns (`validate_together`)."""
+    from modelopt.torch.quantization import model_quant
+
+    calibrate = _PATCHES.original(model_quant, "calibrate")
     if getattr(_batch, "pending", None) is not None:  # a calibrate inside a calibrate: the outer one asks
-        return _saved["calibrate"](*args, **kwargs)
+        return calibrate(*args, **kwargs)
     _batch.pending = []
     try:
-        model = _saved["calibrate"](*args, **kwargs)
+        model = calibrate(*args, **kwargs)
         pending = _batch.pending
     finally:
         _batch.pending = None

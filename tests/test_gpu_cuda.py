@@ -316,15 +316,19 @@ def test_fp8_quantizers_called_through_the_kernel_directly_give_modelopts_bits(m
 @pytest.mark.gpu
 def test_axis_fake_quant_kernel_gives_modelopts_bits(monkeypatch):
     """engine/axis_fake_quant.py: the Triton kernel returns what ModelOpt's `fake_tensor_quant_with_axis` CUDA
-    kernel returns, bit for bit: per row, per column, a middle axis, blocks of 128 and 64, INT4 and INT8, narrow and
-    full range, bf16 / fp16 / fp32, with exact ties (x * scale = k + 1/2), values far beyond amax (clamped), a zero
-    and a sub-2^-24 amax; and ModelOpt's own quantizers (INT8 per channel, INT4 blocks), called inside
-    `fast_axis_fake_quant()`, reach it and give what they give outside."""
+    kernel returns, bit for bit (NaN positions compared as NaN): per row, per column, a middle axis with several
+    column tiles, blocks of 128 and 64, INT4 and INT8, narrow and full range, bf16 / fp16 / fp32, with exact ties
+    (x * scale = k + 1/2, exactly representable in every dtype), values far beyond amax (clamped), NaN and inf
+    inputs, a zero, a sub-2^-24 and an infinite amax, with and without the zero shortcut; inside a CUDA graph
+    capture a compiled variant is recorded and replays ModelOpt's bits, one not compiled yet is left to ModelOpt
+    (nothing compiled in the capture); what `eligible` refuses; and ModelOpt's own quantizers (INT8 per channel,
+    INT4 blocks), called inside `fast_axis_fake_quant()`, reach it and give what they give outside."""
     import warnings
 
     import torch
 
     import modelopt.torch.quantization as mtq
+    from modelopt.torch.quantization import tensor_quant
     from modelopt.torch.quantization.extensions import get_cuda_ext
     from quantsweep.engine import axis_fake_quant as afq
 
@@ -333,31 +337,76 @@ def test_axis_fake_quant_kernel_gives_modelopts_bits(monkeypatch):
     small = torch.zeros(64, 128, device="cuda", dtype=torch.bfloat16)
     assert afq.eligible(small, torch.ones(64, 1, device="cuda"), 4, False) is None  # below MIN_ELEMENTS: ModelOpt's
     monkeypatch.setattr(afq, "MIN_ELEMENTS", 0)  # these test tensors are small
+
+    def same(a, b):
+        nan = torch.isnan(a)
+        ints = {torch.float32: torch.int32}.get(a.dtype, torch.int16)
+        return torch.equal(nan, torch.isnan(b)) and torch.equal(a.view(ints)[~nan], b.view(ints)[~nan])
+
     g = torch.Generator().manual_seed(0)
     cases = 0
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for shape, axis in (((512, 640), 0), ((96, 4096), 0), ((640, 512), 1), ((6, 50, 33), 1), ((3001, 128), 0),
-                            ((4099, 64), 0)):
+        for shape, axis in (((512, 640), 0), ((96, 4096), 0), ((640, 512), 1), ((6, 50, 33), 1), ((3, 5, 1500), 1),
+                            ((3001, 128), 0), ((4099, 64), 0)):
             for num_bits, narrow in ((4, True), (8, True), (8, False)):
                 x = torch.randn(shape, generator=g) * 2
                 amax = torch.rand(shape[axis], generator=g) * 3 + 0.05
-                amax[0], amax[1], amax[2] = 0.0, 1e-9, 0.5  # zero, below 2^-24, most values clamped
                 bound = float(2 ** (num_bits - 1) - 1)
-                idx = [slice(None)] * len(shape)
-                idx[axis] = 3
-                steps = torch.randint(-2 * int(bound), 2 * int(bound), x[tuple(idx)].shape, generator=g)
-                x[tuple(idx)] = (steps + 0.5) * (amax[3] / bound)  # ties at x * scale = k + 1/2 (up to rounding)
+                amax[0], amax[1], amax[2], amax[4] = 0.0, 1e-9, 0.5, float("inf")  # zero, tiny, clamping, inf
+                amax[3] = bound / 16  # scale 16: x = (k + 1/2) / 16 is exact in bf16 for |k| <= bound, a tie
+                row = [slice(None)] * len(shape)
+                row[axis] = 3
+                steps = torch.randint(-int(bound), int(bound), x[tuple(row)].shape, generator=g)
+                x[tuple(row)] = (steps + 0.5) / 16
+                flat, middle = x.view(-1), x.numel() // 2  # (never in row 3)
+                flat[middle + 1], flat[middle + 5], flat[middle + 6] = float("nan"), float("inf"), -float("inf")
                 x, amax = x.to("cuda", dtype), amax.to("cuda")
+                assert torch.equal(x[tuple(row)].float().cpu(), (steps + 0.5) / 16)  # the ties survived the cast
                 want = ext.fake_tensor_quant_with_axis(x, amax, axis, num_bits, False, narrow)
                 assert afq.eligible(x, amax.view([-1 if d == axis else 1 for d in range(len(shape))]), num_bits,
                                     False) == axis
-                bits = {torch.float32: torch.int32}.get(dtype, torch.int16)
                 for shortcut in (True, False):
                     got = afq.fake_quant_axis(x, amax, axis, num_bits, narrow, zero_shortcut=shortcut)
-                    assert torch.equal(got.view(bits), want.view(bits)), (dtype, shape, axis, num_bits, narrow,
-                                                                           shortcut)
+                    assert same(got, want), (dtype, shape, axis, num_bits, narrow, shortcut)
                 cases += 1
-    assert cases == 54
+    assert cases == 63
+
+    # what eligible refuses goes to ModelOpt's kernel
+    x = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16)
+    amax = x.abs().amax(dim=1, keepdim=True).float()
+    assert afq.eligible(x, amax, 8, False) == 0
+    assert afq.eligible(x.t(), x.abs().amax(dim=0, keepdim=True).float().t(), 8, False) is None  # not contiguous
+    assert afq.eligible(x, amax, 8, True) is None  # unsigned (ModelOpt's kernel asserts on negatives)
+    assert afq.eligible(x, amax, (4, 3), False) is None and afq.eligible(x, amax, True, False) is None
+    shifted = torch.empty(256 * 512 + 8, device="cuda", dtype=torch.bfloat16)[1:256 * 512 + 1].view(256, 512)
+    assert afq.eligible(shifted, amax, 8, False) is None  # not 16-byte aligned
+    assert afq.eligible(x.double(), amax, 8, False) is None
+    assert afq.eligible(x, amax[:128], 8, False) is None  # not one amax per row
+
+    # CUDA graphs: a compiled variant is recorded and replays ModelOpt's bits; one not compiled is left to ModelOpt
+    with afq.fast_axis_fake_quant() as on:
+        assert on
+        warm_x = torch.randn(64, 1024, device="cuda", dtype=torch.bfloat16)  # rows of 1024: a warmed variant
+        cold_x = torch.randn(64, 40, device="cuda", dtype=torch.bfloat16)  # rows of 40 (not 16-divisible): not
+        warm_a = warm_x.abs().amax(dim=1, keepdim=True).float()
+        cold_a = cold_x.abs().amax(dim=1, keepdim=True).float()
+        assert afq.warm(warm_x.device, torch.bfloat16)
+        variants = set(afq._WARMED)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        before = afq.calls
+        with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+            warm_out = tensor_quant.fake_quant_impl(warm_x, warm_a, 4, False, True)
+            cold_out = tensor_quant.fake_quant_impl(cold_x, cold_a, 4, False, True)
+        assert afq.calls == before + 1 and set(afq._WARMED) == variants  # the warm one recorded, nothing compiled
+        warm_x.copy_(torch.randn(64, 1024, generator=g).to("cuda", torch.bfloat16))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert same(warm_out, ext.fake_tensor_quant_with_axis(warm_x, warm_a.squeeze(), 0, 4, False, True))
+        assert same(cold_out, ext.fake_tensor_quant_with_axis(cold_x, cold_a.squeeze(), 0, 4, False, True))
+        del graph
+
     per_channel = {"quant_cfg": [{"quantizer_name": "*", "enable": False},
                                  {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}}],
                    "algorithm": "max"}
@@ -370,7 +419,7 @@ def test_axis_fake_quant_kernel_gives_modelopts_bits(monkeypatch):
         q, w = model[0].weight_quantizer, model[0].weight
         with torch.no_grad():
             want = q(w)
-            before = afq.calls
+            before = afq.calls  # warm-ups are not counted
             with afq.fast_axis_fake_quant() as on:
                 got = q(w)
         assert on and afq.calls == before + 1, cfg

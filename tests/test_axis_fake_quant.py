@@ -6,13 +6,10 @@ GPU (tests/test_gpu_cuda.py::test_axis_fake_quant_kernel_gives_modelopts_bits); 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from triton_helpers import run_interpreted
 
 pytest.importorskip("triton")
 
@@ -63,10 +60,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_axis_kernel_computes_modelopts_cuda_arithmetic_in_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_interpreted(SCRIPT)
     ties = out.pop("ties")
     assert ties == ["0.0", "2.0", "2.0", "-0.0", "-2.0", "6.0", "7.0", "-7.0", "3.0", "-0.0"]
     assert len(out) == 24

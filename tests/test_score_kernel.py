@@ -5,13 +5,10 @@ GPU rounds to nearest when it converts to bfloat16, so bfloat16 is checked on th
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from triton_helpers import run_interpreted
 
 pytest.importorskip("triton")
 
@@ -49,10 +46,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_fused_score_equals_modelopts_elementwise_score_in_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_interpreted(SCRIPT)
     for dt in ("torch.float32", "torch.float16"):
         is_f32, fused, eager = out[dt]
         assert is_f32

@@ -60,3 +60,19 @@ def test_an_exception_inside_still_restores_and_the_next_context_decides_again()
     assert module.func() == "original"
     with patches.active() as result:  # a later outermost context decides afresh (a guard may now say no)
         assert result == "second" and module.func() == "original"
+
+
+def test_a_failed_install_leaves_every_original_in_place():
+    class ReadOnly:
+        @property
+        def value(self) -> str:
+            return "original"
+
+    module = types.SimpleNamespace(func=lambda: "original")
+    # the second replacement can be read but not set (a property without a setter): the first must not stay
+    patches = ReentrantPatches(lambda: (None, [(module, "func", lambda: "fast"), (ReadOnly(), "value", "fast")]))
+    with pytest.raises(AttributeError), patches.active():
+        pass
+    assert module.func() == "original"
+    with pytest.raises(KeyError):
+        patches.original(module, "func")

@@ -34,10 +34,18 @@ class ReentrantPatches:
         with self._lock:
             if self._depth == 0:
                 result, replacements = self._decide()
-                for owner, name, value in replacements:  # the originals are all read before anything is replaced
-                    self._originals[(id(owner), name)] = (owner, _own_value(owner, name))
-                for owner, name, value in replacements:
-                    setattr(owner, name, value)
+                done: list[tuple[Any, str]] = []
+                try:
+                    for owner, name, _value in replacements:  # the originals all read before anything is replaced
+                        self._originals[(id(owner), name)] = (owner, _own_value(owner, name))
+                    for owner, name, value in replacements:
+                        setattr(owner, name, value)
+                        done.append((owner, name))
+                except BaseException:  # nothing half-installed outlives a failed install
+                    for owner, name in reversed(done):
+                        setattr(owner, name, self._originals[(id(owner), name)][1])
+                    self._originals.clear()
+                    raise
                 self._result = result
             self._depth += 1
             result = self._result
@@ -47,10 +55,13 @@ class ReentrantPatches:
             with self._lock:
                 self._depth -= 1
                 if self._depth == 0:
-                    for (_, name), (owner, value) in reversed(list(self._originals.items())):
-                        setattr(owner, name, value)
-                    self._originals.clear()
-                    self._result = None
+                    self._restore()
+
+    def _restore(self) -> None:
+        for (_, name), (owner, value) in reversed(list(self._originals.items())):
+            setattr(owner, name, value)
+        self._originals.clear()
+        self._result = None
 
     def original(self, owner: Any, name: str) -> Any:
         return self._originals[(id(owner), name)][1]

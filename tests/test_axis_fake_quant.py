@@ -109,3 +109,15 @@ def test_the_replacement_is_guarded_by_the_modelopt_it_was_written_against():
     from quantsweep.engine import axis_fake_quant
 
     assert axis_fake_quant.sources_hash() == axis_fake_quant.KNOWN_SOURCES
+
+
+def test_the_set_up_compiles_the_kernel_only_for_sweeps_with_int_formats():
+    """engine/warm_up.py: the per-axis kernel's variants are compiled in the set-up where a format has an integer
+    quantizer (INT4 blocks, INT8), not for FP8 or NVFP4 sweeps, which never call it."""
+    import modelopt.torch.quantization as mtq
+
+    from quantsweep.engine.warm_up import _has_int_quantizer
+
+    assert _has_int_quantizer(mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG) and _has_int_quantizer(mtq.INT8_DEFAULT_CFG)
+    assert not _has_int_quantizer(mtq.FP8_DEFAULT_CFG) and not _has_int_quantizer(mtq.NVFP4_DEFAULT_CFG)
+    assert not _has_int_quantizer({"quant_cfg": [{"quantizer_name": "*", "cfg": {"num_bits": True}}]})

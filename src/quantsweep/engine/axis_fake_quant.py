@@ -65,7 +65,6 @@ NUM_WARPS = 8
 # Below this many elements ModelOpt's kernel stays: its C++ launch costs less host time than Triton's, which
 # matters on small, host-bound models (a Qwen3-0.6B shape's linears are 1-3 M elements: only its lm_head comes here)
 MIN_ELEMENTS = 1 << 22
-EPSILON = 2.0**-24  # the CUDA kernel's `EPSILON (1. / (1 << 24))`
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _WARMED: set[tuple[Any, ...]] = set()  # (device index, dtype, *_variant) compiled and run
 _FAILED: dict[tuple[Any, ...], str] = {}
@@ -74,7 +73,6 @@ calls = 0  # fake quantizations this module computed (the tests read it)
 # sha256 of nvidia-modelopt 0.47.0's `tensor_quant.fake_quant_impl` and `extensions.get_cuda_ext` sources + the text
 # of tensor_quant_gpu.cu and tensor_quant.cpp
 KNOWN_SOURCES = "08ae17323c88cd5fb973e280fe0ad4a6e6871cd0de407fecc8c660a3b98c79ec"
-
 
 
 @functools.cache
@@ -140,7 +138,7 @@ def bounds(num_bits: int, narrow_range: bool) -> tuple[float, float]:
     return bound, -(bound + (0.0 if narrow_range else 1.0))
 
 
-def zero_shortcut(num_bits: int) -> bool:
+def takes_zero_shortcut(num_bits: int) -> bool:
     """Whether the kernel leaves zeros out of its division: faster for 4-bit formats, where many weights round to
     zero (a zero dividend takes the division's slow path), slower for 8-bit ones (benchmarks/diag/axis_kernel.py)."""
     return num_bits <= 4
@@ -166,7 +164,7 @@ def fake_quant_axis(inputs: torch.Tensor, amax: torch.Tensor, axis: int, num_bit
     with torch.cuda.device(inputs.device) if inputs.is_cuda else contextlib.nullcontext():
         _kernel()[(-(-r // br), n // (r * c) * col_tiles)](
             inputs, amax32, out, r, c, col_tiles, max_bound, min_bound, BR=br, BC=bc,
-            ZERO_SHORTCUT=globals()["zero_shortcut"](num_bits) if zero_shortcut is None else zero_shortcut,
+            ZERO_SHORTCUT=takes_zero_shortcut(num_bits) if zero_shortcut is None else zero_shortcut,
             INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps,
             enable_fp_fusion=False,  # no multiply-add contraction, whatever Triton's default
         )
@@ -199,7 +197,7 @@ def eligible(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any, unsigned: 
     columns = inputs.stride(axis)
     if inputs.numel() // (amax.numel() * columns) * -(-columns // tile(columns)[1]) > 65535:
         return None  # more (P slice x column tile) programs than a grid's second dimension takes
-    if not warm(inputs.device, inputs.dtype, columns, zero_shortcut(num_bits)):
+    if not warm(inputs.device, inputs.dtype, columns, takes_zero_shortcut(num_bits)):
         return None
     return axis
 
@@ -244,9 +242,6 @@ def warm(device: torch.device, dtype: torch.dtype, columns: int | None = None, s
     return ok
 
 
-_modelopt_fake_quant_impl: Any = None  # the function replaced (kept: a caller that looked it up keeps working)
-
-
 def _fake_quant_impl(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any = 8, unsigned: bool = False,
                      narrow_range: bool = True) -> torch.Tensor:
     """ModelOpt's `fake_quant_impl`, its per-axis kernel replaced where `eligible` and where ModelOpt's own CUDA
@@ -258,7 +253,9 @@ def _fake_quant_impl(inputs: torch.Tensor, amax: torch.Tensor, num_bits: Any = 8
                 return fake_quant_axis(inputs, amax.squeeze(), axis, num_bits, narrow_range)
             except Exception:  # noqa: BLE001 - a launch that failed (a compiler error): ModelOpt's kernel
                 pass
-    return _modelopt_fake_quant_impl(inputs, amax, num_bits, unsigned, narrow_range)
+    from modelopt.torch.quantization import tensor_quant
+
+    return _PATCHES.original(tensor_quant, "fake_quant_impl")(inputs, amax, num_bits, unsigned, narrow_range)
 
 
 @functools.cache
@@ -272,11 +269,9 @@ def _modelopt_extension_loaded() -> bool:
 
 def sources_hash() -> str | None:
     """The hash `KNOWN_SOURCES` is compared with (None where a source cannot be read)."""
-    from modelopt.torch.quantization import tensor_quant
+    from modelopt.torch.quantization import extensions, tensor_quant
 
     from .calibrator_syncs import source_hash
-
-    from modelopt.torch.quantization import extensions
 
     python = source_hash(tensor_quant.fake_quant_impl, extensions.get_cuda_ext)  # the wrapper; the build flags
     gemm = Path(tensor_quant.__file__).parent.parent / "kernels" / "quantization" / "gemm"
@@ -293,12 +288,9 @@ def _known() -> bool:
 
 
 def _decide() -> tuple[bool, list[Any]]:
-    global _modelopt_fake_quant_impl
     from modelopt.torch.quantization import tensor_quant
 
     on = _known() and torch.cuda.is_available()
-    if on:
-        _modelopt_fake_quant_impl = tensor_quant.fake_quant_impl
     return on, [(tensor_quant, "fake_quant_impl", _fake_quant_impl)] if on else []
 
 

@@ -20,14 +20,16 @@ Replacement = tuple[Any, str, Any]  # (module or class, attribute name, new valu
 
 class ReentrantPatches:
     """`decide()` runs when the first context opens and returns (what every context yields, the replacements to
-    install); `original(owner, name)` is the value a replacement took the place of, while installed."""
+    install); `original(owner, name)` is the value a replacement took the place of, also after the last context
+    closed (a caller that looked the replacement up while it was installed may still call it)."""
 
     def __init__(self, decide: Callable[[], tuple[Any, list[Replacement]]]) -> None:
         self._decide = decide
         self._lock = threading.Lock()
         self._depth = 0
         self._result: Any = None
-        self._originals: dict[tuple[int, str], tuple[Any, Any]] = {}
+        self._originals: dict[tuple[int, str], tuple[Any, Any]] = {}  # what the open contexts replaced
+        self._replaced: dict[tuple[int, str], Any] = {}  # ... and what the last successful install replaced
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Any]:
@@ -46,6 +48,7 @@ class ReentrantPatches:
                         setattr(owner, name, self._originals[(id(owner), name)][1])
                     self._originals.clear()
                     raise
+                self._replaced.update({key: value for key, (_, value) in self._originals.items()})
                 self._result = result
             self._depth += 1
             result = self._result
@@ -64,7 +67,7 @@ class ReentrantPatches:
         self._result = None
 
     def original(self, owner: Any, name: str) -> Any:
-        return self._originals[(id(owner), name)][1]
+        return self._replaced[(id(owner), name)]
 
 
 def _own_value(owner: Any, name: str) -> Any:

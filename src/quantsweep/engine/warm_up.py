@@ -4,8 +4,8 @@ The first fake-quant call of a process, for each kind of quantizer, builds or lo
 compiles kernels (seconds to a minute on a fresh GPU machine). Left alone, that lands in the first cell's (or the
 first union call's) timings, and with the Ray executor in every worker's first unit. Quantizing a 256 x 256 layer
 once per format of the sweep, on the model's device and dtype, pays it up front, with the compilation of the
-shared engine's fused score kernel (engine/score_kernel.py) and per-axis fake quantization kernel
-(engine/axis_fake_quant.py); `setup.warm_up_s` reports it.
+shared engine's fused score kernel (engine/score_kernel.py) and, where a format is INT, its per-axis fake
+quantization kernel (engine/axis_fake_quant.py); `setup.warm_up_s` reports it.
 """
 
 from __future__ import annotations
@@ -47,6 +47,19 @@ def warm_up_formats(configs: list[dict[str, Any]], device: torch.device, dtype: 
         from . import axis_fake_quant, score_kernel
 
         score_kernel.warm(device, dtype)  # the shared engine's fused score kernel (compiled once per process)
-        axis_fake_quant.warm(device, dtype)  # and its per-axis fake quantization kernel
+        if any(_has_int_quantizer(cfg) for cfg in configs):
+            axis_fake_quant.warm(device, dtype)  # and its per-axis fake quantization kernel, where INT formats are
         torch.cuda.synchronize(device)
     return done
+
+
+def _has_int_quantizer(config: Any) -> bool:
+    """Whether a ModelOpt config anywhere sets an integer `num_bits` (FP8 and FP4 formats give tuples)."""
+    if isinstance(config, dict):
+        bits = config.get("num_bits")
+        if isinstance(bits, int) and not isinstance(bits, bool):
+            return True
+        return any(_has_int_quantizer(v) for v in config.values())
+    if isinstance(config, (list, tuple)):
+        return any(_has_int_quantizer(v) for v in config)
+    return False
